@@ -1,0 +1,296 @@
+"""Lightning data module serving whole trials of one session from memory.
+
+Batches are dicts of tensors (B = trials in the batch, T bins, N neurons):
+
+- ``inputs`` [B, T, 14] float32, NaN -> 0.0
+- ``rates`` [B, T, N] float32 (sp/s), NaN -> 0.0
+- ``mask`` [B, T, N] bool, True = valid bin (``Session.missing_mask``)
+- ``condition`` [B] int64 (``Session.condition_ids`` of the filtered session)
+- ``trial`` [B] int64, trial index into ``dm.session`` (the filtered session;
+  ``dm.kept_trials[trial]`` gives the index in the file as loaded)
+- ``true_rates`` [B, T, N] float32, NaN -> 0.0 (synthetic sessions only)
+
+All tensors are built once in :meth:`SessionDataModule.setup`; batches are served by
+indexing (no torch DataLoader, no workers). Lightning moves the dict to the device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+try:
+    import lightning as L
+except ImportError:  # pragma: no cover
+    import pytorch_lightning as L  # type: ignore
+
+from .mat_io import load_session
+from .session import INPUT_CHANNELS, Session, session_to_tensors
+from .synthetic import make_synthetic_session
+
+__all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "apply_filters"]
+
+_FILTER_KEYS = ("min_duration_ms", "require_fixation")
+
+
+def stratified_split(condition_ids: np.ndarray, val_fraction: float, seed: int
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded per-condition split -> (train_idx, val_idx), both sorted int64.
+
+    Each condition with n trials sends round(val_fraction * n) trials to validation,
+    clipped to [1, n - 1] when n >= 2 (and 0 when n == 1 or val_fraction == 0).
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    cids = np.asarray(condition_ids).reshape(-1)
+    rng = np.random.default_rng(int(seed))
+    val = []
+    for c in np.unique(cids):
+        idx = np.flatnonzero(cids == c)
+        n = idx.size
+        n_val = int(math.floor(val_fraction * n + 0.5))
+        if val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        elif n < 2:
+            n_val = 0
+        val.append(rng.permutation(idx)[:n_val])
+    val_idx = np.sort(np.concatenate(val)).astype(np.int64) if val else np.zeros(0, np.int64)
+    train_idx = np.setdiff1d(np.arange(cids.size, dtype=np.int64), val_idx)
+    return train_idx, val_idx
+
+
+def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
+                  ) -> Tuple[np.ndarray, Dict[str, int]]:
+    """Trial filters, applied in order ``min_duration_ms`` then ``require_fixation``.
+
+    Returns (kept trial indices into ``session``, report) where report maps each
+    applied filter to the number of trials it removed, plus ``n_before``/``n_after``.
+    ``min_duration_ms``: drop trials with trial_duration_ms < value.
+    ``require_fixation``: (truthy) drop trials whose fixation_on channel is never > 0.5.
+    """
+    filters = dict(filters or {})
+    unknown = sorted(set(filters) - set(_FILTER_KEYS))
+    if unknown:
+        raise ValueError(f"unknown filter(s) {unknown}; known: {list(_FILTER_KEYS)}")
+    keep = np.ones(session.n_trials, bool)
+    report: Dict[str, int] = {"n_before": session.n_trials}
+    if filters.get("min_duration_ms") is not None:
+        new = keep & (session.trial_duration_ms >= float(filters["min_duration_ms"]))
+        report["min_duration_ms"] = int(keep.sum() - new.sum())
+        keep = new
+    if filters.get("require_fixation"):
+        fix = session.inputs[:, :, INPUT_CHANNELS.index("fixation_on")]
+        new = keep & np.any(np.nan_to_num(fix, nan=0.0) > 0.5, axis=1)
+        report["require_fixation"] = int(keep.sum() - new.sum())
+        keep = new
+    report["n_after"] = int(keep.sum())
+    return np.flatnonzero(keep).astype(np.int64), report
+
+
+class TrialBatchLoader:
+    """Iterable of batch dicts cut from pre-built tensors (all with trials first).
+
+    ``len()`` = number of batches (last one may be smaller; nothing dropped).
+    ``batch_size`` 0/None or >= n -> a single batch holding every trial in stored
+    order (the stored tensors themselves, no copy: do not modify them in place).
+    With ``shuffle`` (mini-batch mode only) epoch e uses the permutation from
+    ``numpy.random.default_rng(seed + e)``; e comes from ``epoch_source()`` when it
+    returns an int (the Lightning trainer's current epoch), else from an internal
+    counter that starts at 0 and advances with each ``iter()``; ``set_epoch`` sets it.
+    """
+
+    def __init__(self, tensors: Dict[str, torch.Tensor], batch_size: Optional[int] = 0,
+                 shuffle: bool = False, seed: int = 0,
+                 epoch_source: Optional[Callable[[], Optional[int]]] = None):
+        self.tensors = tensors
+        self.n = int(next(iter(tensors.values())).shape[0]) if tensors else 0
+        bs = int(batch_size or 0)
+        self.batch_size = self.n if bs <= 0 or bs >= self.n else bs
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.epoch_source = epoch_source
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return 0 if self.n == 0 else math.ceil(self.n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def _take_epoch(self) -> int:
+        e = self.epoch_source() if self.epoch_source is not None else None
+        if e is None:
+            e = self._epoch
+            self._epoch += 1
+        return int(e)
+
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        if self.n == 0:
+            return
+        if self.batch_size >= self.n:
+            yield dict(self.tensors)
+            return
+        epoch = self._take_epoch()
+        order = (np.random.default_rng(self.seed + epoch).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        order_t = torch.from_numpy(order.astype(np.int64))
+        for start in range(0, self.n, self.batch_size):
+            idx = order_t[start:start + self.batch_size]
+            yield {k: v.index_select(0, idx) for k, v in self.tensors.items()}
+
+
+class SessionDataModule(L.LightningDataModule):
+    """One session (MAT file via ``path`` or synthetic via ``synthetic`` kwargs for
+    :func:`make_synthetic_session`), optionally filtered, split train/val stratified
+    by condition. See the module docstring for the batch layout.
+
+    After ``setup()``: ``session`` (filtered), ``kept_trials`` (indices of its trials
+    in the session as loaded), ``train_idx`` / ``val_idx`` (sorted indices into
+    ``session``), ``filter_report``, ``n_inputs``, ``n_neurons``, ``n_time``,
+    ``is_excitatory`` (np bool [N]), ``bin_size_ms``, ``summary()``, ``describe()``,
+    ``tensors(split)``.
+    ``device_transfer=False`` keeps batches where they are (CPU) instead of letting
+    Lightning move them to the model's device.
+    """
+
+    def __init__(self, path: Optional[str] = None, synthetic: Optional[Dict[str, Any]] = None,
+                 val_fraction: float = 0.2, batch_size: Optional[int] = 0, split_seed: int = 42,
+                 shuffle_seed: Optional[int] = None, filters: Optional[Dict[str, Any]] = None,
+                 device_transfer: bool = True):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        unknown = sorted(set(filters or {}) - set(_FILTER_KEYS))
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; known: {list(_FILTER_KEYS)}")
+        self.path = None if path is None else str(path)
+        self.synthetic = dict(synthetic or {})
+        self.val_fraction = float(val_fraction)
+        self.batch_size = int(batch_size or 0)
+        self.split_seed = int(split_seed)
+        self.shuffle_seed = self.split_seed if shuffle_seed is None else int(shuffle_seed)
+        self.filters = dict(filters) if filters else None
+        self.device_transfer = bool(device_transfer)
+        self.session: Optional[Session] = None
+        self.kept_trials: Optional[np.ndarray] = None
+        self.train_idx: Optional[np.ndarray] = None
+        self.val_idx: Optional[np.ndarray] = None
+        self.filter_report: Dict[str, int] = {}
+        self._train: Dict[str, torch.Tensor] = {}
+        self._val: Dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:  # nothing to download
+        pass
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.session is not None:
+            return
+        raw = load_session(self.path) if self.path is not None else make_synthetic_session(**self.synthetic)
+        kept, self.filter_report = apply_filters(raw, self.filters)
+        if kept.size == 0:
+            raise ValueError(f"filters {self.filters} removed every trial of {raw.source}")
+        session = raw if kept.size == raw.n_trials else raw.subset(kept)
+        del raw
+        self.train_idx, self.val_idx = stratified_split(session.condition_ids(), self.val_fraction,
+                                                        self.split_seed)
+        full = session_to_tensors(session)
+        tr, va = torch.from_numpy(self.train_idx), torch.from_numpy(self.val_idx)
+        self._train = {k: v.index_select(0, tr) for k, v in full.items()}
+        self._val = {k: v.index_select(0, va) for k, v in full.items()}
+        self.kept_trials = kept
+        self.session = session
+
+    def _need(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("SessionDataModule: call setup() first")
+        return self.session
+
+    # ------------------------------------------------------------- attributes
+    @property
+    def n_inputs(self) -> int:
+        return self._need().n_inputs
+
+    @property
+    def n_neurons(self) -> int:
+        return self._need().n_neurons
+
+    @property
+    def n_time(self) -> int:
+        return self._need().n_time
+
+    @property
+    def is_excitatory(self) -> np.ndarray:
+        return self._need().is_excitatory
+
+    @property
+    def bin_size_ms(self) -> float:
+        return self._need().bin_size_ms
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Data-derived arguments of the model (``eirnn.models.EIRNN``)."""
+        return {"n_inputs": self.n_inputs, "recorded_is_excitatory": self.is_excitatory, "dt": self.bin_size_ms}
+
+    def module_kwargs(self) -> Dict[str, Any]:
+        """Data-derived arguments of the LightningModule (``eirnn.training.module.FitModule``)."""
+        return {"bin_size_ms": self.bin_size_ms}
+
+    def tensors(self, split: str = "train") -> Dict[str, torch.Tensor]:
+        """The stored tensors of ``split`` ("train" or "val"), trials in index order."""
+        self._need()
+        return {"train": self._train, "val": self._val}[split]
+
+    def summary(self) -> Dict[str, Any]:
+        """Session summary + split sizes + filter report + missing bins per split."""
+        out = self._need().summary()
+        out.update({"n_train": int(self.train_idx.size), "n_val": int(self.val_idx.size),
+                    "val_fraction": self.val_fraction, "batch_size": self.batch_size,
+                    "n_train_batches": len(self.train_dataloader()),
+                    "filter_report": dict(self.filter_report)})
+        for name, t in (("train", self._train), ("val", self._val)):
+            m = t["mask"]
+            out[f"{name}_missing_bins"] = int(m.numel() - int(m.sum()))
+            out[f"{name}_missing_fraction"] = float(1.0 - m.float().mean()) if m.numel() else 0.0
+        return out
+
+    def describe(self) -> str:
+        """Short multi-line human summary: session, split and filters."""
+        s = self.summary()
+        rep = self.filter_report
+        removed = ", ".join(f"{k} -{v}" for k, v in rep.items() if k not in ("n_before", "n_after"))
+        return "\n".join([
+            self._need().describe(),
+            f"  split: {s['n_train']} train / {s['n_val']} val trials (stratified by condition, "
+            f"seed {self.split_seed}); batch size {self.batch_size or 'full'} "
+            f"-> {s['n_train_batches']} train batch(es)",
+            f"  filters: {rep.get('n_before')} -> {rep.get('n_after')} trials"
+            + (f" ({removed})" if removed else ""),
+        ])
+
+    # ------------------------------------------------------------ dataloaders
+    def _epoch(self) -> Optional[int]:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else int(trainer.current_epoch)
+
+    def train_dataloader(self) -> TrialBatchLoader:
+        self._need()
+        return TrialBatchLoader(self._train, self.batch_size, shuffle=True, seed=self.shuffle_seed,
+                                epoch_source=self._epoch)
+
+    def val_dataloader(self) -> TrialBatchLoader:
+        self._need()
+        return TrialBatchLoader(self._val, self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TrialBatchLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> TrialBatchLoader:
+        return self.val_dataloader()
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if not self.device_transfer:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -1,0 +1,227 @@
+"""Single-neuron (PSTH) losses: the lab's ``L_neuron`` and Poisson alternatives.
+
+Shapes and conventions shared by every loss in :mod:`eirnn.losses`:
+
+* ``model_rates``, ``target_rates``: float tensors ``[B, T, N]`` in sp/s
+  (trials x time bins x recorded units); ``model_rates`` is already restricted
+  to the recorded units.
+* ``mask``: bool tensor ``[B, T, N]``, ``True`` = valid bin, or ``None`` (all
+  valid). Masked entries never influence a value or a gradient: they are
+  removed with :func:`torch.where` before any arithmetic, so NaN/garbage there
+  is harmless.
+* ``target_rates`` is cast to ``model_rates.dtype``.
+* PSTH = masked mean over trials,
+  ``psth[t, n] = sum_b m[b,t,n] x[b,t,n] / sum_b m[b,t,n]``; a ``(t, n)`` with
+  no valid trial is "invalid" and is dropped from everything downstream.
+
+All functions are differentiable, device-agnostic, and never synchronise with
+the host (no ``.item()`` / ``.cpu()``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_rates",
+    "masked_psth",
+    "neuron_loss_terms",
+    "neuron_loss",
+    "poisson_neuron_loss",
+    "hybrid_neuron_loss",
+]
+
+# Floor on squared norms / variances; sqrt(1e-12) = 1e-6 is the norm clamp.
+_NORM_FLOOR = 1e-6
+_VAR_FLOOR = 1e-6
+
+
+def check_rates(
+    model_rates: Tensor, target_rates: Optional[Tensor] = None, mask: Optional[Tensor] = None
+) -> Tensor:
+    """Validate ``[B, T, N]`` inputs and return a bool mask of the same shape.
+
+    Raises ``ValueError`` when a rate tensor is not 3-D, when the two rate
+    tensors differ in shape, or when ``mask`` does not match. ``mask=None``
+    becomes an all-``True`` mask on the rates' device.
+    """
+    if model_rates.dim() != 3:
+        raise ValueError(f"rates must be [B, T, N], got shape {tuple(model_rates.shape)}")
+    if target_rates is not None and target_rates.shape != model_rates.shape:
+        raise ValueError(
+            f"model_rates {tuple(model_rates.shape)} and target_rates "
+            f"{tuple(target_rates.shape)} must have the same shape [B, T, N]"
+        )
+    if mask is None:
+        return torch.ones(model_rates.shape, dtype=torch.bool, device=model_rates.device)
+    if mask.shape != model_rates.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must match rates {tuple(model_rates.shape)}")
+    return mask.to(dtype=torch.bool, device=model_rates.device)
+
+
+def masked_psth(rates: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Masked trial average.
+
+    ``psth[t, n] = sum_b m[b,t,n] * x[b,t,n] / sum_b m[b,t,n]`` and
+    ``valid[t, n] = sum_b m[b,t,n] > 0``.
+
+    Args:
+        rates: ``[B, T, N]``.
+        mask: bool ``[B, T, N]`` or ``None``.
+
+    Returns:
+        ``(psth [T, N], valid [T, N] bool)``; ``psth`` is 0 where not valid.
+    """
+    mask = check_rates(rates, None, mask)
+    x = torch.where(mask, rates, torch.zeros_like(rates))
+    count = mask.sum(dim=0)
+    psth = x.sum(dim=0) / count.clamp_min(1).to(rates.dtype)
+    return psth, count > 0
+
+
+def _masked_center(x: Tensor, valid: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
+    """Mean over ``dim`` of the valid entries and the centred, zero-filled ``x``."""
+    n = valid.sum(dim=dim, keepdim=True).clamp_min(1).to(x.dtype)
+    mean = x.sum(dim=dim, keepdim=True) / n  # x is already 0 where invalid
+    xc = torch.where(valid, x - mean, torch.zeros_like(x))
+    return mean, xc
+
+
+def neuron_loss_terms(
+    model_rates: Tensor,
+    target_rates: Tensor,
+    mask: Optional[Tensor] = None,
+    lambda_scale: float = 0.1,
+    lambda_var: float = 0.05,
+) -> Dict[str, Tensor]:
+    """Components of the lab's ``L_neuron`` computed on the PSTHs.
+
+    With ``M = psth(model_rates)``, ``D = psth(target_rates)`` (``[T, N]``) and
+    ``V`` the valid ``(t, n)`` set, all statistics use only ``V``:
+
+    * ``corr  = mean_n (1 - r_n)``, ``r_n = <Mc_n, Dc_n> / (max(|Mc_n|, 1e-6)
+      * max(|Dc_n|, 1e-6))`` where ``Mc_n`` is ``M[:, n]`` centred over its
+      valid bins (Pearson over time). A flat PSTH gives ``r_n = 0`` (not NaN).
+      Neurons with no valid bin are excluded from the mean over ``n``.
+    * ``scale = (mean_V M - mean_V D)^2 / max(var_V D, 1e-6)`` (grand mean and
+      population variance, ddof=0, over all valid ``(t, n)``).
+    * ``var = (mean_n var_t M - mean_n var_t D)^2 / ((mean_n var_t D)^2 + 1e-6)``
+      (per-neuron population variance over valid bins).
+    * ``total = corr + lambda_scale * scale + lambda_var * var``.
+
+    Args:
+        model_rates, target_rates: ``[B, T, N]``.
+        mask: bool ``[B, T, N]`` or ``None``.
+
+    Returns:
+        dict with scalar tensors ``corr``, ``scale``, ``var``, ``total``.
+    """
+    mask = check_rates(model_rates, target_rates, mask)
+    target_rates = target_rates.to(model_rates.dtype)
+    m, valid = masked_psth(model_rates, mask)
+    d, _ = masked_psth(target_rates, mask)
+    dtype = m.dtype
+    has_bins = valid.any(dim=0)  # [N]
+    n_neurons = has_bins.sum().clamp_min(1).to(dtype)
+    n_t = valid.sum(dim=0).clamp_min(1).to(dtype)  # [N]
+
+    # Pearson over time per neuron (squared-norm floor => gradient-safe sqrt).
+    _, mc = _masked_center(m, valid, dim=0)
+    _, dc = _masked_center(d, valid, dim=0)
+    m_norm = mc.pow(2).sum(0).clamp_min(_NORM_FLOOR**2).sqrt()
+    d_norm = dc.pow(2).sum(0).clamp_min(_NORM_FLOOR**2).sqrt()
+    r = (mc * dc).sum(0) / (m_norm * d_norm)
+    corr = torch.where(has_bins, 1.0 - r, torch.zeros_like(r)).sum() / n_neurons
+
+    # Grand-mean offset scaled by the data variance over all valid (t, n).
+    n_all = valid.sum().clamp_min(1).to(dtype)
+    m_mean = m.sum() / n_all
+    d_mean = d.sum() / n_all
+    d_dev = torch.where(valid, d - d_mean, torch.zeros_like(d))
+    d_var_all = d_dev.pow(2).sum() / n_all
+    scale = (m_mean - d_mean).pow(2) / d_var_all.clamp_min(_VAR_FLOOR)
+
+    # Mean (over neurons) temporal variance of the PSTH.
+    m_var_t = mc.pow(2).sum(0) / n_t
+    d_var_t = dc.pow(2).sum(0) / n_t
+    zero = torch.zeros_like(m_var_t)
+    m_v = torch.where(has_bins, m_var_t, zero).sum() / n_neurons
+    d_v = torch.where(has_bins, d_var_t, zero).sum() / n_neurons
+    var = (m_v - d_v).pow(2) / (d_v.pow(2) + 1e-6)
+
+    total = corr + lambda_scale * scale + lambda_var * var
+    return {"corr": corr, "scale": scale, "var": var, "total": total}
+
+
+def neuron_loss(
+    model_rates: Tensor,
+    target_rates: Tensor,
+    mask: Optional[Tensor] = None,
+    lambda_scale: float = 0.1,
+    lambda_var: float = 0.05,
+) -> Tensor:
+    """``L_neuron = L_corr + lambda_scale * L_scale + lambda_var * L_var``.
+
+    See :func:`neuron_loss_terms` for the definitions. Inputs ``[B, T, N]``,
+    returns a scalar tensor.
+    """
+    return neuron_loss_terms(model_rates, target_rates, mask, lambda_scale, lambda_var)["total"]
+
+
+def poisson_neuron_loss(
+    model_rates: Tensor,
+    target_rates: Tensor,
+    mask: Optional[Tensor] = None,
+    bin_size_ms: float = 25.0,
+    eps: float = 1e-8,
+    include_constant: bool = False,
+) -> Tensor:
+    """Mean Poisson negative log-likelihood of the target spike counts.
+
+    With ``dt = bin_size_ms / 1000``, ``lam = model_rates * dt`` and
+    ``k = target_rates * dt`` (``[B, T, N]``)::
+
+        L = mean_{(b,t,n) valid} [ lam - k * log(lam + eps) (+ lgamma(k + 1)) ]
+
+    The ``lgamma(k + 1)`` term is a data-only constant: it is left out by
+    default (``include_constant=False``) and does not change gradients; with
+    ``include_constant=True`` the value is the exact NLL for integer ``k``.
+    Returns a scalar tensor.
+    """
+    mask = check_rates(model_rates, target_rates, mask)
+    target_rates = target_rates.to(model_rates.dtype)
+    dt = bin_size_ms / 1000.0
+    zero = torch.zeros_like(model_rates)
+    lam = torch.where(mask, model_rates, zero) * dt
+    k = torch.where(mask, target_rates, zero) * dt
+    nll = lam - k * torch.log(lam + eps)
+    if include_constant:
+        nll = nll + torch.lgamma(k + 1.0)
+    nll = torch.where(mask, nll, zero)
+    return nll.sum() / mask.sum().clamp_min(1).to(nll.dtype)
+
+
+def hybrid_neuron_loss(
+    model_rates: Tensor,
+    target_rates: Tensor,
+    mask: Optional[Tensor] = None,
+    poisson_weight: float = 0.5,
+    lambda_scale: float = 0.1,
+    lambda_var: float = 0.05,
+    bin_size_ms: float = 25.0,
+    eps: float = 1e-8,
+) -> Tensor:
+    """``w * poisson_neuron_loss + (1 - w) * neuron_loss`` with ``w = poisson_weight``.
+
+    Inputs ``[B, T, N]``; returns a scalar tensor. The Poisson part omits the
+    ``lgamma`` constant.
+    """
+    if not 0.0 <= poisson_weight <= 1.0:
+        raise ValueError(f"poisson_weight must be in [0, 1], got {poisson_weight}")
+    p = poisson_neuron_loss(model_rates, target_rates, mask, bin_size_ms=bin_size_ms, eps=eps)
+    n = neuron_loss(model_rates, target_rates, mask, lambda_scale, lambda_var)
+    return poisson_weight * p + (1.0 - poisson_weight) * n
+

@@ -1,0 +1,229 @@
+"""Trial-matching loss (Sourmpis et al., 2023): optimal transport between trials.
+
+Model trials and recorded trials are unpaired samples of single-trial
+variability. Each trial ``b`` is summarised by its population-average
+trajectory, a cost matrix between every model trial ``i`` and every data
+trial ``j`` is built, and an entropic OT plan ``P`` (uniform marginals,
+:func:`~eirnn.losses.sinkhorn.sinkhorn_log`) pairs them softly::
+
+    L_trial = sum_ij P_ij C_ij        (= (n * P * C).sum() / n, rows of n*P sum to 1)
+
+Pipeline, for ``model_rates`` / ``target_rates`` ``[B, T, N]`` and ``mask``
+``[B, T, N]`` (the same mask is applied to the model trial ``b`` and the
+data trial ``b``, since model trial ``b`` is simulated for data trial ``b``):
+
+1. ``p_b(t) = sum_n m x / sum_n m`` and ``valid_b(t) = any_n m[b, t, n]``
+   (:func:`population_trajectory`, ``[B, T]``).
+2. Optional Gaussian smoothing in time, normalised so missing bins do not pull
+   values towards 0 (:func:`smooth_trajectory`).
+3. ``distance="euclidean"``: z-score across trials per time bin, separately
+   for model and data (:func:`zscore_across_trials`), then
+   ``C_ij = sqrt(sum_t w_ij(t) (zm_i(t) - zd_j(t))^2 + 1e-8)`` with
+   ``w_ij(t) = valid_i(t) valid_j(t)``.
+   ``distance="poisson"``: generalised KL between expected counts per bin
+   (``rate * bin_size_ms / 1000``, no z-scoring)
+   ``C_ij = sum_t w_ij (d_j log(d_j/m_i) - d_j + m_i) / max(sum_t w_ij, 1)``.
+4. ``P = sinkhorn_log(C, epsilon, n_iters)``; trials with no valid bin get
+   (numerically) zero marginal mass.
+
+Gradient convention: by default (``detach_plan=False``) the plan is a
+differentiable function of ``C`` and gradients flow through the unrolled
+Sinkhorn iterations, as in the lab's implementation. ``detach_plan=True``
+treats ``P`` as a constant (gradient ``dL/dC = P``, the envelope-theorem
+gradient of the entropic OT value at convergence); it is cheaper and is
+exact only in the converged, ``eps -> 0`` limit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .neuron import check_rates
+from .sinkhorn import sinkhorn_log
+
+__all__ = [
+    "population_trajectory",
+    "smooth_trajectory",
+    "zscore_across_trials",
+    "euclidean_trial_cost",
+    "poisson_trial_cost",
+    "trial_loss",
+]
+
+_SQRT_EPS = 1e-8  # added under the square root of the Euclidean cost
+_STD_FLOOR = 1e-8
+_MIN_MASS = 1e-30  # marginal mass of a trial without any valid bin
+
+
+def population_trajectory(rates: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Masked mean over neurons.
+
+    ``p[b, t] = sum_n m[b,t,n] x[b,t,n] / sum_n m[b,t,n]``,
+    ``valid[b, t] = any_n m[b,t,n]``.
+
+    Args:
+        rates: ``[B, T, N]``; mask: bool ``[B, T, N]`` or ``None``.
+
+    Returns:
+        ``(p [B, T], valid [B, T] bool)``, ``p`` is 0 where not valid.
+    """
+    mask = check_rates(rates, None, mask)
+    x = torch.where(mask, rates, torch.zeros_like(rates))
+    count = mask.sum(dim=-1)
+    return x.sum(dim=-1) / count.clamp_min(1).to(rates.dtype), count > 0
+
+
+def smooth_trajectory(p: Tensor, valid: Tensor, sigma_bins: float) -> Tensor:
+    """Mask-aware Gaussian smoothing along time (normalised convolution).
+
+    ``s[b, t] = sum_k g(k) v[b, t-k] p[b, t-k] / sum_k g(k) v[b, t-k]`` with
+    ``g(k) = exp(-k^2 / (2 sigma^2))``, ``|k| <= ceil(4 sigma)``, evaluated at
+    valid bins (0 elsewhere). ``sigma_bins = 0`` returns ``p`` unchanged.
+
+    Args:
+        p: ``[B, T]``; valid: bool ``[B, T]``; sigma_bins: width in bins.
+
+    Returns:
+        ``[B, T]``.
+    """
+    if sigma_bins < 0:
+        raise ValueError("smooth_sigma_bins must be >= 0")
+    if sigma_bins == 0:
+        return p
+    radius = max(1, int(math.ceil(4.0 * sigma_bins)))
+    k = torch.arange(-radius, radius + 1, dtype=p.dtype, device=p.device)
+    kernel = torch.exp(-0.5 * (k / sigma_bins) ** 2).view(1, 1, -1)
+    v = valid.to(p.dtype).unsqueeze(1)  # [B, 1, T]
+    x = torch.where(valid, p, torch.zeros_like(p)).unsqueeze(1)
+    num = F.conv1d(x, kernel, padding=radius).squeeze(1)
+    den = F.conv1d(v, kernel, padding=radius).squeeze(1)
+    # At a valid bin den >= g(0) = 1, so the clamp only acts on invalid bins.
+    return torch.where(valid, num / den.clamp_min(1e-12), torch.zeros_like(p))
+
+
+def zscore_across_trials(p: Tensor, valid: Tensor, std_floor: float = _STD_FLOOR) -> Tensor:
+    """Per-time-bin z-score across the valid trials.
+
+    ``z[b, t] = (p[b, t] - mu_t) / max(sd_t, std_floor)`` with ``mu_t`` and
+    ``sd_t`` (ddof=0) over trials valid at ``t``; 0 at invalid bins.
+
+    Args:
+        p: ``[B, T]``; valid: bool ``[B, T]``.
+
+    Returns:
+        ``[B, T]``.
+    """
+    zero = torch.zeros_like(p)
+    x = torch.where(valid, p, zero)
+    n = valid.sum(dim=0, keepdim=True).clamp_min(1).to(p.dtype)
+    mu = x.sum(dim=0, keepdim=True) / n
+    dev = torch.where(valid, x - mu, zero)
+    var = dev.pow(2).sum(dim=0, keepdim=True) / n
+    sd = var.clamp_min(std_floor**2).sqrt()  # gradient-safe clamp of the std
+    return torch.where(valid, dev / sd, zero)
+
+
+def euclidean_trial_cost(zm: Tensor, vm: Tensor, zd: Tensor, vd: Tensor) -> Tensor:
+    """Masked Euclidean cost between model and data trajectories.
+
+    ``C[i, j] = sqrt(sum_t vm_i(t) vd_j(t) (zm_i(t) - zd_j(t))^2 + 1e-8)``,
+    computed without a ``[Bm, Bd, T]`` tensor by expanding the square:
+    ``(zm^2) @ vd^T + vm @ (zd^2)^T - 2 zm @ zd^T`` (``zm``, ``zd`` zero at
+    invalid bins; the sum is clamped at 0 against round-off).
+
+    Args:
+        zm: ``[Bm, T]``, vm: bool ``[Bm, T]``, zd: ``[Bd, T]``, vd: bool ``[Bd, T]``.
+
+    Returns:
+        ``[Bm, Bd]``.
+    """
+    zero_m, zero_d = torch.zeros_like(zm), torch.zeros_like(zd)
+    zm = torch.where(vm, zm, zero_m)
+    zd = torch.where(vd, zd, zero_d)
+    wm, wd = vm.to(zm.dtype), vd.to(zd.dtype)
+    sq = zm.pow(2) @ wd.T + wm @ zd.pow(2).T - 2.0 * (zm @ zd.T)
+    return (sq.clamp_min(0.0) + _SQRT_EPS).sqrt()
+
+
+def poisson_trial_cost(m: Tensor, vm: Tensor, d: Tensor, vd: Tensor, eps: float = 1e-8) -> Tensor:
+    """Masked Poisson (generalised KL) divergence from model to data trials.
+
+    ``C[i, j] = sum_t w_ij(t) [d_j log(d_j / m_i) - d_j + m_i] / max(sum_t w_ij(t), 1)``
+    with ``w_ij = vm_i vd_j`` and ``m, d`` clamped at ``eps``; evaluated with
+    three ``[B, T] @ [T, B]`` products.
+
+    Args:
+        m: ``[Bm, T]`` model expected counts, vm: bool ``[Bm, T]``,
+        d: ``[Bd, T]`` data counts, vd: bool ``[Bd, T]``.
+
+    Returns:
+        ``[Bm, Bd]`` (non-negative).
+    """
+    m = torch.where(vm, m, torch.ones_like(m)).clamp_min(eps)
+    d = torch.where(vd, d, torch.ones_like(d)).clamp_min(eps)
+    wm, wd = vm.to(m.dtype), vd.to(d.dtype)
+    data_term = wd * (d * torch.log(d) - d)  # [Bd, T]
+    num = wm @ data_term.T + (wm * m) @ wd.T - (wm * torch.log(m)) @ (wd * d).T
+    count = wm @ wd.T
+    return num.clamp_min(0.0) / count.clamp_min(1.0)
+
+
+def trial_loss(
+    model_rates: Tensor,
+    target_rates: Tensor,
+    mask: Optional[Tensor] = None,
+    epsilon: float = 0.1,
+    n_iters: int = 20,
+    distance: str = "euclidean",
+    smooth_sigma_bins: float = 1.0,
+    bin_size_ms: float = 25.0,
+    return_plan: bool = False,
+    detach_plan: bool = False,
+    eps: float = 1e-8,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Trial-matching loss ``L_trial = sum_ij P_ij C_ij`` (see module docstring).
+
+    Args:
+        model_rates, target_rates: ``[B, T, N]`` (sp/s).
+        mask: bool ``[B, T, N]`` or ``None``; used for model and data trial ``b``.
+        epsilon: Sinkhorn entropic regularisation (absolute, in cost units).
+        n_iters: Sinkhorn iterations (fixed, unrolled).
+        distance: ``"euclidean"`` (z-scored trajectories) or ``"poisson"``
+            (generalised KL on expected counts per bin).
+        smooth_sigma_bins: Gaussian smoothing width in bins (0 = none).
+        bin_size_ms: bin width, converts rates to counts for ``"poisson"``.
+        return_plan: also return the plan ``P`` ``[B, B]`` (model x data).
+        detach_plan: treat ``P`` as a constant in the backward pass.
+        eps: clamp for rates/counts inside the Poisson divergence.
+
+    Returns:
+        scalar loss, or ``(loss, P)`` when ``return_plan``.
+    """
+    mask = check_rates(model_rates, target_rates, mask)
+    target_rates = target_rates.to(model_rates.dtype)
+    pm, valid = population_trajectory(model_rates, mask)
+    pd, _ = population_trajectory(target_rates, mask)
+    pm = smooth_trajectory(pm, valid, smooth_sigma_bins)
+    pd = smooth_trajectory(pd, valid, smooth_sigma_bins)
+
+    if distance == "euclidean":
+        cost = euclidean_trial_cost(
+            zscore_across_trials(pm, valid), valid, zscore_across_trials(pd, valid), valid
+        )
+    elif distance == "poisson":
+        dt = bin_size_ms / 1000.0
+        cost = poisson_trial_cost(pm * dt, valid, pd * dt, valid, eps=eps)
+    else:
+        raise ValueError(f"distance must be 'euclidean' or 'poisson', got {distance!r}")
+
+    has_bins = valid.any(dim=1)  # [B]
+    n_valid = has_bins.sum().clamp_min(1).to(cost.dtype)
+    mass = torch.where(has_bins, 1.0 / n_valid, torch.full_like(n_valid, _MIN_MASS))
+    plan = sinkhorn_log(cost.detach() if detach_plan else cost, epsilon, n_iters, a=mass, b=mass)
+    loss = (plan * cost).sum()
+    return (loss, plan) if return_plan else loss

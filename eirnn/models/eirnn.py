@@ -1,0 +1,227 @@
+"""The E-I recurrent network fitted to recordings (the recurrence lives here).
+
+Dynamics (one step per data bin, ``dt`` = bin size, ``alpha = dt / tau``)::
+
+    x[t] = (1 - alpha) * x[t-1] + alpha * (W_rec r[t-1] + W_in e(u[t]) + b) + sigma * sqrt(alpha) * xi[t]
+    r[t] = softplus(x[t]) * rate_scale + rate_baseline          # sp/s, >= 0
+    y[t] = W_out r_E[t] + b_out                                 # readout from E units only
+
+``xi[t] ~ N(0, I)``; ``e`` is the input embedding (identity or attention, see
+:mod:`eirnn.models.embedding`); ``W_rec`` obeys Dale's law and has no self-connections
+(:mod:`eirnn.models.connectivity`); ``alpha`` is fixed or learned
+(:mod:`eirnn.models.time_constants`).
+
+Units: the first ``n_recorded`` units are the recorded neurons, in recording order and
+of the recorded neuron's type (E or I); then ``n_hidden`` hidden units, E first, split
+E:I by ``hidden_ei_ratio`` (the lab used 4:1).
+
+Shapes: inputs ``u`` ``[B, T, C]``; rates ``[B, T, n]``; outputs ``[B, T, n_outputs]``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .connectivity import build_recurrent_weights
+from .embedding import build_embedding
+from .time_constants import TimeConstants
+
+
+class RNNOutput(NamedTuple):
+    rates: torch.Tensor  # [B, T, n] firing rates (sp/s)
+    outputs: torch.Tensor | None  # [B, T, n_outputs] readout, or None when n_outputs == 0
+    states: torch.Tensor | None  # [B, T, n] pre-activations x, when requested
+
+
+def _inv_softplus(y: float) -> float:
+    return float(np.log(np.expm1(y)))
+
+
+def hidden_split(n_hidden: int, ratio: float) -> tuple[int, int]:
+    """Split ``n_hidden`` units into ``(n_E, n_I)`` with ``n_E / n_I ~= ratio``."""
+    n_hidden = int(n_hidden)
+    if n_hidden <= 0:
+        return 0, 0
+    n_inh = int(round(n_hidden / (1.0 + float(ratio))))
+    return n_hidden - n_inh, n_inh
+
+
+class EIRNN(nn.Module):
+    """Excitatory-inhibitory rate RNN; see the module docstring for the equations.
+
+    Args:
+        n_inputs: number of input channels ``C``.
+        recorded_is_excitatory: bool ``[n_recorded]``, E/I type of each recorded neuron.
+        n_hidden: hidden (unrecorded) units added to the recorded ones.
+        hidden_ei_ratio: E:I ratio of the hidden units.
+        dt, tau: step and membrane time constant (ms); ``tau_inh`` for I units (default ``tau``).
+        noise_scale: ``sigma`` of the state noise (scaled by ``sqrt(alpha)``).
+        spectral_radius: initial spectral radius of ``rate_scale * W_rec`` (the loop gain
+            at unit softplus slope), after an exactly E/I-balanced initialisation.
+        rank: ``None`` for full rank, else the rank of ``W_rec = U V^T``;
+            ``lowrank_dale``: ``product`` or ``factors`` (see connectivity).
+        dale: ``False`` gives the unconstrained baseline (no sign constraint).
+        input_embedding: ``linear`` or ``attention`` (``embed_dim``, ``n_heads``).
+        learnable_h0 / h0_init: initial state ``x[-1]`` (learned, init ``h0_init``) or zeros.
+        learnable_alpha, learnable_tau, tau_min, tau_max, tau_bound, freeze_time_constants:
+            see :class:`~eirnn.models.time_constants.TimeConstants`.
+        rate_scale, rate_baseline: initial values of the positive output scaling.
+        n_outputs: readout dimension (0 disables the readout).
+        seed: seed of the initialisation.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        recorded_is_excitatory,
+        n_hidden: int = 39,
+        hidden_ei_ratio: float = 4.0,
+        dt: float = 25.0,
+        tau: float = 50.0,
+        tau_inh: float | None = None,
+        noise_scale: float = 0.1,
+        spectral_radius: float = 0.9,
+        rank: int | None = None,
+        lowrank_dale: str = "product",
+        dale: bool = True,
+        input_embedding: str = "linear",
+        embed_dim: int = 56,
+        n_heads: int = 4,
+        input_scale: float = 1.0,
+        learnable_h0: bool = False,
+        h0_init: float = 0.1,
+        learnable_alpha: str = "none",
+        learnable_tau: str = "none",
+        tau_min: float | None = None,
+        tau_max: float = 500.0,
+        tau_bound: str = "smooth",
+        freeze_time_constants: bool = False,
+        rate_scale: float = 10.0,
+        rate_baseline: float = 0.5,
+        n_outputs: int = 2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        g = torch.Generator().manual_seed(int(seed))
+        rec_exc = torch.as_tensor(np.asarray(recorded_is_excitatory, dtype=bool))
+        n_he, n_hi = hidden_split(n_hidden, hidden_ei_ratio)
+        is_exc = torch.cat([rec_exc, torch.ones(n_he, dtype=torch.bool), torch.zeros(n_hi, dtype=torch.bool)])
+        self.n_inputs = int(n_inputs)
+        self.n_recorded = int(rec_exc.numel())
+        self.n_units = int(is_exc.numel())
+        self.dt = float(dt)
+        self.noise_scale = float(noise_scale)
+        self.register_buffer("is_excitatory", is_exc)
+        self.register_buffer("exc_index", torch.nonzero(is_exc).flatten(), persistent=False)
+
+        # gain 1/rate_scale: raw weights on an O(1) scale while W_rec acts on rates in sp/s.
+        self.recurrent = build_recurrent_weights(
+            is_exc, rank=rank, dale=dale, lowrank_dale=lowrank_dale, generator=g, gain=1.0 / float(rate_scale)
+        )
+        self.recurrent.set_spectral_radius_(float(spectral_radius) / float(rate_scale))
+        self.embedding = build_embedding(input_embedding, self.n_inputs, embed_dim, n_heads, generator=g)
+        d_in = self.embedding.out_dim
+        self.W_in = nn.Parameter(torch.randn(self.n_units, d_in, generator=g) * (float(input_scale) / np.sqrt(d_in)))
+        self.bias = nn.Parameter(torch.zeros(self.n_units))
+        self.time_constants = TimeConstants(
+            is_exc, dt=dt, tau=tau, tau_inh=tau_inh, learnable_alpha=learnable_alpha, learnable_tau=learnable_tau,
+            tau_min=tau_min, tau_max=tau_max, tau_bound=tau_bound, freeze=freeze_time_constants,
+        )
+        if learnable_h0:
+            self.h0 = nn.Parameter(torch.full((self.n_units,), float(h0_init)))
+        else:
+            self.register_buffer("h0", torch.zeros(self.n_units))
+        self._rate_scale = nn.Parameter(torch.tensor(_inv_softplus(rate_scale)))
+        self._rate_baseline = nn.Parameter(torch.tensor(_inv_softplus(max(rate_baseline, 1e-4))))
+        self.n_outputs = int(n_outputs)
+        if self.n_outputs > 0:
+            n_exc = int(is_exc.sum())
+            self.W_out = nn.Parameter(torch.randn(self.n_outputs, n_exc, generator=g) / np.sqrt(max(n_exc, 1)) * 0.1)
+            self.b_out = nn.Parameter(torch.zeros(self.n_outputs))
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def W_rec(self) -> torch.Tensor:
+        """Effective recurrent matrix ``[n, n]`` (Dale's law and zero diagonal applied)."""
+        return self.recurrent.weight()
+
+    @property
+    def rate_scale(self) -> torch.Tensor:
+        return F.softplus(self._rate_scale)
+
+    @property
+    def rate_baseline(self) -> torch.Tensor:
+        return F.softplus(self._rate_baseline)
+
+    def alpha(self) -> torch.Tensor:
+        """``[n]`` integration constants ``dt / tau``."""
+        return self.time_constants.alpha()
+
+    def rate(self, x: torch.Tensor) -> torch.Tensor:
+        """``r = softplus(x) * rate_scale + rate_baseline``."""
+        return F.softplus(x) * self.rate_scale + self.rate_baseline
+
+    def regularized_weights(self) -> list[torch.Tensor]:
+        """Weights penalised by ``L_reg``: ``W_rec`` and ``W_in``."""
+        return [self.W_rec, self.W_in]
+
+    def input_drive(self, u: torch.Tensor) -> torch.Tensor:
+        """``W_in e(u[t]) + b`` for all steps at once: ``[B, T, C] -> [B, T, n]``."""
+        return torch.matmul(self.embedding(u), self.W_in.T) + self.bias
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        u: torch.Tensor,
+        noise: bool = True,
+        generator: torch.Generator | None = None,
+        return_states: bool = False,
+    ) -> RNNOutput:
+        """Run the network on inputs ``u`` ``[B, T, C]``; returns :class:`RNNOutput`."""
+        if u.dim() != 3 or u.shape[-1] != self.n_inputs:
+            raise ValueError(f"inputs must be [batch, time, {self.n_inputs}], got {tuple(u.shape)}")
+        B = u.shape[0]
+        alpha = self.alpha()  # [n]
+        # Everything that does not depend on the state is computed before the loop.
+        inp = alpha * self.input_drive(u)  # [B, T, n]
+        if noise and self.noise_scale > 0:
+            xi = torch.randn(inp.shape, generator=generator, device=inp.device, dtype=inp.dtype)
+            inp = inp + (self.noise_scale * alpha.sqrt()) * xi
+        decay = 1.0 - alpha
+        w_t = (self.W_rec * alpha[:, None]).T  # r @ w_t == alpha * (W_rec r)
+        scale, base = self.rate_scale, self.rate_baseline
+        x = self.h0.expand(B, self.n_units)
+        r = F.softplus(x) * scale + base
+        rates, states = [], []
+        # unbind (one backward op for all steps), not inp[:, t]: the backward of each
+        # indexing op would materialise a zero tensor of the whole [B, T, n] input.
+        for inp_t in inp.unbind(1):
+            x = torch.addmm(inp_t, r, w_t) + decay * x
+            r = F.softplus(x) * scale + base
+            rates.append(r)
+            if return_states:
+                states.append(x)
+        rates_t = torch.stack(rates, dim=1)
+        outputs = None
+        if self.n_outputs > 0:
+            outputs = rates_t.index_select(-1, self.exc_index) @ self.W_out.T + self.b_out
+        return RNNOutput(rates_t, outputs, torch.stack(states, dim=1) if return_states else None)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def describe(self) -> str:
+        """One line: units by role and type, connectivity, trainable parameter count."""
+        exc, n_rec = self.is_excitatory, self.n_recorded
+        rank = getattr(self.recurrent, "rank", None)
+        conn = "full rank" if rank is None else f"rank {rank} ({self.recurrent.mode})"
+        return (
+            f"EIRNN, {self.n_units} units ({n_rec} recorded: {int(exc[:n_rec].sum())} E / {int((~exc[:n_rec]).sum())} I; "
+            f"{self.n_units - n_rec} hidden: {int(exc[n_rec:].sum())} E / {int((~exc[n_rec:]).sum())} I), "
+            f"W_rec {conn}{'' if self.recurrent.dale else ', no Dale constraint'}, "
+            f"{type(self.embedding).__name__}, {self.n_parameters()} trainable parameters"
+        )

@@ -1,0 +1,205 @@
+"""Train an E-I RNN on a session: ``python -m eirnn.train [hydra overrides]``.
+
+Examples::
+
+    python -m eirnn.train                                   # built-in synthetic session
+    python -m eirnn.train data=sc_mat data.path=FILE.mat    # a lab export
+    python -m eirnn.train model=lowrank model.rank=20 trainer.max_epochs=50
+    python -m eirnn.train --multirun seed=1,2,3             # one folder per job
+    tensorboard --logdir outputs
+
+Each run folder (``outputs/train/runs/<date_time>/``) holds the composed config
+(``.hydra/``), the log, TensorBoard events (``tensorboard/``), checkpoints
+(``checkpoints/best.ckpt``, ``last.ckpt``) and ``metrics.json``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+log = logging.getLogger("eirnn.train")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+class UserError(Exception):
+    """A problem with the user's input (bad data file, missing setting): reported in one line."""
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def _instantiate_dict(section: DictConfig | None) -> list[Any]:
+    from hydra.utils import instantiate
+
+    out = []
+    if not section:
+        return out
+    for name, sub in section.items():
+        if isinstance(sub, DictConfig) and "_target_" in sub:
+            out.append(instantiate(sub))
+    return out
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate and set up the data module; data problems become :class:`UserError`."""
+    from hydra.utils import instantiate
+
+    from eirnn.data import DataFormatError
+
+    try:
+        dm = instantiate(cfg.data)
+        dm.setup("fit")
+    except DataFormatError as err:
+        raise UserError(str(err)) from err
+    except MissingMandatoryValue as err:
+        raise UserError(f"missing setting: {err.full_key} (e.g. data=sc_mat data.path=FILE.mat)") from err
+    return dm
+
+
+def build_model(cfg: DictConfig, dm):
+    """Instantiate ``cfg.model`` with the data-derived arguments of ``dm.model_kwargs()``.
+
+    A data-derived value is used only where the config leaves it unset (absent or null),
+    so e.g. ``model.dt`` can still be set by hand.
+    """
+    from hydra.utils import instantiate
+
+    kwargs: dict[str, Any] = {"seed": cfg.seed}
+    for key, value in dm.model_kwargs().items():
+        if cfg.model.get(key) is None:
+            kwargs[key] = value
+    try:
+        return instantiate(cfg.model, **kwargs)
+    except ValueError as err:  # bad option values: one line, named by the model's own message
+        raise UserError(f"model config: {err}") from err
+
+
+def build_module(cfg: DictConfig, model, dm):
+    """Instantiate ``cfg.module`` (the LightningModule) around ``model``."""
+    from hydra.utils import instantiate
+
+    kwargs = dict(dm.module_kwargs()) if hasattr(dm, "module_kwargs") else {}
+    return instantiate(cfg.module, model=model, **kwargs, _convert_="all")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model; returns the summary written to ``metrics.json``."""
+    import lightning as L
+    import torch
+
+    from eirnn.training.callbacks import MetricsWriter, write_json_atomic
+
+    out_dir = _output_dir(cfg)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+
+    dm = build_datamodule(cfg)
+    log.info("data: %s", dm.describe() if hasattr(dm, "describe") else dm.summary())
+    model = build_model(cfg, dm)
+    log.info("model: %s", model.describe() if hasattr(model, "describe") else type(model).__name__)
+    module = build_module(cfg, model, dm)
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    if not any(isinstance(c, MetricsWriter) for c in callbacks):
+        callbacks.append(MetricsWriter(str(out_dir)))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    from hydra.utils import instantiate
+
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir)
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    writer = next(c for c in callbacks if isinstance(c, MetricsWriter))
+    summary = writer.summary(trainer, module)
+    summary["run_dir"] = str(out_dir)
+    ckpt = getattr(trainer, "checkpoint_callback", None)
+    if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        summary["best_checkpoint"] = ckpt.best_model_path
+    write_json_atomic(writer.path, summary)
+    _log_hparams(loggers, cfg, summary)
+    _print_summary(summary, out_dir)
+    return summary
+
+
+def _log_hparams(loggers: list, cfg: DictConfig, summary: dict) -> None:
+    """Hyperparameters and final metrics for TensorBoard's HParams view."""
+    from eirnn.utils import flatten_config
+
+    params = flatten_config(OmegaConf.to_container(cfg, resolve=False), skip=("hydra", "paths", "callbacks", "logger"))
+    metrics = {}
+    for key in dict.fromkeys((cfg.get("optimized_metric"), "val/psth_corr", "val/bits_per_spike", "val/true_psth_corr")):
+        if not key:
+            continue
+        v = summary.get("best", {}).get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            metrics[f"hp/best_{key.split('/')[1]}"] = float(v)
+    for lg in loggers:
+        try:
+            lg.log_hyperparams(params, metrics=metrics)
+            lg.finalize("success")
+        except TypeError:
+            lg.log_hyperparams(params)
+
+
+def _print_summary(summary: dict, out_dir: Path) -> None:
+    best, final = summary.get("best", {}), summary.get("final", {})
+
+    def f(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    lines = [
+        "=" * 72,
+        "TRAINING COMPLETE",
+        "=" * 72,
+        f"epochs trained:      {summary.get('epochs_trained')}" + ("  (early stopped)" if summary.get("early_stopped") else ""),
+        f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {best.get('epoch', 'n/a')}"
+        f"  (E {f(best.get('val/psth_corr_E'))}, I {f(best.get('val/psth_corr_I'))})",
+        f"final val/psth_corr: {f(final.get('val/psth_corr'))}",
+        f"best bits/spike:     {f(best.get('val/bits_per_spike'))}",
+    ]
+    if "val/true_psth_corr" in best:
+        lines.append(f"best corr with teacher's true rates: {f(best.get('val/true_psth_corr'))}")
+    lines += [
+        f"training time:       {summary.get('train_time_s', 0):.1f} s",
+        f"run folder:          {out_dir}",
+        f"  metrics.json, checkpoints/, tensorboard/  ->  tensorboard --logdir {out_dir}",
+        "=" * 72,
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # pragma: no cover
+        return False
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` (best value) for sweepers."""
+    try:
+        summary = train(cfg)
+    except UserError as err:
+        log.error("%s", err)
+        if _is_multirun():
+            raise RuntimeError(str(err)) from None  # the sweep records the failed job and goes on
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    value = summary.get("best", {}).get(cfg.get("optimized_metric") or "val/psth_corr")
+    return None if value is None else float(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the LightningModule (the step), the gradient balancer, the objective, callbacks."""

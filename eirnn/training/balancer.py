@@ -1,0 +1,114 @@
+"""Gradient balancing between the PSTH loss and the trial-matching loss.
+
+The lab's recipe (seed 001, after Défossez et al. 2023) combines a primary loss
+``L_main`` (``L_neuron``) and an auxiliary loss ``L_aux`` (``L_trial``) as::
+
+    g = grad L_main + w * grad L_aux + grad L_extra,     w = scale * ||grad L_main|| / ||grad L_aux||
+
+so the auxiliary gradient always has ``scale`` times the norm of the main one,
+whatever the two losses' magnitudes. ``w`` is a constant (no gradient flows
+through the norms). ``L_extra`` (weight and activity regularisation) is added unbalanced.
+
+Modes (``loss.balance.mode``):
+
+* ``param``  -- norms of the gradients w.r.t. the *parameters* (seed 001). Needs one
+  backward pass through the recurrence per loss (two in all).
+* ``output`` -- norms of the gradients w.r.t. the *model rates* (the network output,
+  as in audiocraft's Balancer). The two output gradients are cheap (they do not
+  traverse the recurrence); their balanced sum is back-propagated once.
+* ``fixed``  -- ``L_main + lambda * L_aux + L_extra`` with a fixed ``lambda``.
+* ``off``    -- ``L_main + L_extra`` (no trial-matching term).
+
+:meth:`GradientBalancer.backward` fills ``.grad`` of the parameters and returns
+detached statistics (tensors; no host synchronisation).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+MODES = ("param", "output", "fixed", "off")
+
+
+def _global_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    sq = [g.pow(2).sum() for g in grads if g is not None]
+    return torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
+
+
+class GradientBalancer:
+    """Combine ``L_main`` and ``L_aux`` gradients; see the module docstring.
+
+    Args:
+        mode: one of ``param``, ``output``, ``fixed``, ``off``.
+        scale: ``ltrial_scale``, the ratio ``||w grad L_aux|| / ||grad L_main||`` (balanced modes).
+        lambda_fixed: the weight of ``L_aux`` in ``fixed`` mode.
+        eps: guards the division when ``grad L_aux`` vanishes.
+    """
+
+    def __init__(self, mode: str = "param", scale: float = 0.5, lambda_fixed: float = 0.1, eps: float = 1e-12):
+        mode = str(mode).lower()
+        if mode not in MODES:
+            raise ValueError(f"loss.balance.mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.scale, self.lambda_fixed, self.eps = mode, float(scale), float(lambda_fixed), float(eps)
+
+    def weight(self, norm_main: torch.Tensor, norm_aux: torch.Tensor) -> torch.Tensor:
+        """``w = scale * norm_main / norm_aux`` (0 when the auxiliary gradient vanishes)."""
+        return torch.where(norm_aux > self.eps, self.scale * norm_main / norm_aux.clamp_min(self.eps), torch.zeros_like(norm_aux))
+
+    def backward(
+        self,
+        params: Sequence[torch.nn.Parameter],
+        main: torch.Tensor,
+        aux: torch.Tensor | None,
+        extra: torch.Tensor | None = None,
+        outputs: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Set ``p.grad`` for every parameter in ``params`` and return statistics.
+
+        Args:
+            params: the trainable parameters (gradients are *assigned*, not accumulated).
+            main, aux: scalar losses (``aux=None`` behaves like mode ``off``).
+            extra: scalar added with weight 1 (regularisers), or ``None``.
+            outputs: the tensor both losses are computed from (required for ``output`` mode).
+        Returns:
+            dict with ``weight`` (effective weight of ``L_aux``), and for balanced modes
+            ``grad_norm_main`` and ``grad_norm_aux`` -- all detached scalar tensors.
+        """
+        params = [p for p in params if p.requires_grad]
+        mode = "off" if aux is None else self.mode
+        stats: dict[str, torch.Tensor] = {}
+        zero = main.detach() * 0.0
+        if mode in ("off", "fixed"):
+            w = zero if mode == "off" else zero + self.lambda_fixed
+            total = main if mode == "off" else main + self.lambda_fixed * aux
+            if extra is not None:
+                total = total + extra
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+            stats["weight"] = w
+        elif mode == "param":
+            g_main = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
+            g_aux = torch.autograd.grad(aux, params, retain_graph=extra is not None, allow_unused=True)
+            n_main, n_aux = _global_norm(g_main), _global_norm(g_aux)
+            w = self.weight(n_main, n_aux)
+            g_extra = torch.autograd.grad(extra, params, allow_unused=True) if extra is not None else [None] * len(params)
+            grads = []
+            for gm, ga, ge in zip(g_main, g_aux, g_extra):
+                parts = [g for g in (gm, None if ga is None else w * ga, ge) if g is not None]
+                grads.append(sum(parts) if parts else None)
+            stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
+        else:  # output
+            if outputs is None:
+                raise ValueError("output-space balancing needs the `outputs` tensor the losses were computed from")
+            go_main = torch.autograd.grad(main, outputs, retain_graph=True)[0]
+            go_aux = torch.autograd.grad(aux, outputs, retain_graph=True)[0]
+            n_main, n_aux = go_main.norm(), go_aux.norm()
+            w = self.weight(n_main, n_aux)
+            surrogate = (outputs * (go_main + w * go_aux).detach()).sum()
+            if extra is not None:
+                surrogate = surrogate + extra
+            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+            stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.detach()
+        return {k: v.detach() for k, v in stats.items()}

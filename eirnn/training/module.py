@@ -1,0 +1,285 @@
+"""The training step: a LightningModule that fits an :class:`~eirnn.models.EIRNN` to trials.
+
+One optimisation step (manual optimisation, one call of :meth:`FitModule.training_step`)::
+
+    rates = model(inputs)                        # [B, T, n] all units, state noise on
+    rec   = rates[..., :n_recorded]              # recorded units
+    L_neuron = objective.neuron_term(rec, target, mask)
+    L_trial  = objective.trial_term(rec, target, mask)      # unless disabled / warming up
+    L_extra  = L_reg (+ L_activity)
+    balancer.backward(...)                       # g = g_neuron + w g_trial + g_extra
+    clip_grad_norm(g, 1.0); optimizer.step()
+
+Validation runs the model on the validation trials with a fixed noise seed (so the
+metric depends on the weights only) and computes, over the whole validation set,
+``val/psth_corr`` (the lab's metric; the checkpoint monitor), its E and I means,
+Poisson bits/spike, ``L_neuron``/``L_trial`` and, for synthetic data, the PSTH
+correlation with the teacher's true rates.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+
+from eirnn import metrics as M
+from eirnn.losses import masked_psth
+from eirnn.training.balancer import GradientBalancer
+from eirnn.training.objective import FitObjective
+
+MONITOR = "val/psth_corr"
+
+
+def _cfg_get(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    v = cfg.get(key, default)
+    return default if v is None else v
+
+
+class FitModule(L.LightningModule):
+    """Wraps the model, the objective and the balanced optimisation step.
+
+    Args:
+        model: the network (an :class:`~eirnn.models.EIRNN` or compatible module with
+            ``n_recorded``, ``is_excitatory`` and ``regularized_weights()``).
+        loss: the ``loss`` config (``neuron``, ``trial``, ``reg``, ``activity``, ``balance``).
+        optim: ``name`` (adam | adamw), ``lr``, ``weight_decay``, ``grad_clip``.
+        scheduler: ``name`` (none | plateau | cosine) and its settings.
+        bin_size_ms: data bin width (for Poisson terms and bits/spike).
+        val_seed: seed of the validation noise (default ``train_seed + 1000003``).
+        train_seed: seed of the training noise generator (saved in checkpoints).
+        max_epochs: needed by the cosine schedule.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        bin_size_ms: float = 25.0,
+        val_seed: int | None = None,
+        train_seed: int = 0,
+        max_epochs: int = 500,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        loss = dict(loss or {})
+        self.loss_cfg, self.optim_cfg, self.sched_cfg = loss, dict(optim or {}), dict(scheduler or {})
+        self.objective = FitObjective(
+            neuron=loss.get("neuron") or {}, trial=loss.get("trial") or {}, reg=loss.get("reg") or {},
+            activity=loss.get("activity") or {}, bin_size_ms=bin_size_ms,
+        )
+        bal = loss.get("balance") or {}
+        self.balancer = GradientBalancer(
+            mode=_cfg_get(bal, "mode", "param"), scale=_cfg_get(bal, "ltrial_scale", 0.5),
+            lambda_fixed=_cfg_get(bal, "lambda_trial", 0.1),
+        )
+        self.bin_size_ms = float(bin_size_ms)
+        self.train_seed, self.max_epochs = int(train_seed), int(max_epochs)
+        self.val_seed = self.train_seed + 1_000_003 if val_seed is None else int(val_seed)
+        self._train_gen: torch.Generator | None = None
+        self._train_gen_state: torch.Tensor | None = None
+        self._val_outputs: list[dict[str, torch.Tensor]] = []
+        self.last_val: dict[str, float] = {}
+        self.last_val_arrays: dict[str, np.ndarray] = {}
+        self.best_val: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._epoch_t0 = time.perf_counter()
+        self._train_sums: dict[str, torch.Tensor] = {}
+        self._train_count = 0
+
+    # ------------------------------------------------------------- generators
+    def _train_generator(self) -> torch.Generator:
+        if self._train_gen is None or self._train_gen.device != self.device:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.train_seed)
+            if self._train_gen_state is not None:
+                gen.set_state(self._train_gen_state)
+                self._train_gen_state = None
+            self._train_gen = gen
+        return self._train_gen
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["eirnn"] = {
+            "train_generator": self._train_generator().get_state(),
+            "best_val": dict(self.best_val),
+            "history": list(self.history),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("eirnn", {})
+        if "train_generator" in state:
+            self._train_gen = None
+            self._train_gen_state = state["train_generator"].cpu()
+        self.best_val = dict(state.get("best_val", {}))
+        self.history = list(state.get("history", []))
+
+    # ------------------------------------------------------------------ step
+    def forward(self, inputs: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None):
+        return self.model(inputs, noise=noise, generator=generator)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        out = self.model(batch["inputs"], noise=True, generator=self._train_generator())
+        n_rec = self.model.n_recorded
+        rec = out.rates[..., :n_rec]
+        target, mask = batch["rates"], batch["mask"]
+
+        l_neuron = self.objective.neuron_term(rec, target, mask)
+        l_trial = self.objective.trial_term(rec, target, mask) if self.objective.trial_active(self.current_epoch) else None
+        extras = self.objective.extra_term(self.model, out.rates, mask)
+        l_extra = sum(extras.values())
+
+        opt.zero_grad(set_to_none=True)
+        stats = self.balancer.backward(list(self.model.parameters()), l_neuron, l_trial, l_extra, outputs=rec)
+        clip = float(_cfg_get(self.optim_cfg, "grad_clip", 1.0))
+        if clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        opt.step()
+
+        w = stats["weight"]
+        total = l_neuron.detach() + l_extra.detach() + (w * l_trial.detach() if l_trial is not None else 0.0)
+        bs = int(target.shape[0])
+        log = {"train/loss": total, "train/L_neuron": l_neuron.detach(), "train/balance_weight": w}
+        if l_trial is not None:
+            log["train/L_trial"] = l_trial.detach()
+        for k, v in extras.items():
+            log[f"train/{k}"] = v.detach()
+        for k in ("grad_norm_main", "grad_norm_aux"):
+            if k in stats:
+                log[f"balance/{k.replace('main', 'neuron').replace('aux', 'trial')}"] = stats[k]
+        self.log_dict(log, on_step=False, on_epoch=True, batch_size=bs)
+        for k, v in log.items():  # epoch means for the history (no host sync here)
+            self._train_sums[k] = self._train_sums.get(k, 0.0) + v
+        self._train_count += 1
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sums, self._train_count = {}, 0
+
+    def on_train_epoch_end(self) -> None:
+        sch = self.lr_schedulers()
+        if sch is not None and not isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sch.step()
+
+    # ------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+        self._val_gen = torch.Generator(device=self.device)
+        self._val_gen.manual_seed(self.val_seed)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(batch["inputs"], noise=True, generator=self._val_gen)
+        item = {"rates": out.rates[..., : self.model.n_recorded], "target": batch["rates"], "mask": batch["mask"]}
+        if "true_rates" in batch:
+            item["true_rates"] = batch["true_rates"]
+        self._val_outputs.append(item)
+
+    def _gather_val(self) -> dict[str, torch.Tensor]:
+        keys = self._val_outputs[0].keys()
+        return {k: torch.cat([o[k] for o in self._val_outputs], 0) for k in keys}
+
+    def compute_val_metrics(self, v: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """All validation metrics from gathered ``rates``/``target``/``mask`` ``[B, T, N]``."""
+        rates, target, mask = v["rates"].float(), v["target"].float(), v["mask"]
+        exc = self.model.is_excitatory[: self.model.n_recorded].cpu().numpy()
+        per_neuron = M.psth_correlation(rates, target, mask)
+        by_type = M.psth_corr_by_type(per_neuron, exc)
+        with torch.no_grad():
+            l_neuron = float(self.objective.neuron_term(rates, target, mask))
+            l_trial = float(self.objective.trial_term(rates, target, mask)) if self.objective.trial_enabled else float("nan")
+        out = {
+            "val/psth_corr": by_type["all"],
+            "val/psth_corr_E": by_type["E"],
+            "val/psth_corr_I": by_type["I"],
+            "val/bits_per_spike": float(M.bits_per_spike(rates, target, mask, bin_size_ms=self.bin_size_ms)),
+            "val/L_neuron": l_neuron,
+            "val/L_trial": l_trial,
+        }
+        psth_model, _ = masked_psth(rates, mask)
+        psth_data, valid = masked_psth(target, mask)
+        arrays = {
+            "per_neuron_corr": np.asarray(per_neuron),
+            "psth_model": psth_model.detach().cpu().numpy(),
+            "psth_data": torch.where(valid, psth_data, torch.nan).cpu().numpy(),
+        }
+        if "true_rates" in v:
+            true_pn = M.psth_correlation(rates, v["true_rates"].float(), mask)
+            out["val/true_psth_corr"] = float(np.nanmean(true_pn))
+            arrays["per_neuron_true_corr"] = np.asarray(true_pn)
+        return out, arrays
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        vals, arrays = self.compute_val_metrics(self._gather_val())
+        self._val_outputs = []
+        if self.trainer.sanity_checking:
+            return
+        self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
+        self.log(MONITOR, vals[MONITOR], prog_bar=True)  # logged even when NaN: early stopping then stops
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log("lr", lr)
+        for k, v in self.model.time_constants.summary().items():
+            self.log(f"time_constants/{k}", v)
+        epoch_time = time.perf_counter() - self._epoch_t0
+        self._epoch_t0 = time.perf_counter()
+        record = {"epoch": int(self.current_epoch), "lr": float(lr), "epoch_time_s": float(epoch_time), **vals}
+        for k, t in self._train_sums.items():
+            record[k] = float(t) / max(self._train_count, 1)
+        self.history.append(record)
+        self.last_val, self.last_val_arrays = record, arrays
+        cur = vals[MONITOR]
+        if not self.best_val or (not math.isnan(cur) and cur > self.best_val.get(MONITOR, -math.inf)):
+            self.best_val = dict(record)
+        sch = self.lr_schedulers()
+        if isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sch.step(cur)
+
+    # ------------------------------------------------------------ optimisers
+    def configure_optimizers(self):
+        name = str(_cfg_get(self.optim_cfg, "name", "adam")).lower()
+        lr = float(_cfg_get(self.optim_cfg, "lr", 1e-3))
+        wd = float(_cfg_get(self.optim_cfg, "weight_decay", 0.0))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if name == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        elif name == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd if wd > 0 else 1e-2)
+        else:
+            raise ValueError(f"optim.name must be 'adam' or 'adamw', got {name!r}")
+        sname = str(_cfg_get(self.sched_cfg, "name", "none")).lower()
+        if sname == "none":
+            return opt
+        if sname == "plateau":
+            sch = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=float(_cfg_get(self.sched_cfg, "factor", 0.5)),
+                patience=int(_cfg_get(self.sched_cfg, "patience", 50)),
+                min_lr=float(_cfg_get(self.sched_cfg, "min_lr", 1e-5)),
+            )
+        elif sname == "cosine":
+            warm = int(_cfg_get(self.sched_cfg, "warmup_epochs", 0))
+            floor = float(_cfg_get(self.sched_cfg, "min_lr_ratio", 0.01))
+            total = int(_cfg_get(self.sched_cfg, "total_epochs", self.max_epochs))
+            sch = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warm, total, floor))
+        else:
+            raise ValueError(f"scheduler.name must be none, plateau or cosine, got {sname!r}")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch"}}
+
+
+def cosine_with_warmup(warmup: int, total: int, floor: float = 0.01):
+    """LR multiplier per epoch: linear ``(e+1)/warmup`` ramp, then cosine decay to ``floor``."""
+
+    def factor(epoch: int) -> float:
+        if warmup > 0 and epoch < warmup:
+            return (epoch + 1) / warmup
+        progress = (epoch - warmup) / max(1, total - warmup)
+        return max(floor, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    return factor

@@ -1,0 +1,105 @@
+"""The fitting objective assembled from the ``loss`` config group.
+
+Terms (each defined in :mod:`eirnn.losses`):
+
+* ``L_neuron`` (main): ``correlation`` (the lab's PSTH loss, default), ``poisson``
+  (Poisson NLL of the spike counts) or ``hybrid`` (``w * poisson + (1 - w) * correlation``).
+* ``L_trial`` (auxiliary): Sinkhorn trial matching, ``euclidean`` (default) or
+  ``poisson`` distance; switched off for the first ``warmup_epochs`` epochs.
+* ``L_extra``: ``L_reg = lambda_l2 * sum_W mean(W^2)`` over ``W_rec`` and ``W_in``, plus
+  the optional activity regulariser on all units' rates.
+
+How ``L_neuron`` and ``L_trial`` are combined is the balancer's job
+(:mod:`eirnn.training.balancer`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from eirnn.losses import (
+    activity_regularization,
+    hybrid_neuron_loss,
+    neuron_loss,
+    poisson_neuron_loss,
+    trial_loss,
+    weight_l2,
+)
+
+NEURON_KINDS = ("correlation", "poisson", "hybrid")
+
+
+def _get(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+@dataclass
+class FitObjective:
+    """Computes the loss terms for a batch; built from the ``loss`` config."""
+
+    neuron: Mapping[str, Any] = field(default_factory=dict)
+    trial: Mapping[str, Any] = field(default_factory=dict)
+    reg: Mapping[str, Any] = field(default_factory=dict)
+    activity: Mapping[str, Any] = field(default_factory=dict)
+    bin_size_ms: float = 25.0
+
+    def __post_init__(self) -> None:
+        kind = str(_get(self.neuron, "kind", "correlation")).lower()
+        if kind not in NEURON_KINDS:
+            raise ValueError(f"loss.neuron.kind must be one of {NEURON_KINDS}, got {kind!r}")
+        self.neuron_kind = kind
+        self.trial_enabled = bool(_get(self.trial, "enabled", True))
+        self.warmup_epochs = int(_get(self.trial, "warmup_epochs", 0))
+        self.activity_enabled = bool(_get(self.activity, "enabled", False))
+
+    # -- main -----------------------------------------------------------------
+    def neuron_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``L_neuron`` on recorded units: ``rates``, ``target``, ``mask`` are ``[B, T, N]``."""
+        ls, lv = float(_get(self.neuron, "lambda_scale", 0.1)), float(_get(self.neuron, "lambda_var", 0.05))
+        if self.neuron_kind == "correlation":
+            return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv)
+        if self.neuron_kind == "poisson":
+            return poisson_neuron_loss(rates, target, mask, bin_size_ms=self.bin_size_ms)
+        return hybrid_neuron_loss(
+            rates, target, mask, poisson_weight=float(_get(self.neuron, "poisson_weight", 0.5)),
+            bin_size_ms=self.bin_size_ms, lambda_scale=ls, lambda_var=lv,
+        )
+
+    # -- auxiliary ------------------------------------------------------------
+    def trial_active(self, epoch: int) -> bool:
+        return self.trial_enabled and epoch >= self.warmup_epochs
+
+    def trial_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``L_trial`` (Sinkhorn trial matching) on recorded units, ``[B, T, N]`` inputs."""
+        return trial_loss(
+            rates, target, mask,
+            epsilon=float(_get(self.trial, "epsilon", 0.1)),
+            n_iters=int(_get(self.trial, "n_iters", 20)),
+            distance=str(_get(self.trial, "distance", "euclidean")),
+            smooth_sigma_bins=float(_get(self.trial, "smooth_sigma_bins", 1.0)),
+            bin_size_ms=self.bin_size_ms,
+        )
+
+    # -- extra ----------------------------------------------------------------
+    def extra_term(self, model: torch.nn.Module, all_rates: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Regularisers: ``{"L_reg": ..., "L_activity": ...}`` (the latter only when enabled)."""
+        out = {"L_reg": weight_l2(model.regularized_weights(), lam=float(_get(self.reg, "lambda_l2", 1e-4)))}
+        if self.activity_enabled:
+            # The activity regulariser sees every unit; the mask only covers recorded
+            # ones, so broadcast its time validity (a bin is valid when any neuron is).
+            act_mask = None
+            if mask is not None:
+                act_mask = mask.any(-1, keepdim=True).expand(-1, -1, all_rates.shape[-1])
+            out["L_activity"] = activity_regularization(
+                all_rates, act_mask,
+                target_mean=float(_get(self.activity, "target_mean", 10.0)),
+                target_max=float(_get(self.activity, "target_max", 100.0)),
+                lambda_mean=float(_get(self.activity, "lambda_mean", 0.01)),
+                lambda_max=float(_get(self.activity, "lambda_max", 0.001)),
+            )
+        return out
