@@ -26,13 +26,17 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
 class EpochProgressBar(ProgressBar):
     """One progress bar over epochs, a short line every ``print_every`` epochs.
 
-    The bar's postfix shows the epoch's training loss, ``val/psth_corr``, the best so far
-    and the learning rate. Lightning's default per-batch bar is replaced by this one.
+    The bar's postfix shows the epoch's training loss, the monitored validation metric
+    (``monitor``, by default ``val/psth_corr``), the best so far and the learning rate.
+    Lightning's default per-batch bar is replaced by this one. It reads the module's
+    ``last_val`` / ``best_val`` records (see :class:`MetricsWriter` for the contract).
     """
 
-    def __init__(self, print_every: int = 10):
+    def __init__(self, print_every: int = 10, monitor: str = "val/psth_corr"):
         super().__init__()
         self.print_every = int(print_every)
+        self.monitor = monitor
+        self.short = monitor.split("/")[-1]
         self._enabled = True
         self._bar = None
         self._t0 = 0.0
@@ -62,16 +66,18 @@ class EpochProgressBar(ProgressBar):
         best = getattr(pl_module, "best_val", {}) or {}
         self._bar.update(1)
         self._bar.set_postfix_str(
-            f"loss={_fmt(rec.get('train/loss'))} val_corr={_fmt(rec.get('val/psth_corr'))} "
-            f"best={_fmt(best.get('val/psth_corr'))} lr={_fmt(rec.get('lr'), '.1e')}",
+            f"loss={_fmt(rec.get('train/loss'))} {self.short}={_fmt(rec.get(self.monitor))} "
+            f"best={_fmt(best.get(self.monitor))} lr={_fmt(rec.get('lr'), '.1e')}",
             refresh=False,
         )
         epoch = trainer.current_epoch + 1
         if self.print_every > 0 and epoch % self.print_every == 0:
+            terms = " | ".join(
+                f"{k.split('/')[-1]} {_fmt(v)}" for k, v in rec.items() if k.startswith("train/") and k != "train/loss"
+            )
             self._bar.write(
-                f"Epoch {epoch:4d} | train_loss {_fmt(rec.get('train/loss'))} | L_neuron {_fmt(rec.get('train/L_neuron'))} "
-                f"| L_trial {_fmt(rec.get('train/L_trial'))} | val_corr {_fmt(rec.get('val/psth_corr'))} "
-                f"| lr {_fmt(rec.get('lr'), '.1e')} | {time.perf_counter() - self._t0:.1f}s",
+                f"Epoch {epoch:4d} | train_loss {_fmt(rec.get('train/loss'))} | {terms} | {self.short} "
+                f"{_fmt(rec.get(self.monitor))} | lr {_fmt(rec.get('lr'), '.1e')} | {time.perf_counter() - self._t0:.1f}s",
                 file=sys.stdout,
             )
 
@@ -124,7 +130,12 @@ class TensorBoardFigures(L.Callback):
 
 class MetricsWriter(L.Callback):
     """Writes ``metrics.json`` (best and final validation metrics, epochs, time) and
-    ``training_log.json`` (one record per validated epoch: losses, metrics, lr, epoch time)."""
+    ``training_log.json`` (one record per validated epoch: losses, metrics, lr, epoch time).
+
+    Contract with the LightningModule (``FitModule`` and the task modules follow it):
+    ``history`` -- list of per-epoch dicts (``epoch``, ``lr``, ``epoch_time_s``, ``train/*``, ``val/*``);
+    ``last_val`` -- the latest of them; ``best_val`` -- the one with the best monitored metric.
+    """
 
     def __init__(self, output_dir: str, filename: str = "metrics.json", log_filename: str = "training_log.json"):
         super().__init__()
