@@ -25,6 +25,22 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 log = logging.getLogger("eirnn.train")
+
+
+class _DropLightningAds(logging.Filter):
+    """Lightning logs product tips at INFO level; they are noise in a scientist's console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage() and "Tip:" not in record.getMessage()
+
+
+def _quiet_third_party() -> None:
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningAds())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -55,7 +71,7 @@ def build_datamodule(cfg: DictConfig):
     from eirnn.data import DataFormatError
 
     try:
-        dm = instantiate(cfg.data)
+        dm = instantiate(cfg.data, _convert_="all")  # plain containers: checkpoints load with weights_only=True
         dm.setup("fit")
     except DataFormatError as err:
         raise UserError(str(err)) from err
@@ -78,8 +94,11 @@ def build_model(cfg: DictConfig, dm):
             kwargs[key] = value
     try:
         return instantiate(cfg.model, **kwargs)
-    except ValueError as err:  # bad option values: one line, named by the model's own message
-        raise UserError(f"model config: {err}") from err
+    except Exception as err:  # bad option values: one line, named by the model's own message
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, ValueError):  # Hydra wraps it in InstantiationException
+            raise UserError(f"model config: {cause}") from err
+        raise
 
 
 def build_module(cfg: DictConfig, model, dm):
@@ -97,6 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from eirnn.training.callbacks import MetricsWriter, write_json_atomic
 
+    _quiet_third_party()
     out_dir = _output_dir(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
@@ -123,8 +143,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt = getattr(trainer, "checkpoint_callback", None)
     if ckpt is not None and getattr(ckpt, "best_model_path", ""):
         summary["best_checkpoint"] = ckpt.best_model_path
+    for cb in callbacks:  # e.g. GracefulInterrupt: which signal stopped training, its checkpoint
+        if hasattr(cb, "extend_summary"):
+            cb.extend_summary(summary)
     write_json_atomic(writer.path, summary)
     _log_hparams(loggers, cfg, summary)
+    if cfg.get("export"):  # weights/, outputs/, metrics/, population/, figures/, training_report.md
+        from eirnn.export import export_after_training
+
+        manifest = export_after_training(cfg, trainer, module, dm, summary)
+        summary["report"] = str(out_dir / manifest["report"])
     _print_summary(summary, out_dir)
     return summary
 
@@ -157,7 +185,7 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
 
     lines = [
         "=" * 72,
-        "TRAINING COMPLETE",
+        "TRAINING INTERRUPTED" if summary.get("interrupted") else "TRAINING COMPLETE",
         "=" * 72,
         f"epochs trained:      {summary.get('epochs_trained')}" + ("  (early stopped)" if summary.get("early_stopped") else ""),
         f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {best.get('epoch', 'n/a')}"
@@ -171,8 +199,13 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
         f"training time:       {summary.get('train_time_s', 0):.1f} s",
         f"run folder:          {out_dir}",
         f"  metrics.json, checkpoints/, tensorboard/  ->  tensorboard --logdir {out_dir}",
-        "=" * 72,
     ]
+    if summary.get("report"):
+        lines.append(f"  weights/, outputs/, metrics/, population/, figures/; see {summary['report']}")
+    if summary.get("interrupted"):
+        lines.append(f"INTERRUPTED by {summary['interrupted']}: state saved to {summary.get('interrupted_checkpoint')}")
+        lines.append(f"  resume: same command + ckpt_path={summary.get('interrupted_checkpoint')} hydra.run.dir={out_dir}")
+    lines.append("=" * 72)
     print("\n".join(lines), flush=True)
 
 
@@ -197,6 +230,17 @@ def main(cfg: DictConfig) -> float | None:
             raise RuntimeError(str(err)) from None  # the sweep records the failed job and goes on
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Exception:
+        # Hydra's launchers run the other jobs, then report only the first failure; keep
+        # every failed job's traceback in its own log, where eirnn.sweep_report finds it.
+        if _is_multirun():
+            log.exception("job failed")
+        raise
+    except KeyboardInterrupt:  # outside training (data loading, export): nothing to save
+        print("interrupted (Ctrl+C)", file=sys.stderr, flush=True)
+        sys.exit(130)
+    if summary.get("interrupted") and not _is_multirun():
+        sys.exit(int(summary.get("exit_code", 130)))  # 128 + signal number, after every file is written
     value = summary.get("best", {}).get(cfg.get("optimized_metric") or "val/psth_corr")
     return None if value is None else float(value)
 

@@ -57,7 +57,7 @@ def test_tensorboard_has_losses_metrics_histogram_and_figure(compose, tmp_path):
 
 def test_training_improves_the_fit(compose, tmp_path):
     """A short run on synthetic data must beat its own first epoch (learning actually happens)."""
-    _train(compose, ["trainer.max_epochs=25", "callbacks.early_stopping.patience=100", "optim.lr=3e-3"], tmp_path)
+    _train(compose, ["trainer.max_epochs=25", "callbacks.early_stopping.patience=100"], tmp_path)
     history = json.loads((tmp_path / "training_log.json").read_text())
     assert [h["epoch"] for h in history] == list(range(25))
     first, last = history[0], history[-1]

@@ -30,7 +30,7 @@ from .mat_io import load_session
 from .session import INPUT_CHANNELS, Session, session_to_tensors
 from .synthetic import make_synthetic_session
 
-__all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "apply_filters"]
+__all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratified_kfold", "apply_filters"]
 
 _FILTER_KEYS = ("min_duration_ms", "require_fixation")
 
@@ -59,6 +59,31 @@ def stratified_split(condition_ids: np.ndarray, val_fraction: float, seed: int
     val_idx = np.sort(np.concatenate(val)).astype(np.int64) if val else np.zeros(0, np.int64)
     train_idx = np.setdiff1d(np.arange(cids.size, dtype=np.int64), val_idx)
     return train_idx, val_idx
+
+
+def stratified_kfold(condition_ids: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Seeded k-fold partition stratified by condition -> [K] int64 fold index (0..k-1).
+
+    The trials of each condition (in sorted condition order) are shuffled with
+    ``numpy.random.default_rng(seed)`` and dealt round-robin into the folds, each
+    condition starting where the previous one stopped. So every condition with
+    n >= k trials is in every fold (floor(n/k) or ceil(n/k) of its trials), and fold
+    sizes differ by at most one trial. Folds are disjoint and cover every trial.
+    """
+    k = int(n_folds)
+    if k < 2:
+        raise ValueError(f"cv_folds must be >= 2, got {n_folds}")
+    cids = np.asarray(condition_ids).reshape(-1)
+    if cids.size < k:
+        raise ValueError(f"cv_folds={k} is more than the {cids.size} trials")
+    rng = np.random.default_rng(int(seed))
+    fold = np.empty(cids.size, np.int64)
+    start = 0
+    for c in np.unique(cids):
+        idx = rng.permutation(np.flatnonzero(cids == c))
+        fold[idx] = (start + np.arange(idx.size)) % k
+        start = (start + idx.size) % k
+    return fold
 
 
 def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
@@ -153,12 +178,21 @@ class SessionDataModule(L.LightningDataModule):
     ``tensors(split)``.
     ``device_transfer=False`` keeps batches where they are (CPU) instead of letting
     Lightning move them to the model's device.
+
+    Cross-validation (``cv_folds`` = k >= 2, ``cv_fold`` = i in 0..k-1; default None =
+    the random ``val_fraction`` split above): the k-fold partition
+    (:func:`stratified_kfold`, seed ``cv_seed``, default ``split_seed``) is built on the
+    session **as loaded, before filtering**, so a fold holds the same recorded trials
+    whatever the filters; validation = the kept trials of fold i, training = the kept
+    trials of the other folds (``val_fraction`` is then unused). ``cv_partition`` ([K
+    loaded trials] fold index) is kept after ``setup()``.
     """
 
     def __init__(self, path: Optional[str] = None, synthetic: Optional[Dict[str, Any]] = None,
                  val_fraction: float = 0.2, batch_size: Optional[int] = 0, split_seed: int = 42,
                  shuffle_seed: Optional[int] = None, filters: Optional[Dict[str, Any]] = None,
-                 device_transfer: bool = True):
+                 device_transfer: bool = True, cv_folds: Optional[int] = None, cv_fold: Optional[int] = 0,
+                 cv_seed: Optional[int] = None):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -174,6 +208,13 @@ class SessionDataModule(L.LightningDataModule):
         self.shuffle_seed = self.split_seed if shuffle_seed is None else int(shuffle_seed)
         self.filters = dict(filters) if filters else None
         self.device_transfer = bool(device_transfer)
+        self.cv_folds = None if cv_folds is None else int(cv_folds)
+        self.cv_fold = int(cv_fold or 0)
+        self.cv_seed = self.split_seed if cv_seed is None else int(cv_seed)
+        if self.cv_folds is not None and (self.cv_folds < 2 or not 0 <= self.cv_fold < self.cv_folds):
+            raise ValueError(f"need cv_folds >= 2 and 0 <= cv_fold < cv_folds, got cv_folds={cv_folds}, "
+                             f"cv_fold={cv_fold}")
+        self.cv_partition: Optional[np.ndarray] = None
         self.session: Optional[Session] = None
         self.kept_trials: Optional[np.ndarray] = None
         self.train_idx: Optional[np.ndarray] = None
@@ -193,10 +234,16 @@ class SessionDataModule(L.LightningDataModule):
         kept, self.filter_report = apply_filters(raw, self.filters)
         if kept.size == 0:
             raise ValueError(f"filters {self.filters} removed every trial of {raw.source}")
+        if self.cv_folds is not None:  # folds of the unfiltered trials (see class docstring)
+            self.cv_partition = stratified_kfold(raw.condition_ids(), self.cv_folds, self.cv_seed)
         session = raw if kept.size == raw.n_trials else raw.subset(kept)
         del raw
-        self.train_idx, self.val_idx = stratified_split(session.condition_ids(), self.val_fraction,
-                                                        self.split_seed)
+        if self.cv_partition is not None:
+            in_val = self.cv_partition[kept] == self.cv_fold
+            self.val_idx, self.train_idx = np.flatnonzero(in_val), np.flatnonzero(~in_val)
+        else:
+            self.train_idx, self.val_idx = stratified_split(session.condition_ids(), self.val_fraction,
+                                                            self.split_seed)
         full = session_to_tensors(session)
         tr, va = torch.from_numpy(self.train_idx), torch.from_numpy(self.val_idx)
         self._train = {k: v.index_select(0, tr) for k, v in full.items()}
@@ -247,6 +294,7 @@ class SessionDataModule(L.LightningDataModule):
         """Session summary + split sizes + filter report + missing bins per split."""
         out = self._need().summary()
         out.update({"n_train": int(self.train_idx.size), "n_val": int(self.val_idx.size),
+                    "cv_folds": self.cv_folds, "cv_fold": self.cv_fold if self.cv_folds else None,
                     "val_fraction": self.val_fraction, "batch_size": self.batch_size,
                     "n_train_batches": len(self.train_dataloader()),
                     "filter_report": dict(self.filter_report)})
@@ -264,7 +312,8 @@ class SessionDataModule(L.LightningDataModule):
         return "\n".join([
             self._need().describe(),
             f"  split: {s['n_train']} train / {s['n_val']} val trials (stratified by condition, "
-            f"seed {self.split_seed}); batch size {self.batch_size or 'full'} "
+            + (f"fold {self.cv_fold} of {self.cv_folds}, seed {self.cv_seed}" if self.cv_folds else f"seed {self.split_seed}")
+            + f"); batch size {self.batch_size or 'full'} "
             f"-> {s['n_train_batches']} train batch(es)",
             f"  filters: {rep.get('n_before')} -> {rep.get('n_after')} trials"
             + (f" ({removed})" if removed else ""),

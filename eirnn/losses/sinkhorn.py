@@ -21,7 +21,19 @@ below ``stopThr``; with ``stopThr=0`` it runs exactly ``numItermax`` updates.
 ``n_iters`` updates, the default used inside losses because it never needs a
 host synchronisation).
 
-Gradients flow through the unrolled iterations by autograd.
+Gradients flow through the unrolled iterations. With ``tol=None`` (the default, used
+by the losses) the iterations run in one autograd node, :class:`SinkhornUnrolled`, whose
+hand-written backward is the exact reverse of the unrolled updates: with
+``S^g_ij = exp(L_ij + f_i - lse^g_j)`` (softmax over ``i``) and
+``S^f_ij = exp(L_ij + g_j - lse^f_i)`` (softmax over ``j``), ``L = -C / eps``, each update
+``g = log b - lse^g`` sends ``dL_ij -= dg_j S^g_ij`` and ``df_i -= sum_j S^g_ij dg_j``
+(and likewise for ``f``); the final ``P = exp(L + f + g)`` sends ``dL += dP * P``,
+``df += rowsum(dP * P)``, ``dg += colsum(dP * P)``. Exponentials are evaluated on
+arguments clamped at the underflow limit of the dtype (``exp(-87)`` in float32):
+below it PyTorch's CPU ``exp`` takes a slow path (10-40x), and the clamped terms are
+below the float resolution of every sum they enter; the plan is exactly 0 there.
+With ``tol`` set, the iterations are recorded by autograd step by step (as POT does,
+the early stop needs the host).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["sinkhorn_log"]
+__all__ = ["sinkhorn_log", "SinkhornUnrolled"]
 
 
 def _log_marginal(w: Optional[Tensor], size: int, like: Tensor) -> Tensor:
@@ -42,6 +54,80 @@ def _log_marginal(w: Optional[Tensor], size: int, like: Tensor) -> Tensor:
     if w.shape[-1] != size:
         raise ValueError(f"marginal has length {w.shape[-1]}, expected {size}")
     return torch.log(w)  # zero mass -> -inf potential -> zero row/column of the plan
+
+
+def _exp_floor(dtype: torch.dtype) -> float:
+    """Smallest argument whose ``exp`` is a normal float of ``dtype`` (underflow limit)."""
+    return math.log(torch.finfo(dtype).tiny) + 0.5
+
+
+def _lse_(w: Tensor, dim: int, floor: float) -> Tensor:
+    """``logsumexp`` of ``w`` over ``dim``; overwrites ``w`` with ``exp(w - max)``."""
+    m = w.amax(dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w.sub_(m).clamp_min_(floor).exp_()
+    return m.squeeze(dim) + w.sum(dim).log()
+
+
+def _softmax_from(log_k: Tensor, add: Tensor, sub: Tensor, floor: float) -> Tensor:
+    """``exp(log_k + add - sub)`` with broadcasting (the argument clamped at ``floor``)."""
+    w = log_k + add
+    return w.sub_(sub).clamp_min_(floor).exp_()
+
+
+class SinkhornUnrolled(torch.autograd.Function):
+    """``(log_k [..., n, m], log_a [..., n], log_b [..., m], n_iters) -> P [..., n, m]``.
+
+    ``n_iters`` log-domain updates from ``f = g = 0`` (see :func:`sinkhorn_log`), then
+    ``P = exp(log_k + f + g)``. Gradient w.r.t. ``log_k`` only (the marginals are constants).
+    """
+
+    @staticmethod
+    def forward(ctx, log_k, log_a, log_b, n_iters: int):
+        floor = _exp_floor(log_k.dtype)
+        with torch.no_grad():
+            f = torch.zeros(log_k.shape[:-1], dtype=log_k.dtype, device=log_k.device)
+            work = torch.empty_like(log_k)
+            fs, lse_gs, lse_fs = [f], [], []
+            for _ in range(n_iters):
+                torch.add(log_k, f.unsqueeze(-1), out=work)
+                lse_g = _lse_(work, -2, floor)
+                g = log_b - lse_g
+                torch.add(log_k, g.unsqueeze(-2), out=work)
+                lse_f = _lse_(work, -1, floor)
+                f = log_a - lse_f
+                fs.append(f)
+                lse_gs.append(lse_g)
+                lse_fs.append(lse_f)
+            z = log_k + f.unsqueeze(-1)
+            z.add_(g.unsqueeze(-2))
+            plan = torch.where(z >= floor, z.clamp_min(floor).exp_(), torch.zeros_like(z))
+        ctx.save_for_backward(log_k, plan, torch.stack(fs), torch.stack(lse_gs), torch.stack(lse_fs), log_b)
+        return plan
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_plan):
+        log_k, plan, fs, lse_gs, lse_fs, log_b = ctx.saved_tensors
+        floor = _exp_floor(log_k.dtype)
+        n_iters = lse_gs.shape[0]
+        d_logk = d_plan * plan  # P = exp(L + f + g)
+        df = d_logk.sum(-1)
+        dg = d_logk.sum(-2)
+        for k in range(n_iters - 1, -1, -1):
+            g_k = log_b - lse_gs[k]
+            # f_k = log a - LSE_j(L + g_k):  S^f = softmax over j
+            s = _softmax_from(log_k, g_k.unsqueeze(-2), lse_fs[k].unsqueeze(-1), floor)
+            s.mul_(df.neg().unsqueeze(-1))  # d lse^f = -df
+            d_logk.add_(s)
+            dg = dg + s.sum(-2)
+            # g_k = log b - LSE_i(L + f_{k-1}):  S^g = softmax over i
+            s = _softmax_from(log_k, fs[k].unsqueeze(-1), lse_gs[k].unsqueeze(-2), floor)
+            s.mul_(dg.neg().unsqueeze(-2))
+            d_logk.add_(s)
+            df = s.sum(-1)  # d f_{k-1} (f_0 = 0 is a constant)
+            dg = torch.zeros_like(dg)
+        return d_logk, None, None, None
 
 
 def sinkhorn_log(
@@ -89,6 +175,8 @@ def sinkhorn_log(
     b_lin = log_b.exp()
 
     log_k = -cost / epsilon  # [..., n, m]
+    if tol is None and not (log_a.requires_grad or log_b.requires_grad):
+        return SinkhornUnrolled.apply(log_k, log_a.detach(), log_b.detach(), int(n_iters))
     batch = cost.shape[:-2]
     f = torch.zeros(batch + (n,), dtype=cost.dtype, device=cost.device)
     g = torch.zeros(batch + (m,), dtype=cost.dtype, device=cost.device)

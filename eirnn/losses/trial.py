@@ -73,8 +73,8 @@ def population_trajectory(rates: Tensor, mask: Optional[Tensor] = None) -> Tuple
         ``(p [B, T], valid [B, T] bool)``, ``p`` is 0 where not valid.
     """
     mask = check_rates(rates, None, mask)
-    x = torch.where(mask, rates, torch.zeros_like(rates))
-    count = mask.sum(dim=-1)
+    x = torch.where(mask, rates, 0.0)
+    count = mask.sum(dim=-1, dtype=torch.int32)
     return x.sum(dim=-1) / count.clamp_min(1).to(rates.dtype), count > 0
 
 

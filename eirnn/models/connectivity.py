@@ -30,7 +30,7 @@ Parametrisations (``rank`` config group / ``model.rank``):
 ``dale=False`` (unconstrained baseline) drops the absolute value and sign: ``W = A * (1 - I)``.
 
 Every form is multiplied by a fixed ``gain`` (a constant, not a parameter). The model
-sets ``gain = 1 / rate_scale`` so that the raw parameters live on an O(1) scale
+sets ``gain = 1 / (rate_scale * sqrt(n))`` so that the raw parameters live on an O(1) scale
 while ``W`` acts on rates in sp/s: an optimiser step of a given size then changes
 the weights by the same relative amount whatever the rate units are.
 """

@@ -28,6 +28,9 @@ from torch import nn
 
 from .connectivity import build_recurrent_weights
 from .embedding import build_embedding
+from .fastops import RepeatedRows, attention_pool
+from .recurrence import IMPLS as RECURRENCE_IMPLS
+from .recurrence import FusedRecurrence
 from .time_constants import TimeConstants
 
 
@@ -72,6 +75,9 @@ class EIRNN(nn.Module):
         rate_scale, rate_baseline: initial values of the positive output scaling.
         n_outputs: readout dimension (0 disables the readout).
         seed: seed of the initialisation.
+        recurrence_impl: ``fused`` (one autograd node with a hand-written backward through
+            time, :mod:`eirnn.models.recurrence`) or ``autograd`` (the step loop recorded by
+            autograd). Same values and gradients up to float round-off.
     """
 
     def __init__(
@@ -104,8 +110,14 @@ class EIRNN(nn.Module):
         rate_baseline: float = 0.5,
         n_outputs: int = 2,
         seed: int = 0,
+        recurrence_impl: str = "fused",
     ):
         super().__init__()
+        recurrence_impl = str(recurrence_impl).lower()
+        if recurrence_impl not in RECURRENCE_IMPLS:
+            raise ValueError(f"model.recurrence_impl must be one of {RECURRENCE_IMPLS}, got {recurrence_impl!r}")
+        self.recurrence_impl = recurrence_impl
+        self._repeated_inputs = RepeatedRows()  # fused path: the input drive once per distinct input row
         g = torch.Generator().manual_seed(int(seed))
         rec_exc = torch.as_tensor(np.asarray(recorded_is_excitatory, dtype=bool))
         n_he, n_hi = hidden_split(n_hidden, hidden_ei_ratio)
@@ -118,9 +130,14 @@ class EIRNN(nn.Module):
         self.register_buffer("is_excitatory", is_exc)
         self.register_buffer("exc_index", torch.nonzero(is_exc).flatten(), persistent=False)
 
-        # gain 1/rate_scale: raw weights on an O(1) scale while W_rec acts on rates in sp/s.
+        # gain 1/(rate_scale sqrt(n)): raw weights O(1) per entry while W_rec acts on rates in
+        # sp/s, so an optimiser step of size lr changes W_rec by ~lr relative to its entries
+        # (a coherent step over all entries of a balanced E-I matrix moves its uniform-mode
+        # eigenvalue by ~n * step * gain; with gain 1/rate_scale alone, Adam at lr 1e-3 pushed
+        # the spectral radius past 1 within two steps on the real session).
         self.recurrent = build_recurrent_weights(
-            is_exc, rank=rank, dale=dale, lowrank_dale=lowrank_dale, generator=g, gain=1.0 / float(rate_scale)
+            is_exc, rank=rank, dale=dale, lowrank_dale=lowrank_dale, generator=g,
+            gain=1.0 / (float(rate_scale) * float(np.sqrt(self.n_units)))
         )
         self.recurrent.set_spectral_radius_(float(spectral_radius) / float(rate_scale))
         self.embedding = build_embedding(input_embedding, self.n_inputs, embed_dim, n_heads, generator=g)
@@ -180,36 +197,84 @@ class EIRNN(nn.Module):
         noise: bool = True,
         generator: torch.Generator | None = None,
         return_states: bool = False,
+        noise_sample: torch.Tensor | None = None,
     ) -> RNNOutput:
-        """Run the network on inputs ``u`` ``[B, T, C]``; returns :class:`RNNOutput`."""
+        """Run the network on inputs ``u`` ``[B, T, C]``; returns :class:`RNNOutput`.
+
+        The state noise is ``xi ~ N(0, I)`` ``[B, T, n]`` drawn from ``generator``, or
+        ``noise_sample`` when given (the same draw, made earlier: ``torch.randn((B, T, n))``).
+        """
         if u.dim() != 3 or u.shape[-1] != self.n_inputs:
             raise ValueError(f"inputs must be [batch, time, {self.n_inputs}], got {tuple(u.shape)}")
         B = u.shape[0]
         alpha = self.alpha()  # [n]
-        # Everything that does not depend on the state is computed before the loop.
-        inp = alpha * self.input_drive(u)  # [B, T, n]
-        if noise and self.noise_scale > 0:
-            xi = torch.randn(inp.shape, generator=generator, device=inp.device, dtype=inp.dtype)
-            inp = inp + (self.noise_scale * alpha.sqrt()) * xi
         decay = 1.0 - alpha
         w_t = (self.W_rec * alpha[:, None]).T  # r @ w_t == alpha * (W_rec r)
         scale, base = self.rate_scale, self.rate_baseline
-        x = self.h0.expand(B, self.n_units)
-        r = F.softplus(x) * scale + base
-        rates, states = [], []
-        # unbind (one backward op for all steps), not inp[:, t]: the backward of each
-        # indexing op would materialise a zero tensor of the whole [B, T, n] input.
-        for inp_t in inp.unbind(1):
-            x = torch.addmm(inp_t, r, w_t) + decay * x
+        if self.recurrence_impl == "fused":
+            # Time-major drive [T, B, n] in one product: alpha * (W_in e + b) = e (alpha W_in)^T + alpha b.
+            T = u.shape[1]
+            u_tm = u.transpose(0, 1).contiguous()  # [T, B, C]
+            w_in_t = (self.W_in * alpha[:, None]).T  # [d, n]
+            if hasattr(self.embedding, "pool_factors"):  # attention: W_in folded into the value maps
+                qa, qb, vab = self.embedding.pool_factors()
+                rows = u_tm.view(T * B, -1)
+                seen = self._repeated_inputs.lookup(rows, u)  # same tensor as before: its distinct rows
+                if seen is None:
+                    inp = attention_pool(rows, qa, qb, vab @ w_in_t, alpha * self.bias)
+                else:  # identical values, evaluated once per distinct input row
+                    uniq, inverse = seen
+                    inp = attention_pool(uniq, qa, qb, vab @ w_in_t, alpha * self.bias).index_select(0, inverse)
+                inp = inp.view(T, B, self.n_units)
+            else:
+                e = self.embedding(u_tm)  # [T, B, d]
+                inp = torch.addmm(alpha * self.bias, e.reshape(T * B, -1), w_in_t).view(T, B, self.n_units)
+            if noise and self.noise_scale > 0:
+                # drawn [B, T, n] as in the autograd path: same noise for the same generator state
+                xi = self._noise(noise_sample, (B, T, self.n_units), generator, inp)
+                inp = torch.addcmul(inp, xi.transpose(0, 1), self.noise_scale * alpha.sqrt())
+            rates_tm, states_tm = FusedRecurrence.apply(
+                inp, w_t, decay, scale, base, self.h0.to(inp.dtype), bool(return_states)
+            )
+            rates_t = rates_tm.transpose(0, 1)  # [B, T, n] view of time-major storage
+            states_t = None if states_tm is None else states_tm.transpose(0, 1)
+        else:
+            # Everything that does not depend on the state is computed before the loop.
+            inp = alpha * self.input_drive(u)  # [B, T, n]
+            if noise and self.noise_scale > 0:
+                xi = self._noise(noise_sample, tuple(inp.shape), generator, inp)
+                inp = inp + (self.noise_scale * alpha.sqrt()) * xi
+            x = self.h0.expand(B, self.n_units)
             r = F.softplus(x) * scale + base
-            rates.append(r)
-            if return_states:
-                states.append(x)
-        rates_t = torch.stack(rates, dim=1)
+            rates, states = [], []
+            # unbind (one backward op for all steps), not inp[:, t]: the backward of each
+            # indexing op would materialise a zero tensor of the whole [B, T, n] input.
+            for inp_t in inp.unbind(1):
+                x = torch.addmm(inp_t, r, w_t) + decay * x
+                r = F.softplus(x) * scale + base
+                rates.append(r)
+                if return_states:
+                    states.append(x)
+            rates_t = torch.stack(rates, dim=1)
+            states_t = torch.stack(states, dim=1) if return_states else None
         outputs = None
         if self.n_outputs > 0:
-            outputs = rates_t.index_select(-1, self.exc_index) @ self.W_out.T + self.b_out
-        return RNNOutput(rates_t, outputs, torch.stack(states, dim=1) if return_states else None)
+            # y = W_out r_E + b_out as one product with W_out scattered onto the E columns
+            # (index_select along the unit axis of a [B, T, n] tensor is very slow on CPU).
+            w_full = self.W_out.new_zeros((self.n_outputs, self.n_units)).index_copy(1, self.exc_index, self.W_out)
+            if self.recurrence_impl == "fused":
+                outputs = F.linear(rates_tm, w_full, self.b_out).transpose(0, 1)
+            else:
+                outputs = F.linear(rates_t, w_full, self.b_out)
+        return RNNOutput(rates_t, outputs, states_t)
+
+    @staticmethod
+    def _noise(sample, shape, generator, like):
+        if sample is None:
+            return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+        if tuple(sample.shape) != tuple(shape):
+            raise ValueError(f"noise_sample must be {tuple(shape)}, got {tuple(sample.shape)}")
+        return sample.to(device=like.device, dtype=like.dtype)
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

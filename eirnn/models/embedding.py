@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from .fastops import attention_pool
+
 
 class LinearEmbedding(nn.Module):
     """Identity embedding; ``out_dim == n_inputs``."""
@@ -67,14 +69,23 @@ class AttentionEmbedding(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         return weights, (va, vb)
 
+    def pool_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(qa, qb, vab)`` of :func:`~eirnn.models.fastops.attention_pool`: the scores are
+        ``u_c qa[h, c] + qb[h, c]`` and ``e = [w * u | w] @ vab``, i.e. ``vab`` stacks the
+        per-head value maps block-diagonally (``[2 H C, d]``), already multiplied by ``W_O^T``."""
+        C, h, dh = self.n_inputs, self.n_heads, self.d_head
+        ka, kb = self.channel_scale @ self.W_K.T, self.channel_bias @ self.W_K.T  # [C, d]
+        va, vb = self.channel_scale @ self.W_V.T, self.channel_bias @ self.W_V.T
+        inv = 1.0 / math.sqrt(dh)
+        qa = torch.einsum("hd,chd->hc", self.query, ka.view(C, h, dh)) * inv
+        qb = torch.einsum("hd,chd->hc", self.query, kb.view(C, h, dh)) * inv
+        blocks = [torch.block_diag(*v.view(C, h, dh).unbind(1)) for v in (va, vb)]  # [h*C, h*dh] each
+        return qa, qb, torch.cat(blocks, 0) @ self.W_O.T
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        weights, (va, vb) = self.attention(u)
-        h, dh = self.n_heads, self.d_head
-        va = va.view(-1, h, dh)  # [C, H, d_h]
-        vb = vb.view(-1, h, dh)
-        # o_h = sum_c w_hc (u_c va_c,h + vb_c,h)
-        o = torch.einsum("...hc,chd->...hd", weights * u.unsqueeze(-2), va) + torch.einsum("...hc,chd->...hd", weights, vb)
-        return o.reshape(*o.shape[:-2], h * dh) @ self.W_O.T
+        # Same computation as `attention` + pooling + W_O, evaluated by the fused kernel
+        # eirnn.models.fastops.attention_pool (the generic softmax over C channels is slow on CPU).
+        return attention_pool(u, *self.pool_factors())
 
 
 def build_embedding(kind: str, n_inputs: int, embed_dim: int = 56, n_heads: int = 4, generator=None) -> nn.Module:

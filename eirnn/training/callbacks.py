@@ -152,7 +152,10 @@ class MetricsWriter(L.Callback):
             "best": dict(pl_module.best_val),
             "final": dict(pl_module.last_val),
             "epochs_trained": int(trainer.current_epoch),
-            "early_stopped": bool(stopped is not None and stopped.stopped_epoch > 0),
+            "early_stopped": bool(
+                stopped is not None and (stopped.stopped_epoch > 0 or stopped.wait_count >= stopped.patience
+                                         or (trainer.should_stop and trainer.current_epoch < (trainer.max_epochs or 0)))
+            ),
             "train_time_s": round(time.perf_counter() - self._t0, 2),
         }
 

@@ -18,6 +18,7 @@ correlation with the teacher's true rates.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any, Mapping
@@ -87,6 +88,7 @@ class FitModule(L.LightningModule):
         self._train_gen: torch.Generator | None = None
         self._train_gen_state: torch.Tensor | None = None
         self._val_outputs: list[dict[str, torch.Tensor]] = []
+        self._val_noise_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.last_val: dict[str, float] = {}
         self.last_val_arrays: dict[str, np.ndarray] = {}
         self.best_val: dict[str, float] = {}
@@ -174,8 +176,34 @@ class FitModule(L.LightningModule):
         self._val_gen = torch.Generator(device=self.device)
         self._val_gen.manual_seed(self.val_seed)
 
+    def _validation_noise(self, inputs: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """The validation noise of batch ``batch_idx``, drawn once and reused at every epoch.
+
+        The validation generator is re-seeded at each epoch start, so every epoch draws the
+        same noise; it is kept (with the generator state after the draw, so that a later
+        batch that is not cached draws exactly what it would have). ``None`` when the model
+        does not take a ``noise_sample``.
+        """
+        n_units = getattr(self.model, "n_units", None)
+        if n_units is None or "noise_sample" not in inspect.signature(self.model.forward).parameters:
+            return None
+        dtype = next(self.model.parameters()).dtype
+        shape = (int(inputs.shape[0]), int(inputs.shape[1]), int(n_units))
+        key = (batch_idx, shape, str(inputs.device), dtype, self.val_seed)
+        hit = self._val_noise_cache.get(key)
+        if hit is None:
+            xi = torch.randn(shape, generator=self._val_gen, device=inputs.device, dtype=dtype)
+            hit = self._val_noise_cache[key] = (xi, self._val_gen.get_state())
+        else:
+            self._val_gen.set_state(hit[1])
+        return hit[0]
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.model(batch["inputs"], noise=True, generator=self._val_gen)
+        xi = self._validation_noise(batch["inputs"], batch_idx)
+        if xi is None:
+            out = self.model(batch["inputs"], noise=True, generator=self._val_gen)
+        else:
+            out = self.model(batch["inputs"], noise=True, noise_sample=xi)
         item = {"rates": out.rates[..., : self.model.n_recorded], "target": batch["rates"], "mask": batch["mask"]}
         if "true_rates" in batch:
             item["true_rates"] = batch["true_rates"]

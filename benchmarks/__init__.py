@@ -1,0 +1,1 @@
+"""Speed benchmarks of the fit (``python -m benchmarks.run``)."""

@@ -1,0 +1,452 @@
+"""Speed benchmark of the fit: ``python -m benchmarks.run [--quick | --smoke] [--threads N]``.
+
+Prints a markdown table of median wall-clock times (each measurement repeated; the
+median and the number of repeats are reported) for our code and for a plain-PyTorch
+reference written the way the lab wrote it (:mod:`benchmarks.reference`), measured in
+the same process on the same data, so that every figure is a ratio (reference / ours).
+
+Rows:
+
+* ``a``  one training epoch through the real Hydra + Lightning path: the config is
+  composed from ``conf/`` with overrides, data module / model / LightningModule are built
+  by :func:`eirnn.train.build_datamodule` / ``build_model`` / ``build_module``, and
+  ``trainer.fit`` runs with ``logger=none callbacks=none``; an epoch is timed from the
+  start of its training step to the end of its validation. Reference: one lab-style
+  epoch (balanced step + validation, no Lightning).
+* ``a2`` the same epoch without Lightning: our training-step computation (model,
+  ``FitObjective``, ``GradientBalancer``, clipping, Adam -- what ``training_step`` runs)
+  plus the validation (forward + ``compute_val_metrics``).
+* ``b1``/``b2`` model forward + backward (embedding, recurrence, readout) at batch 64 and
+  at the whole training set; ``b3`` the recurrence kernel alone (drive given).
+* ``c*`` one optimisation step per balancing mode: ``param`` (two gradients through the
+  recurrence), ``output`` (output-space balancing, one), and the single-loss steps
+  ``fixed`` (``L_neuron + 0.1 L_trial``) and ``off`` (``L_neuron``).
+* ``d``  ``L_trial`` (Sinkhorn trial matching) forward + backward.
+* ``v``  validation (forward with the fixed validation noise + all metrics).
+* ``f1``/``f2`` start-up: ``python -m eirnn.train --help`` and a 1-epoch run
+  (``trainer.max_epochs=1 logger=none``, built-in synthetic data), as subprocesses.
+
+Data: the real session when present (``--data``), else a synthetic session of the same
+shape (430 x 219 bins, 41 neurons, 80 units), said so in the header. ``--quick`` (fewer
+repeats, no 1-epoch subprocess) runs in under a minute; ``--smoke`` uses tiny sizes (for
+the test suite). ``optim.lr`` defaults to 1e-4: the lab's 1e-3 makes this configuration
+diverge to NaN on the real session within a few epochs, and NaN arithmetic would be
+timed instead of the fit (the learning rate does not change the work per step).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+DEFAULT_SESSION = REPO.parent / "shared" / "data" / "rnn_export_Newton_08_14_2025_SC.mat"
+BEST = ["model.input_embedding=attention", "model.learnable_h0=true"]  # + loss defaults: Sinkhorn, param balancing
+SYNTH_SAME_SHAPE = ["data=synthetic", "data.synthetic.n_trials=538", "+data.synthetic.n_exc=31",
+                    "+data.synthetic.n_inh=10", "+data.synthetic.n_time=219"]
+SMOKE = ["data=synthetic", "data.synthetic.n_trials=40", "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2",
+         "+data.synthetic.n_time=24", "model.n_hidden=6", "model.embed_dim=8", "model.n_heads=2"]
+ROW_IDS = ("a", "a2", "b1", "b2", "b3", "c_param", "c_output", "c_fixed", "c_off", "d", "v", "f1", "f2")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def compose(overrides: list[str], output_dir: str):
+    """``conf/train.yaml`` composed with ``overrides`` (as ``python -m eirnn.train`` would)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 1e3:.1f}"
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, rid: str, what: str, ours: list[float] | None, ref: list[float] | None = None, note: str = ""):
+        med = statistics.median(ours) if ours else None
+        rmed = statistics.median(ref) if ref else None
+        self.rows.append(dict(id=rid, what=what, ours=med, ours_min=min(ours) if ours else None, ref=rmed,
+                              n=len(ours) if ours else 0, n_ref=len(ref) if ref else 0, note=note))
+        print(f"  [{rid}] ours {_ms(med)} ms, reference {_ms(rmed)} ms", file=sys.stderr, flush=True)
+
+    def get(self, rid: str) -> float | None:
+        return next((r["ours"] for r in self.rows if r["id"] == rid), None)
+
+    def get_ref(self, rid: str) -> float | None:
+        return next((r["ref"] for r in self.rows if r["id"] == rid), None)
+
+    def markdown(self) -> str:
+        lines = ["| row | what | ours median (ms) | ours min (ms) | reference median (ms) | ratio ref/ours | repeats (ours, ref) |",
+                 "|---|---|---:|---:|---:|---:|---|"]
+        for r in self.rows:
+            ratio = f"{r['ref'] / r['ours']:.1f}x" if r["ref"] and r["ours"] else "n/a"
+            what = r["what"] + (f" ({r['note']})" if r["note"] else "")
+            lines.append(f"| {r['id']} | {what} | {_ms(r['ours'])} | {_ms(r['ours_min'])} | {_ms(r['ref'])} | {ratio} | "
+                         f"{r['n']}, {r['n_ref']} |")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the fit pieces
+
+
+class Fit:
+    """Data, our model/module and the lab-style reference built from the same config."""
+
+    def __init__(self, overrides: list[str], seed: int = 42):
+        import lightning as L
+        import torch
+
+        from benchmarks.reference import LabStyleRNN
+        from eirnn.train import build_datamodule, build_model, build_module
+
+        self.tmp = tempfile.mkdtemp(prefix="eirnn_bench_")
+        self.overrides = overrides
+        self.cfg = compose(overrides + [f"seed={seed}"], self.tmp)
+        L.seed_everything(seed, verbose=False)
+        self.dm = build_datamodule(self.cfg)
+        self.model = build_model(self.cfg, self.dm)
+        self.module = build_module(self.cfg, self.model, self.dm)
+        self.train = self.dm.tensors("train")
+        self.val = self.dm.tensors("val")
+        self.n_rec = self.model.n_recorded
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=float(self.cfg.optim.lr))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.ref = LabStyleRNN(self.model)
+        self.ref_opt = torch.optim.Adam([p for p in self.ref.parameters() if p.requires_grad], lr=float(self.cfg.optim.lr))
+        self.ref_gen = torch.Generator().manual_seed(seed)
+        t = self.cfg.loss.trial
+        self.trial_cfg = dict(epsilon=float(t.epsilon), n_iters=int(t.n_iters), smooth_sigma_bins=float(t.smooth_sigma_bins))
+        self.bal = self.cfg.loss.balance
+
+    # ours ---------------------------------------------------------------------
+    def step(self, mode: str = "param"):
+        """What ``FitModule.training_step`` computes, without Lightning's bookkeeping."""
+        import torch
+
+        m, obj = self.module, self.module.objective
+        m.balancer.mode = mode
+        out = self.model(self.train["inputs"], noise=True, generator=self.gen)
+        rec = out.rates[..., : self.n_rec]
+        target, mask = self.train["rates"], self.train["mask"]
+        l_neuron = obj.neuron_term(rec, target, mask)
+        l_trial = obj.trial_term(rec, target, mask) if mode != "off" else None
+        l_extra = sum(obj.extra_term(self.model, out.rates, mask).values())
+        self.opt.zero_grad(set_to_none=True)
+        m.balancer.backward(self.params, l_neuron, l_trial, l_extra, outputs=rec)
+        torch.nn.utils.clip_grad_norm_(self.params, float(self.cfg.optim.grad_clip))
+        self.opt.step()
+
+    def validation(self):
+        import torch
+
+        gen = torch.Generator().manual_seed(self.module.val_seed)
+        with torch.no_grad():
+            out = self.model(self.val["inputs"], noise=True, generator=gen)
+        v = {"rates": out.rates[..., : self.n_rec], "target": self.val["rates"], "mask": self.val["mask"]}
+        return self.module.compute_val_metrics(v)[0]
+
+    # reference ----------------------------------------------------------------
+    def ref_step(self, mode: str = "param"):
+        from benchmarks.reference import reference_step
+
+        reference_step(self.ref, self.ref_opt, self.module.objective, self.train, self.ref_gen, mode=mode,
+                       scale=float(self.bal.ltrial_scale), lam=float(self.bal.lambda_trial),
+                       clip=float(self.cfg.optim.grad_clip), trial_cfg=self.trial_cfg)
+
+    def ref_validation(self):
+        import torch
+
+        from benchmarks.reference import reference_validation
+
+        gen = torch.Generator().manual_seed(self.module.val_seed)
+        return reference_validation(self.ref, self.module.objective, self.val, gen, self.dm.bin_size_ms, self.trial_cfg)
+
+
+def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42) -> tuple[list[float], list[float]]:
+    """Per-epoch wall times (training + validation) of ``trainer.fit``; and val/psth_corr."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from eirnn.train import build_datamodule, build_model, build_module
+
+    class EpochTimer(L.Callback):
+        def __init__(self):
+            self.t0, self.times = 0.0, []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.t0 = time.perf_counter()
+
+        def on_validation_end(self, trainer, pl_module):
+            self.times.append(time.perf_counter() - self.t0)
+
+    tmp = tempfile.mkdtemp(prefix="eirnn_bench_fit_")
+    cfg = compose(overrides + [f"seed={seed}", f"trainer.max_epochs={epochs}", "logger=none", "callbacks=none"], tmp)
+    L.seed_everything(seed, verbose=False)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    module = build_module(cfg, model, dm)
+    timer = EpochTimer()
+    trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, default_root_dir=tmp,
+                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    return timer.times, [h.get("val/psth_corr", float("nan")) for h in module.history]
+
+
+def data_overrides(path: str, smoke: bool = False) -> tuple[list[str], str]:
+    """Hydra overrides of the benchmark data and a one-line description for the header."""
+    if smoke:
+        return SMOKE, "synthetic smoke-test session (tiny)"
+    if Path(path).exists():
+        return ["data=sc_mat", f"data.path={path}"], f"real session {Path(path).name}"
+    return SYNTH_SAME_SHAPE, f"SYNTHETIC session of the real shape (real file {path} absent)"
+
+
+def _subprocess_time(args: list[str], repeats: int, env: dict) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "eirnn.train", *args], cwd=str(REPO), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        out.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"eirnn.train {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repeats, no 1-epoch subprocess (< 60 s)")
+    p.add_argument("--smoke", action="store_true", help="tiny synthetic sizes, 1 repeat (for tests)")
+    p.add_argument("--data", default=str(DEFAULT_SESSION), help="lab MATLAB export (default: the real session)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per row (default 7, quick 3, smoke 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the Lightning run (default 8, quick 4, smoke 2)")
+    p.add_argument("--lr", type=float, default=1e-4, help="optim.lr of the timed runs (see the module docstring)")
+    p.add_argument("--rows", default=",".join(ROW_IDS), help="comma-separated subset of " + ",".join(ROW_IDS))
+    p.add_argument("--out", default=None, help="also write the markdown to this file")
+    args = p.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = {r.strip() for r in args.rows.split(",") if r.strip()}
+    unknown = rows - set(ROW_IDS)
+    if unknown:
+        p.error(f"--rows: unknown row(s) {sorted(unknown)}; known: {','.join(ROW_IDS)}")
+    repeats = args.repeats or (1 if args.smoke else 3 if args.quick else 7)
+    epochs = args.epochs or (2 if args.smoke else 4 if args.quick else 8)
+    if epochs < 2:
+        p.error("--epochs must be >= 2 (the first epoch is a warm-up)")
+
+    data_ov, data_note = data_overrides(args.data, args.smoke)
+    overrides = data_ov + BEST + [f"optim.lr={args.lr}"]
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    t_start = time.perf_counter()
+    table = Table()
+    fit = Fit(overrides)
+    n_train, n_time = fit.train["inputs"].shape[:2]
+    print(f"benchmark: {data_note}, {n_train} training trials x {n_time} bins, {fit.model.n_units} units",
+          file=sys.stderr, flush=True)
+
+    if "a" in rows:
+        times, traj = lightning_epochs(overrides, epochs)
+        ref = measure(lambda: (fit.ref_step("param"), fit.ref_validation()), max(1, min(repeats, epochs - 1)))
+        note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj) else ""
+        table.add("a", "epoch via Hydra + Lightning trainer.fit (param balancing)", times[1:], ref, note)
+    if "a2" in rows:
+        table.add("a2", "epoch without Lightning (training step + validation)",
+                  measure(lambda: (fit.step("param"), fit.validation()), repeats),
+                  measure(lambda: (fit.ref_step("param"), fit.ref_validation()), repeats))
+    if rows & {"b1", "b2", "b3"}:
+        _rows_b(fit, table, rows, repeats)
+    for mode in ("param", "output", "fixed", "off"):
+        rid = f"c_{mode}"
+        if rid in rows:
+            label = {"param": "balanced step, param mode (2 backward passes)",
+                     "output": "balanced step, output mode (1 backward pass)",
+                     "fixed": "single-loss step: L_neuron + 0.1 L_trial (fixed)",
+                     "off": "single-loss step: L_neuron only (off)"}[mode]
+            table.add(rid, label, measure(lambda: fit.step(mode), repeats), measure(lambda: fit.ref_step(mode), repeats))
+    if "d" in rows:
+        _row_d(fit, table, repeats)
+    if "v" in rows:
+        table.add("v", "validation (forward + metrics)", measure(fit.validation, repeats), measure(fit.ref_validation, repeats))
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    if "f1" in rows:
+        table.add("f1", "start-up: python -m eirnn.train --help", _subprocess_time(["--help"], max(1, min(repeats, 3)), env),
+                  None, "subprocess")
+    if "f2" in rows and not args.quick and not args.smoke:
+        tmp = tempfile.mkdtemp(prefix="eirnn_bench_first_")
+        table.add("f2", "time to first epoch: python -m eirnn.train trainer.max_epochs=1 logger=none",
+                  _subprocess_time(["trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp}"], 1, env), None,
+                  "subprocess, synthetic default data, whole command")
+
+    load1 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    md = _header(data_note, n_train, n_time, fit, load0, load1, time.perf_counter() - t_start, args) + "\n\n" + table.markdown()
+    md += "\n\n" + _ratios(table)
+    print(md, flush=True)
+    if args.out:
+        Path(args.out).write_text(md + "\n")
+    return md
+
+
+def _rows_b(fit: Fit, table: Table, rows: set[str], repeats: int):
+    import torch
+
+    from eirnn.models.recurrence import FusedRecurrence, recurrence_reference
+
+    u_all = fit.train["inputs"]
+    g = torch.Generator().manual_seed(0)
+    for rid, bsz in (("b1", min(64, u_all.shape[0])), ("b2", u_all.shape[0])):
+        if rid not in rows:
+            continue
+        u = u_all[:bsz]
+        grad_out = torch.randn(bsz, u.shape[1], fit.model.n_units, generator=g)
+        ps = fit.params
+        ref_ps = [p for p in fit.ref.parameters() if p.requires_grad]
+
+        def ours():
+            r = fit.model(u, generator=fit.gen).rates
+            torch.autograd.grad((r * grad_out).sum(), ps, allow_unused=True)
+
+        def ref():
+            r, _ = fit.ref(u, generator=fit.ref_gen)
+            torch.autograd.grad((r * grad_out).sum(), ref_ps, allow_unused=True)
+
+        table.add(rid, f"model forward + backward, batch {bsz}", measure(ours, repeats), measure(ref, repeats))
+    if "b3" in rows:
+        m = fit.model
+        with torch.no_grad():
+            alpha = m.alpha()
+            inp = (alpha * m.input_drive(u_all)).transpose(0, 1).contiguous()
+            w_t = (m.W_rec * alpha[:, None]).T.contiguous()
+            args = [inp, w_t, 1.0 - alpha, m.rate_scale, m.rate_baseline, m.h0.detach()]
+        args = [a.clone().requires_grad_() for a in args]
+        grad_out = torch.randn(inp.shape, generator=g)
+
+        def kernel():
+            r, _ = FusedRecurrence.apply(*args, False)
+            torch.autograd.grad(r, args, grad_out)
+
+        def loop():
+            r, _ = recurrence_reference(*args, time_major=True)
+            torch.autograd.grad(r, args, grad_out)
+
+        table.add("b3", f"recurrence kernel alone, batch {inp.shape[1]}: fused vs autograd step loop",
+                  measure(kernel, repeats), measure(loop, repeats))
+
+
+def _row_d(fit: Fit, table: Table, repeats: int):
+    import torch
+
+    from benchmarks.reference import trial_loss_reference
+
+    with torch.no_grad():
+        rates = fit.model(fit.train["inputs"], generator=fit.gen).rates[..., : fit.n_rec].contiguous()
+    rates.requires_grad_()
+    target, mask = fit.train["rates"], fit.train["mask"]
+    obj = fit.module.objective
+
+    def ours():
+        torch.autograd.grad(obj.trial_term(rates, target, mask), rates)
+
+    def ref():
+        torch.autograd.grad(trial_loss_reference(rates, target, mask, **fit.trial_cfg), rates)
+
+    table.add("d", f"L_trial (Sinkhorn, {fit.trial_cfg['n_iters']} iterations) forward + backward",
+              measure(ours, repeats), measure(ref, repeats))
+
+
+def _header(data_note, n_train, n_time, fit, load0, load1, wall, args) -> str:
+    import lightning
+    import torch
+
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    return "\n".join([
+        f"### eirnn speed benchmark ({mode} mode)",
+        "",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}",
+        f"- versions: python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}",
+        f"- data: {data_note}; {n_train} training trials x {n_time} bins, {fit.n_rec} recorded + "
+        f"{fit.model.n_units - fit.n_rec} hidden units; full batch",
+        f"- config: {' '.join(fit.overrides)} (loss defaults: Sinkhorn L_trial eps 0.1 x 20 iterations, "
+        f"balance.mode=param, ltrial_scale 0.5), seed 42",
+        f"- load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f}; total benchmark wall time {wall:.0f} s",
+        "- times are wall-clock medians over the stated repeats (after one warm-up call); reference = plain-PyTorch "
+        "lab-style code (benchmarks/reference.py) on the same data in the same process",
+    ])
+
+
+def _ratios(table: Table) -> str:
+    lines = ["| balanced-step cost | ours | reference |", "|---|---:|---:|"]
+    for num, den, label in (("c_param", "c_fixed", "param / fixed (single loss incl. L_trial)"),
+                            ("c_output", "c_fixed", "output / fixed"),
+                            ("c_param", "c_off", "param / off (L_neuron only)"),
+                            ("c_output", "c_off", "output / off")):
+        o = (table.get(num), table.get(den))
+        r = (table.get_ref(num), table.get_ref(den))
+        fo = f"{o[0] / o[1]:.2f}" if all(o) else "n/a"
+        fr = f"{r[0] / r[1]:.2f}" if all(r) else "n/a"
+        lines.append(f"| {label} | {fo} | {fr} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()

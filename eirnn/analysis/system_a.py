@@ -1,0 +1,202 @@
+"""Analysis of the System A models of a sweep (lab README 004).
+
+``python -m eirnn.analysis.system_a SWEEP_DIR [--checkpoint last|best] [--pr readme|squared]
+[--n-pcs K] [--out DIR]`` where SWEEP_DIR is a ``--multirun`` folder of ``experiment=system_a*``
+(one sub-folder per seed) or a single run folder.
+
+For every model (its task parameters come from its checkpoint):
+
+- precision at each test duration (``eval_durations``, 50/150/300 ms; pulse at ``eval_onset``):
+  the mean squared error over the bins where the target is > 0 (the README's ``mse_loss2``),
+  and their mean (lower is better);
+- input-output weight correlation ``I . w / (|I| |w|)``;
+- input participation ratio: PR of ``I`` over the principal components of spontaneous
+  activity -- no input, from a random initial state h ~ N(0, 1) (the model's own ``h0`` when it
+  is random; from ``h0 = 0`` the network would stay silent), rates ``tanh(h)`` over
+  ``[eval_onset / 6, eval_onset)`` (the first sixth discarded as a transient);
+- output participation ratio: PR of ``w`` over the principal components of the memory period:
+  the covariance of the rates over ``[cost_onset, end)`` averaged over the test trials (one per
+  duration), then diagonalised (the README's ``pca_trials``);
+
+with ``PR = (sum_i c_i)^2 / sum_i c_i^2``, ``c_i = e_i . v`` exactly as README 004 states
+(``--pr readme``), and the conventional PR on the squared projections (``--pr squared``); both
+go to the CSV, the figure shows the chosen one.  See
+:func:`eirnn.analysis.common.participation_ratio`.
+
+Writes ``system_a_summary.csv``, ``system_a_summary.json``, ``performance.png`` (precision
+against the three quantities: weight correlation blue, input PR green, output PR red) and one
+``evaluation/seed_<s>.png`` per model (output vs target at the test durations).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from eirnn.analysis.common import (AnalysisError, build_task, cli_main, cosine, eig_cov, find_checkpoint,
+                                   load_checkpoint, participation_ratio, write_json, _plt)
+from eirnn.tasks.system_a import SystemADataModule
+
+
+def find_runs(sweep_dir: str | Path) -> list[Path]:
+    """Run folders under ``sweep_dir`` (those with a ``checkpoints/`` folder), or ``sweep_dir`` itself."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise AnalysisError(f"{root}: sweep folder not found")
+    if (root / "checkpoints").is_dir():
+        return [root]
+    runs = sorted({p.parent.parent for p in root.rglob("checkpoints/*.ckpt")},
+                  key=lambda p: (len(p.parts), int(p.name) if p.name.isdigit() else 0, str(p)))
+    if not runs:
+        raise AnalysisError(f"{root}: no run folders with checkpoints/ (expected a --multirun folder of experiment=system_a)")
+    return runs
+
+
+@torch.no_grad()
+def precision(model, dm: SystemADataModule, durations=None) -> tuple[dict[float, float], dict[str, np.ndarray]]:
+    """Per-duration precision (MSE where target > 0) and the test trials' outputs / rates."""
+    durations = list(dm.eval_durations if durations is None else durations)
+    trials = [dm.eval_trials(d, 1) for d in durations]
+    inputs = torch.cat([t["inputs"] for t in trials])
+    target = torch.cat([t["target"] for t in trials])
+    res = model(inputs, return_states=True)
+    out = res.output
+    prec = {}
+    for i, d in enumerate(durations):
+        sel = target[i] > 0
+        prec[float(d)] = float(((out[i] - target[i])[sel] ** 2).mean()) if sel.any() else math.nan
+    return prec, {"output": out[..., 0].numpy(), "target": target[..., 0].numpy(), "inputs": inputs[..., 0].numpy(),
+                  "rates": torch.tanh(res.states).double().numpy()}
+
+
+@torch.no_grad()
+def spontaneous_rates(model, dm: SystemADataModule, seed: int = 0) -> np.ndarray:
+    """Rates [T, N] without input from a random initial state, over ``[eval_onset/6, eval_onset)``."""
+    n_steps = max(int(round(dm.eval_onset / dm.dt)), 2)
+    h0 = model.h0 if model.config.get("h0") == "random" else torch.randn(model.n_units, generator=torch.Generator().manual_seed(seed))
+    r = model.rates(torch.zeros(1, n_steps, model.config["n_inputs"]), h0=h0)[0].double().numpy()
+    return r[n_steps // 6:]
+
+
+def model_quantities(model, dm: SystemADataModule, n_pcs: Optional[int] = None, spont_seed: int = 0) -> dict[str, Any]:
+    """All per-model numbers of the module docstring (+ the arrays for the figures under ``_arrays``)."""
+    model = model.cpu().float().eval()
+    prec, arrays = precision(model, dm)
+    I = model.I.detach().double().numpy()[:, 0]
+    w = model.w.detach().double().numpy()[:, 0]
+    spont = spontaneous_rates(model, dm, spont_seed)
+    _, e_spont = eig_cov(np.cov(spont, rowvar=False))
+    c0 = int(round(dm.params["cost_onset"] / dm.dt))
+    covs = [np.cov(r[c0:], rowvar=False) for r in arrays["rates"]]
+    _, e_mem = eig_cov(np.mean(covs, 0))
+    row = {f"precision_{d:g}": v for d, v in prec.items()}
+    row["precision_mean"] = float(np.mean(list(prec.values())))
+    row["weight_corr"] = cosine(I, w)
+    for kind in ("readme", "squared"):
+        row[f"I_PR_{kind}"] = participation_ratio(I, e_spont, kind, n_pcs)
+        row[f"w_PR_{kind}"] = participation_ratio(w, e_mem, kind, n_pcs)
+    row["spont_rate_std"] = float(spont.std())
+    row["_arrays"] = arrays
+    return row
+
+
+def _plot_eval(path: Path, arrays: dict, durations, dt: float, title: str) -> None:
+    plt = _plt()
+    t = np.arange(arrays["output"].shape[1]) * dt
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, d in enumerate(durations):
+        tg = np.where(arrays["target"][i] > 0, arrays["target"][i], np.nan)
+        ax.plot(t, arrays["output"][i], color=f"C{i}", lw=1, label=f"output, {d:g} ms")
+        ax.plot(t, tg, color=f"C{i}", lw=2, ls="--", alpha=0.7)
+        ax.plot(t, arrays["inputs"][i] * 0.1, color=f"C{i}", lw=0.8, alpha=0.5)
+    ax.set(xlabel="time (ms)", ylabel="output", title=title + "  (dashed: target; thin: input x 0.1)")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_performance(path: Path, rows: list[dict], pr: str = "readme") -> None:
+    """Precision (mean over durations) against weight correlation, input PR, output PR."""
+    plt = _plt()
+    y = np.array([r["precision_mean"] for r in rows])
+    specs = (("weight_corr", "input-output weight correlation", "tab:blue"),
+             (f"I_PR_{pr}", f"input PR (spontaneous PCs, {pr})", "tab:green"),
+             (f"w_PR_{pr}", f"output PR (memory PCs, {pr})", "tab:red"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    for ax, (key, label, color) in zip(axes, specs):
+        x = np.array([r[key] for r in rows])
+        ax.scatter(x, y, color=color, s=25)
+        for r, xi, yi in zip(rows, x, y):
+            ax.annotate(str(r["seed"]), (xi, yi), fontsize=6, alpha=0.6)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() >= 3 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
+            ax.set_title(f"Pearson r = {np.corrcoef(x[ok], y[ok])[0, 1]:.2f}", fontsize=9)
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("precision (MSE, lower = better)")
+    if np.all(y > 0):
+        axes[0].set_yscale("log")
+    fig.suptitle(f"System A: {len(rows)} models")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, checkpoint: str = "last",
+                  pr: str = "readme", n_pcs: Optional[int] = None) -> list[dict]:
+    """Analyse every run of ``sweep_dir``; returns the CSV rows."""
+    if pr not in ("readme", "squared"):
+        raise AnalysisError(f"--pr must be readme or squared, got {pr!r}")
+    runs = find_runs(sweep_dir)
+    out = Path(out_dir) if out_dir else Path(sweep_dir)
+    (out / "evaluation").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in runs:
+        ckpt = find_checkpoint(run, checkpoint)
+        model, task = load_checkpoint(ckpt)
+        dm = build_task(task)
+        if not isinstance(dm, SystemADataModule):
+            raise AnalysisError(f"{ckpt}: the run's task is {type(dm).__name__}, not System A")
+        q = model_quantities(model, dm, n_pcs)
+        arrays = q.pop("_arrays")
+        seed = int(model.config.get("seed", -1))
+        hist = task.get("_history") or [{}]
+        row = {"seed": seed, "run_dir": str(run), "checkpoint": ckpt.name, "epochs": len(hist),
+               "final_val_loss": hist[-1].get("val/loss", math.nan), **q}
+        rows.append(row)
+        _plot_eval(out / "evaluation" / f"seed_{seed}.png", arrays, dm.eval_durations, dm.dt, f"seed {seed}")
+    rows.sort(key=lambda r: r["seed"])
+    keys = list(rows[0].keys())
+    with open(out / "system_a_summary.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=keys)
+        wr.writeheader()
+        wr.writerows(rows)
+    write_json(out / "system_a_summary.json", {"n_models": len(rows), "pr": pr, "n_pcs": n_pcs, "models": rows})
+    plot_performance(out / "performance.png", rows, pr)
+    return rows
+
+
+def run(argv: list[str]) -> list[dict]:
+    ap = argparse.ArgumentParser(prog="python -m eirnn.analysis.system_a", description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep_dir", help="--multirun folder of experiment=system_a (or one run folder)")
+    ap.add_argument("--checkpoint", default="last", choices=("last", "best"),
+                    help="last = the model after all epochs (default), best = lowest val/loss")
+    ap.add_argument("--pr", default="readme", choices=("readme", "squared"), help="PR shown in the figure")
+    ap.add_argument("--n-pcs", type=int, default=None, help="use only the first K principal components")
+    ap.add_argument("--out", default=None, help="output folder (default SWEEP_DIR)")
+    args = ap.parse_args(argv)
+    rows = analyze_sweep(args.sweep_dir, args.out, args.checkpoint, args.pr, args.n_pcs)
+    out = Path(args.out) if args.out else Path(args.sweep_dir)
+    prec = np.array([r["precision_mean"] for r in rows])
+    print(f"{len(rows)} models; mean precision {np.nanmean(prec):.4g} (min {np.nanmin(prec):.4g}, max {np.nanmax(prec):.4g}); "
+          f"written {out / 'system_a_summary.csv'} and {out / 'performance.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli_main(run))

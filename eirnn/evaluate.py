@@ -1,0 +1,543 @@
+"""Score a trained run against baselines and the noise ceiling: ``python -m eirnn.evaluate RUN_DIR``.
+
+What it does (one run folder written by ``python -m eirnn.train``, or a fold of
+``python -m eirnn.cv``):
+
+1. loads ``RUN_DIR/.hydra/config.yaml`` and rebuilds the data module, model and
+   LightningModule with :func:`eirnn.train.build_datamodule` / ``build_model`` /
+   ``build_module``; loads ``checkpoints/best.ckpt`` (``--checkpoint last|best|PATH``);
+2. runs the model on the run's validation trials with the module's fixed validation
+   noise seed (``module.val_seed``; the same draws as during training, so
+   ``psth_corr`` equals the logged best ``val/psth_corr``);
+3. fits the baselines (:mod:`eirnn.baselines`) on the run's training trials and
+   predicts the same validation trials;
+4. scores every predictor with :func:`score_prediction` and computes the noise ceiling
+   of the validation data (:func:`eirnn.metrics.psth_noise_ceiling`);
+5. writes ``RUN_DIR/evaluation.json``, ``RUN_DIR/evaluation.md`` and TensorBoard
+   scalars ``eval/<set>/<predictor>/<metric>`` under ``RUN_DIR/tensorboard``.
+
+Metrics of one predictor (``[K, T, N]`` rates scored against the recorded trials;
+every per-neuron metric also as its mean over E and over I neurons, suffix ``_E``/``_I``):
+
+==========================  ===========================================================
+``psth_corr``               the lab's metric: per-neuron Pearson r over time of the PSTHs
+                            averaged over all scored trials, mean over neurons
+``condition_psth_corr``     the same on the stacked condition-averaged PSTHs
+                            (conditions = location x identity x reward x salience)
+``condition_psth_r2``       NLB PSTH R2 on the stacked condition-averaged PSTHs
+``bits_per_spike``          single-trial Poisson log-likelihood gain over each neuron's
+                            mean rate (NLB), in bits per spike (pooled over neurons)
+``fano_within_2x``          fraction of neurons whose model Fano factor (Poisson spikes
+                            from the predicted rates, within condition) is within a
+                            factor 2 of the data's; ``fano_model_median`` /
+                            ``fano_data_median``
+``L_trial``                 the run's Sinkhorn trial-matching loss on the scored trials
+==========================  ===========================================================
+
+Sets: ``val`` (the run's validation trials). For a cross-validation fold whose filters
+removed trials, also ``val_all``: every trial of the fold as recorded, filtered ones
+included (all predictors are scored on the same trials in both sets, so filtering
+cannot flatter one model over another). The model's fit to its own training trials
+(``train_fit``) is reported to tell under- from over-fitting.
+
+Caveat printed in the report: with the default callbacks the checkpoint was chosen on
+these validation trials (best ``val/psth_corr``), which biases the model's validation
+score upwards; ``--checkpoint last`` avoids the selection.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger("eirnn.evaluate")
+
+#: Baselines fitted by default (names of :data:`eirnn.baselines.BASELINES`).
+DEFAULT_BASELINES: Tuple[str, ...] = ("train_mean", "train_mean_smoothed", "condition_mean", "glm")
+#: Summary metrics of one predictor, in table order.
+PER_NEURON_METRICS = ("psth_corr", "condition_psth_corr", "condition_psth_r2", "bits_per_spike", "fano_within_2x")
+CEILING_METRICS = ("psth_corr", "condition_psth_corr", "condition_psth_r2")
+
+
+class EvaluationError(Exception):
+    """A problem with the user's input (missing run folder, config or checkpoint)."""
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _by_type(per_neuron: np.ndarray, exc: np.ndarray, name: str) -> Dict[str, float]:
+    from eirnn.metrics import mean_by_type
+
+    m = mean_by_type(per_neuron, exc)
+    return {name: m["all"], f"{name}_E": m["E"], f"{name}_I": m["I"]}
+
+
+def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
+                     trial_term=None) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """All metrics of one predictor (see the module docstring for their definitions).
+
+    Args:
+        pred: ``[K, T, N]`` predicted rates (sp/s) for ``trials``.
+        trials: :class:`~eirnn.baselines.TrialSet` (recorded rates, mask, conditions).
+        is_excitatory: bool ``[N]``.
+        trial_term: optional callable ``(rates, target, mask) -> scalar tensor``
+            (``FitObjective.trial_term``) for ``L_trial``.
+
+    Returns:
+        ``(summary {metric: float}, per_neuron {metric: [N]})``.
+    """
+    from eirnn import metrics as M
+
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.shape != trials.rates.shape:
+        raise ValueError(f"prediction {pred.shape} does not match the trials {trials.rates.shape}")
+    exc = np.asarray(is_excitatory, dtype=bool)
+    y, m, c, bs = trials.rates, trials.mask, trials.conditions, trials.bin_size_ms
+    per = {
+        "psth_corr": M.psth_correlation(pred, y, m),
+        "condition_psth_corr": M.condition_psth_corr_per_neuron(pred, y, c, m),
+        "condition_psth_r2": M.condition_psth_r2_per_neuron(pred, y, c, m),
+        "bits_per_spike": M.bits_per_spike_per_neuron(pred, y, m, bin_size_ms=bs),
+        "fano_model": M.condition_fano_factor(pred, c, m, bin_size_ms=bs, poisson_model=True),
+        "fano_data": M.condition_fano_factor(y, c, m, bin_size_ms=bs),
+    }
+    ok = np.isfinite(per["fano_model"]) & np.isfinite(per["fano_data"]) & (per["fano_model"] > 0) & (per["fano_data"] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = np.abs(np.log(per["fano_model"] / per["fano_data"])) <= math.log(2.0) + 1e-12
+    per["fano_within_2x"] = np.where(ok, within.astype(float), np.nan)
+    out: Dict[str, float] = {}
+    for name in ("psth_corr", "condition_psth_corr", "condition_psth_r2", "fano_within_2x"):
+        out.update(_by_type(per[name], exc, name))
+    # bits/spike pooled over the neurons of each group (NLB pools over all neurons)
+    out["bits_per_spike"] = M.bits_per_spike(pred, y, m, bin_size_ms=bs)
+    for tag, sel in (("E", exc), ("I", ~exc)):
+        out[f"bits_per_spike_{tag}"] = (M.bits_per_spike(pred[..., sel], y[..., sel], m[..., sel], bin_size_ms=bs)
+                                        if sel.any() else float("nan"))
+    for k in ("fano_model", "fano_data"):
+        v = per[k][np.isfinite(per[k])]
+        out[f"{k}_median"] = float(np.median(v)) if v.size else float("nan")
+    out["L_trial"] = float("nan")
+    if trial_term is not None:
+        import torch
+
+        with torch.no_grad():
+            out["L_trial"] = float(trial_term(torch.as_tensor(pred, dtype=torch.float32),
+                                              torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(m)))
+    return out, per
+
+
+def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0
+                  ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """Split-half noise ceilings of the PSTH metrics on ``trials`` (data only).
+
+    See :func:`eirnn.metrics.psth_noise_ceiling` for the derivation (ceiling of a
+    correlation = sqrt of the Spearman-Brown reliability of the scored PSTH; of R2 = the
+    reliability itself). Returns ``(summary, per_neuron)`` like :func:`score_prediction`
+    for ``psth_corr``, ``condition_psth_corr`` and ``condition_psth_r2``.
+    """
+    from eirnn.metrics import psth_noise_ceiling
+
+    exc = np.asarray(is_excitatory, dtype=bool)
+    c = psth_noise_ceiling(trials.rates, trials.mask, trials.conditions, n_splits=n_splits, seed=seed)
+    out, per = {}, {}
+    for name in CEILING_METRICS:
+        per[name] = c[name]["per_neuron"]
+        per[f"{name}_reliability"] = c[name]["reliability"]
+        out.update(_by_type(per[name], exc, name))
+    return out, per
+
+
+# --------------------------------------------------------------------------- running a model
+
+
+def predict_rates(module, tensors: Mapping[str, Any], batch_size: int = 0, seed: Optional[int] = None) -> np.ndarray:
+    """Run ``module.model`` on ``tensors["inputs"]`` as validation does -> ``[K, T, N]`` float64.
+
+    State noise on, drawn from one generator seeded with ``seed`` (default
+    ``module.val_seed``) across the batches of
+    :class:`~eirnn.data.datamodule.TrialBatchLoader` (``batch_size`` 0 = one batch), so
+    on the run's validation tensors this reproduces the logged validation metrics.
+    """
+    import torch
+
+    from eirnn.data.datamodule import TrialBatchLoader
+
+    model = module.model
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(module.val_seed if seed is None else seed))
+    out = []
+    with torch.no_grad():
+        for batch in TrialBatchLoader(dict(tensors), batch_size, shuffle=False):
+            r = model(batch["inputs"].to(device), noise=True, generator=gen).rates[..., : model.n_recorded]
+            out.append(r.float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    if checkpoint in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+        if checkpoint == "best" and not path.exists():
+            path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(checkpoint)
+    if not path.exists():
+        raise EvaluationError(f"{run_dir}: no checkpoint {path} (train the run first, or pass --checkpoint PATH)")
+    return path
+
+
+def load_config(run_dir: Path):
+    """``RUN_DIR/.hydra/config.yaml`` with ``paths.output_dir`` set to ``run_dir``."""
+    from omegaconf import OmegaConf, open_dict
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        raise EvaluationError(f"{run_dir}: not a run folder ({path} is missing)")
+    cfg = OmegaConf.load(path)
+    with open_dict(cfg):
+        cfg.paths = cfg.get("paths") or {}
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def load_module(cfg, dm, checkpoint_path: Path):
+    """Model + LightningModule of ``cfg`` on ``dm``, weights from ``checkpoint_path``.
+
+    Returns ``(module, epoch)`` (epoch of the checkpoint, or None).
+    """
+    import torch
+
+    from eirnn.train import build_model, build_module
+
+    model = build_model(cfg, dm)
+    module = build_module(cfg, model, dm)
+    ckpt = torch.load(str(checkpoint_path), map_location="cpu", weights_only=False)
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    return module, ckpt.get("epoch")
+
+
+def _unfiltered_fold(dm):
+    """TrialSet + model tensors of every recorded trial of the validation fold, or None
+    when this is not a CV fold or the filters removed none of the fold's trials."""
+    from eirnn.baselines import TrialSet
+    from eirnn.data import load_session, make_synthetic_session, session_to_tensors
+
+    part = getattr(dm, "cv_partition", None)
+    if part is None:
+        return None
+    idx = np.flatnonzero(part == dm.cv_fold)
+    if idx.size == dm.val_idx.size:
+        return None
+    raw = load_session(dm.path) if dm.path is not None else make_synthetic_session(**dm.synthetic)
+    sub = raw.subset(idx)
+    return TrialSet.from_session(sub), session_to_tensors(sub)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def trial_term_from_config(loss_cfg: Mapping[str, Any] | None, bin_size_ms: float):
+    """``FitObjective(...).trial_term`` of a ``loss`` config (``L_trial`` without a model)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from eirnn.training.objective import FitObjective
+
+    loss = OmegaConf.to_container(loss_cfg, resolve=True) if isinstance(loss_cfg, DictConfig) else dict(loss_cfg or {})
+    return FitObjective(neuron=loss.get("neuron") or {}, trial=loss.get("trial") or {}, reg=loss.get("reg") or {},
+                        activity=loss.get("activity") or {}, bin_size_ms=bin_size_ms).trial_term
+
+
+def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = DEFAULT_BASELINES,
+                     ceiling_splits: int = 50, seed: int = 0, baseline_kwargs: Optional[Mapping[str, dict]] = None,
+                     trial_term=None) -> Dict[str, Any]:
+    """Score trained modules and baselines on the validation trials of ``dm``.
+
+    Args:
+        dm: a set-up :class:`~eirnn.data.SessionDataModule`.
+        modules: ``{name: FitModule}`` (the first one's ``objective.trial_term`` gives
+            ``L_trial`` for every predictor).
+        baselines: names in :data:`eirnn.baselines.BASELINES`.
+        ceiling_splits, seed: of the noise ceiling (and the baselines' inner folds).
+        trial_term: ``L_trial`` callable for every predictor (default: the first module's).
+
+    Returns:
+        the ``evaluation.json`` dict (without run-specific fields).
+    """
+    from eirnn.baselines import TrialSet, make_baseline
+
+    session, bs = dm.session, dm.bin_size_ms
+    exc = np.asarray(dm.is_excitatory, dtype=bool)
+    train = TrialSet.from_tensors(dm.tensors("train"), session, bs)
+    sets = {"val": (TrialSet.from_tensors(dm.tensors("val"), session, bs), dm.tensors("val"))}
+    extra = _unfiltered_fold(dm)
+    if extra is not None:
+        sets["val_all"] = extra
+    first = next(iter(modules.values()), None)
+    if trial_term is None and first is not None:
+        trial_term = first.objective.trial_term
+
+    fitted, info = {}, {}
+    for name in baselines:
+        b = make_baseline(name, **dict((baseline_kwargs or {}).get(name, {})))
+        if hasattr(b, "seed"):
+            b.seed = int(seed)
+        log.info("fitting baseline %s on %d training trials", name, train.n_trials)
+        fitted[name] = b.fit(train)
+        info[name] = {"description": b.describe(), **b.info()}
+
+    result: Dict[str, Any] = {"sets": {}, "baselines": info, "train_fit": {}}
+    for set_name, (trials, tensors) in sets.items():
+        preds = {name: predict_rates(mod, tensors, dm.batch_size) for name, mod in modules.items()}
+        preds.update({name: b.predict(trials) for name, b in fitted.items()})
+        scores, per_neuron = {}, {}
+        for name, pred in preds.items():
+            scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term)
+        ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed)
+        result["sets"][set_name] = {
+            "n_trials": trials.n_trials, "scores": scores, "ceiling": ceil,
+            "per_neuron": {**per_neuron, "ceiling": ceil_pn},
+        }
+    from eirnn.metrics import psth_corr
+
+    for name, mod in modules.items():
+        p = predict_rates(mod, dm.tensors("train"), dm.batch_size)
+        result["train_fit"][name] = {"psth_corr": psth_corr(p, train.rates, train.mask)}
+    result["is_excitatory"] = exc.tolist()
+    return result
+
+
+def data_info(dm) -> Dict[str, Any]:
+    """Trial counts, filters and split of a data module (JSON-serialisable)."""
+    rep = dict(dm.filter_report)
+    return {
+        "source": dm.session.source or dm.session.session_name,
+        "n_trials_loaded": rep.get("n_before", dm.session.n_trials),
+        "n_trials_kept": rep.get("n_after", dm.session.n_trials),
+        "filters": dict(dm.filters or {}),
+        "removed_by_filter": {k: v for k, v in rep.items() if k not in ("n_before", "n_after")},
+        "n_train": int(dm.train_idx.size), "n_val": int(dm.val_idx.size),
+        "cv_folds": getattr(dm, "cv_folds", None),
+        "cv_fold": getattr(dm, "cv_fold", None) if getattr(dm, "cv_folds", None) else None,
+        "n_neurons": int(dm.n_neurons), "n_E": int(np.sum(dm.is_excitatory)),
+        "n_I": int(np.sum(~np.asarray(dm.is_excitatory, dtype=bool))),
+    }
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Sequence[str] = DEFAULT_BASELINES,
+                 extra_runs: Optional[Mapping[str, str | Path]] = None, ceiling_splits: int = 50, seed: int = 0,
+                 write: bool = True, baseline_kwargs: Optional[Mapping[str, dict]] = None) -> Dict[str, Any]:
+    """Evaluate one run folder (see the module docstring); returns the ``evaluation.json`` dict.
+
+    ``extra_runs`` = ``{name: RUN_DIR or (RUN_DIR, checkpoint)}`` of other runs trained on
+    the same data config (e.g. the unconstrained RNN of a CV fold; or this run with another
+    checkpoint): their models are scored on the same trials. ``baseline_kwargs`` =
+    ``{baseline: constructor kwargs}``.
+    """
+    from eirnn.train import UserError, build_datamodule
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    ckpt = _resolve_checkpoint(run_dir, checkpoint)
+    try:
+        dm = build_datamodule(cfg)
+    except UserError as err:
+        raise EvaluationError(f"{run_dir}: {err}") from err
+    module, epoch = load_module(cfg, dm, ckpt)
+    modules = {"model": module}
+    ckpts = {"model": {"path": str(ckpt), "epoch": epoch}}
+    for name, other in (extra_runs or {}).items():
+        other, rule = (other if isinstance(other, (tuple, list)) else (other, checkpoint))
+        other = Path(other)
+        ocfg = load_config(other)
+        if ocfg.data != cfg.data:
+            raise EvaluationError(f"{other}: its data config differs from {run_dir}'s; cannot score on the same trials")
+        ock = _resolve_checkpoint(other, rule)
+        modules[name], oep = load_module(ocfg, dm, ock)
+        ckpts[name] = {"path": str(ock), "epoch": oep}
+    result = evaluate_modules(dm, modules, baselines, ceiling_splits, seed, baseline_kwargs)
+    result.update({"run_dir": str(run_dir), "checkpoints": ckpts, "checkpoint_rule": checkpoint, "data": data_info(dm)})
+    metrics_json = run_dir / "metrics.json"
+    if metrics_json.exists():
+        try:
+            logged = json.loads(metrics_json.read_text()).get("best", {})
+            result["logged_best_val_psth_corr"] = logged.get("val/psth_corr")
+        except (ValueError, OSError):
+            pass
+    if write:
+        write_outputs(run_dir, result, step=int(epoch or 0))
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy -> python, NaN/inf -> None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _f(v: Any, spec: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def _cell(s: Mapping[str, Any], name: str, spec: str = ".3f") -> str:
+    if name not in s:
+        return ""
+    return f"{_f(s.get(name), spec)} ({_f(s.get(name + '_E'), spec)} / {_f(s.get(name + '_I'), spec)})"
+
+
+TABLE_HEADER = ("| predictor | psth_corr (E / I) | condition PSTH corr (E / I) | condition PSTH R2 (E / I) "
+                "| bits/spike (E / I) | Fano within 2x (E / I) | L_trial |")
+
+
+def table_rows(scores: Mapping[str, Mapping[str, Any]], ceiling: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Markdown table (header + rows) of predictor scores and the noise ceiling."""
+    lines = [TABLE_HEADER, "|" + "---|" * 7]
+    for name, s in scores.items():
+        lines.append(f"| {name} | {_cell(s, 'psth_corr')} | {_cell(s, 'condition_psth_corr')} | "
+                     f"{_cell(s, 'condition_psth_r2')} | {_cell(s, 'bits_per_spike')} | "
+                     f"{_cell(s, 'fano_within_2x', '.2f')} | {_f(s.get('L_trial'), '.3g')} |")
+    if ceiling:
+        lines.append(f"| noise ceiling (data) | {_cell(ceiling, 'psth_corr')} | {_cell(ceiling, 'condition_psth_corr')} | "
+                     f"{_cell(ceiling, 'condition_psth_r2')} | | | |")
+    return lines
+
+
+def format_markdown(result: Mapping[str, Any]) -> str:
+    """The short ``evaluation.md`` report."""
+    d = result.get("data", {})
+    removed = ", ".join(f"{k} removed {v}" for k, v in d.get("removed_by_filter", {}).items()) or "none"
+    ck = result.get("checkpoints", {}).get("model", {})
+    lines = [
+        f"# Evaluation of `{result.get('run_dir', '')}`",
+        "",
+        f"- data: `{d.get('source')}`: {d.get('n_trials_kept')} of {d.get('n_trials_loaded')} trials kept "
+        f"(filters {d.get('filters') or 'none'}: {removed}); {d.get('n_neurons')} neurons "
+        f"({d.get('n_E')} E / {d.get('n_I')} I)",
+        f"- split: {d.get('n_train')} training / {d.get('n_val')} validation trials"
+        + (f" (fold {d.get('cv_fold')} of {d.get('cv_folds')})" if d.get("cv_folds") else ""),
+        f"- checkpoint: `{ck.get('path')}` (epoch {ck.get('epoch')}, rule `{result.get('checkpoint_rule')}`)",
+    ]
+    if result.get("checkpoint_rule") == "best":
+        lines.append("- note: the `best` checkpoint was selected on these validation trials, which biases "
+                     "the model's scores upwards (baselines had no such selection)")
+    tf = result.get("train_fit", {})
+    if tf:
+        lines.append("- fit to own training trials (psth_corr): "
+                     + ", ".join(f"{k} {_f(v.get('psth_corr'))}" for k, v in tf.items()))
+    for set_name, s in result.get("sets", {}).items():
+        title = {"val": "Validation trials", "val_all": "All recorded trials of the validation fold (filtered ones included)"}
+        lines += ["", f"## {title.get(set_name, set_name)} (n = {s['n_trials']})", ""]
+        lines += table_rows(s["scores"], s.get("ceiling"))
+    lines += ["", "psth_corr: the lab's metric (PSTH over all scored trials). Conditions: location x identity x "
+              "reward x salience. bits/spike: single-trial Poisson, vs each neuron's mean rate. Fano within 2x: "
+              "fraction of neurons. Noise ceiling: split-half reliability of the scored trials with the "
+              "Spearman-Brown correction (sqrt for correlations), see eirnn.metrics.psth_noise_ceiling.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(run_dir: Path, result: Mapping[str, Any], step: int = 0, prefix: str = "eval",
+                  stem: str = "evaluation") -> None:
+    """``<stem>.json`` + ``<stem>.md`` in ``run_dir`` and scalars under ``run_dir/tensorboard``."""
+    from eirnn.training.callbacks import write_json_atomic
+
+    write_json_atomic(run_dir / f"{stem}.json", _clean(result))
+    md = format_markdown(result) if stem == "evaluation" else result.get("markdown", "")
+    (run_dir / f"{stem}.md").write_text(md)
+    write_tensorboard(run_dir / "tensorboard", result, step, prefix, md)
+
+
+def write_tensorboard(tb_dir: Path, result: Mapping[str, Any], step: int, prefix: str, text: str = "") -> None:
+    """Scalars ``<prefix>/<set>/<predictor>/<metric>`` (and the ceiling) + the table as text."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return
+    writer = SummaryWriter(log_dir=str(tb_dir))
+    try:
+        for set_name, s in result.get("sets", {}).items():
+            groups = dict(s.get("scores", {}))
+            if s.get("ceiling"):
+                groups["ceiling"] = s["ceiling"]
+            for pred, metrics in groups.items():
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                        writer.add_scalar(f"{prefix}/{set_name}/{pred}/{k}", float(v), step)
+        if text:
+            writer.add_text(f"{prefix}/report", text, step)
+    finally:
+        writer.close()
+
+
+def print_summary(result: Mapping[str, Any]) -> None:
+    s = result["sets"]["val"]
+    print("\n".join(table_rows(s["scores"], s.get("ceiling"))), flush=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eirnn.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="a run folder of python -m eirnn.train (holds .hydra/config.yaml)")
+    parser.add_argument("--checkpoint", default="best", help="best (default), last, or a .ckpt path")
+    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+                        help="comma-separated baselines to fit (default: %(default)s; '' for none)")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="also score another run trained on the same data (repeatable)")
+    parser.add_argument("--ceiling-splits", type=int, default=50, help="random half splits of the noise ceiling")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the ceiling splits and baseline inner folds")
+    args = parser.parse_args(None if argv is None else list(argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    names = [b for b in args.baselines.split(",") if b.strip()]
+    try:
+        from eirnn.baselines import BASELINES
+
+        unknown = [b for b in names if b not in BASELINES]
+        if unknown:
+            raise EvaluationError(f"--baselines: unknown {unknown}; known: {sorted(BASELINES)}")
+        extra = {}
+        for item in args.compare:
+            if "=" not in item:
+                raise EvaluationError(f"--compare: expected NAME=RUN_DIR, got {item!r}")
+            k, v = item.split("=", 1)
+            extra[k] = v
+        run_dir = Path(args.run_dir)
+        if not run_dir.is_dir():
+            raise EvaluationError(f"{run_dir}: no such run folder")
+        result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed)
+    except EvaluationError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    print_summary(result)
+    print(f"wrote {run_dir / 'evaluation.json'}, {run_dir / 'evaluation.md'} and TensorBoard scalars "
+          f"under {run_dir / 'tensorboard'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Write the analysis artifacts of a run: ``python -m eirnn.export RUN_DIR [options]``.
+
+The run's composed config (``RUN_DIR/.hydra/config.yaml``) and a checkpoint
+(``checkpoints/best.ckpt`` by default) rebuild the data module, the model and the
+LightningModule through the builders of :mod:`eirnn.train`; the model is run once on the
+validation trials (same noise seed as validation, so the numbers are the validation
+numbers of that checkpoint) and the run folder receives::
+
+    weights/      W_rec (Dale applied), W_in, W_out, h0, E/I masks, time constants, attention projections
+    outputs/      validation model / target rates and PSTHs, inputs, trial conditions, time axis
+    metrics/      per-neuron correlation, mean rate, temporal variance, Fano factor (model, data), E/I labels
+    population/   PCA of the data PSTH, model PSTH on the same components (also per target location)
+    figures/      PNG figures (eirnn.report.figures)
+    config.yaml, config.json      the fully resolved config (data.path made absolute)
+    training_report.md            summary, metrics with E/I breakdown, config table, files, loading snippet
+    artifacts.json                every file written, with its shape and dtype
+
+Options: ``--checkpoint best|last|interrupted|PATH``, ``--data-path FILE`` (when the session
+moved), ``--no-figures``, ``--n-pcs K``. Training writes the same artifacts at its end when the
+config has an ``export`` section (``experiment=final_model``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("eirnn.export")
+
+CHECKPOINT_NAMES = {"best": "best.ckpt", "last": "last.ckpt", "interrupted": "interrupted.ckpt"}
+FIGURES = (
+    "training_curves", "per_neuron_correlation_histogram", "per_neuron_correlation_scatter", "best_worst_neurons",
+    "weight_matrices", "h0_distribution", "attention_patterns", "pca_trajectories", "pca_state_space",
+    "fano_factor_comparison",
+)
+
+
+class ExportError(Exception):
+    """A problem with the run folder or its inputs, reported in one line."""
+
+
+# ------------------------------------------------------------------ config
+def _jsonable(obj):
+    from eirnn.training.callbacks import _jsonable as j
+
+    return j(obj)
+
+
+def resolved_config(cfg, run_dir: Path) -> dict[str, Any]:
+    """``cfg`` as plain containers with every interpolation resolved, without ``hydra``;
+    ``paths.output_dir`` is ``run_dir`` and an existing ``data.path`` is made absolute."""
+    from omegaconf import OmegaConf, open_dict
+
+    c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(c):
+        c.pop("hydra", None)
+        if "paths" in c:
+            c.paths.output_dir = str(run_dir)
+    try:
+        out = OmegaConf.to_container(c, resolve=True)
+    except Exception as err:  # an interpolation that cannot be resolved outside the run: keep it as text
+        log.warning("config not fully resolved (%s); config.yaml keeps its interpolations", err)
+        out = OmegaConf.to_container(c, resolve=False)
+    data = out.get("data") or {}
+    if data.get("path"):
+        p = Path(str(data["path"])).expanduser()
+        if p.exists():
+            data["path"] = str(p.resolve())
+    return out
+
+
+def write_config(run_dir: Path, cfg) -> dict[str, Any]:
+    """``config.yaml`` and ``config.json`` (the resolved config) in ``run_dir``; returns it."""
+    from omegaconf import OmegaConf
+
+    from eirnn.training.callbacks import write_json_atomic
+
+    resolved = resolved_config(cfg, run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    write_json_atomic(run_dir / "config.json", resolved)
+    return resolved
+
+
+def load_run_config(run_dir: Path, data_path: str | None = None):
+    """The composed config of ``run_dir`` with ``paths.output_dir = run_dir`` and a usable ``data.path``.
+
+    ``data.path`` is, in order: ``data_path``; the path in ``.hydra/config.yaml`` (its
+    ``${oc.env:...}`` resolved now, relative paths against the current directory); the
+    absolute path recorded in ``config.json`` at the end of training.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    src = run_dir / ".hydra" / "config.yaml"
+    if not src.exists():
+        src = run_dir / "config.yaml"
+    if not src.exists():
+        raise ExportError(f"{run_dir / '.hydra' / 'config.yaml'}: not found (is {run_dir} a run folder?)")
+    cfg = OmegaConf.load(src)
+    with open_dict(cfg):
+        if "paths" not in cfg:
+            cfg.paths = {}
+        cfg.paths.output_dir = str(run_dir)
+        if "data" not in cfg:
+            raise ExportError(f"{src}: no 'data' section")
+        if data_path is not None:
+            cfg.data.path = str(data_path)
+        elif cfg.data.get("path", None) is not None:
+            try:
+                current = str(cfg.data.path)
+            except Exception as err:  # an interpolation that cannot be resolved here
+                current = f"<{err}>"
+            if not Path(current).exists():
+                recorded = _recorded_data_path(run_dir)
+                if recorded and Path(recorded).exists():
+                    cfg.data.path = recorded
+                else:
+                    raise ExportError(f"{src}: data.path {current} not found (pass --data-path FILE)")
+    return cfg
+
+
+def _recorded_data_path(run_dir: Path) -> str | None:
+    p = run_dir / "config.json"
+    if p.exists():
+        try:
+            return (json.loads(p.read_text()).get("data") or {}).get("path")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+# -------------------------------------------------------------- checkpoint
+def find_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """``best`` / ``last`` / ``interrupted`` under ``run_dir/checkpoints`` or a path; ``best``
+    falls back to ``last`` then ``interrupted`` when absent (e.g. a NaN metric every epoch)."""
+    if which not in CHECKPOINT_NAMES:
+        p = Path(which)
+        if not p.exists():
+            raise ExportError(f"checkpoint {p}: not found")
+        return p
+    order = [which] + (["last", "interrupted"] if which == "best" else [])
+    for name in order:
+        p = run_dir / "checkpoints" / CHECKPOINT_NAMES[name]
+        if p.exists():
+            return p
+    raise ExportError(f"{run_dir / 'checkpoints' / CHECKPOINT_NAMES[which]}: not found")
+
+
+def load_module(cfg, dm, ckpt_path: Path):
+    """Model + LightningModule rebuilt with :mod:`eirnn.train`'s builders, weights from ``ckpt_path``."""
+    import torch
+
+    from eirnn.train import build_model, build_module
+
+    model = build_model(cfg, dm)
+    module = build_module(cfg, model, dm)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception:  # older checkpoints hold omegaconf containers; the run's own file is trusted
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if "state_dict" not in ckpt:
+        raise ExportError(f"{ckpt_path}: not a Lightning checkpoint (no state_dict)")
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ExportError(f"{ckpt_path}: does not match the run's config ({str(err).splitlines()[0]})") from err
+    module.on_load_checkpoint(ckpt)
+    module.eval()
+    return module, ckpt
+
+
+# ------------------------------------------------------------------ export
+def _summary_from_history(history: list[dict], monitor: str) -> dict[str, Any]:
+    vals = [(h.get(monitor), i) for i, h in enumerate(history) if h.get(monitor) is not None and math.isfinite(h[monitor])]
+    best = history[max(vals)[1]] if vals else {}
+    return {"best": best, "final": history[-1] if history else {}, "epochs_trained": len(history)}
+
+
+def export_run(
+    run_dir: str | Path,
+    cfg=None,
+    datamodule=None,
+    checkpoint: str = "best",
+    summary: dict | None = None,
+    history: list[dict] | None = None,
+    figures: bool = True,
+    n_pcs: int = 10,
+    data_path: str | None = None,
+) -> dict[str, Any]:
+    """Write every artifact of ``run_dir`` (see the module docstring); returns the manifest.
+
+    ``cfg`` / ``datamodule`` / ``summary`` / ``history`` are taken from the caller when
+    given (end of training), else from the run folder.
+    """
+    from eirnn.report import artifacts as A
+    from eirnn.report.report import write_report
+    from eirnn.train import build_datamodule
+    from eirnn.training.callbacks import write_json_atomic
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: not a directory")
+    if cfg is None:
+        cfg = load_run_config(run_dir, data_path)
+    monitor = str(cfg.get("optimized_metric") or "val/psth_corr")
+    ckpt_path = find_checkpoint(run_dir, checkpoint)
+    dm = datamodule if datamodule is not None else build_datamodule(cfg)
+    module, ckpt = load_module(cfg, dm, ckpt_path)
+    model = module.model
+
+    if history is None:
+        log_path = run_dir / "training_log.json"
+        history = json.loads(log_path.read_text()) if log_path.exists() else list(module.history)
+    if summary is None:
+        mpath = run_dir / "metrics.json"
+        summary = json.loads(mpath.read_text()) if mpath.exists() else _summary_from_history(history, monitor)
+    if not (run_dir / "training_log.json").exists():
+        write_json_atomic(run_dir / "training_log.json", history)
+
+    val = A.validation_rates(module, dm, attention=True)
+    exc_all = model.is_excitatory.cpu().numpy().astype(bool)
+    exc = exc_all[: model.n_recorded]
+    bin_ms = float(getattr(module, "bin_size_ms", dm.bin_size_ms))
+    weights = A.weight_arrays(model)
+    outputs = A.output_arrays(val, dm.session)
+    metrics = A.neuron_metrics(val, exc, bin_ms)
+    loc = outputs["val_trial_factors"][:, 0]
+    gd, labels = A.group_psths(val["target_rates"], val["mask"], loc)
+    gm, _ = A.group_psths(val["model_rates"], val["mask"], loc)
+    population = A.population_arrays(outputs["val_target_psth"], outputs["val_model_psth"], n_pcs=n_pcs,
+                                     groups={"by_location": (gd, gm)})
+    population["location_labels"] = labels
+
+    files: dict[str, list[dict]] = {}
+    for folder, arrays in (("weights", weights), ("outputs", outputs), ("metrics", metrics), ("population", population)):
+        files[folder] = [dict(f, path=str(Path(f["path"]).relative_to(run_dir)))
+                         for f in A.save_arrays(run_dir / folder, arrays)]
+    resolved = write_config(run_dir, cfg)
+
+    corr = metrics["per_neuron_correlation"]
+    from eirnn import metrics as M
+
+    by_type = M.psth_corr_by_type(corr, exc)
+    fm, fd = metrics["per_neuron_fano_model"], metrics["per_neuron_fano_target"]
+    final_metrics = {
+        "checkpoint": str(ckpt_path.relative_to(run_dir)) if ckpt_path.is_relative_to(run_dir) else str(ckpt_path),
+        # the epoch whose weights these are (0-based, as in training_log.json)
+        "checkpoint_epoch": int(module.history[-1]["epoch"]) if module.history else int(ckpt.get("epoch", 0)),
+        "psth_corr": by_type["all"], "psth_corr_E": by_type["E"], "psth_corr_I": by_type["I"],
+        "n_E": int(exc.sum()), "n_I": int((~exc).sum()),
+        "fano_model_mean": float(np.nanmean(fm)) if np.isfinite(fm).any() else float("nan"),
+        "fano_data_mean": float(np.nanmean(fd)) if np.isfinite(fd).any() else float("nan"),
+        "bits_per_spike": float(M.bits_per_spike(val["model_rates"], np.nan_to_num(val["target_rates"]), val["mask"],
+                                                 bin_size_ms=bin_ms)),
+        "n_val_trials": int(val["model_rates"].shape[0]),
+        "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
+    }
+
+    figure_files, figure_errors = [], {}
+    if figures:
+        figure_files, figure_errors = write_figures(run_dir, history, weights, outputs, metrics, population, model,
+                                                    monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")))
+    files["figures"] = [{"path": str(p.relative_to(run_dir))} for p in figure_files]
+
+    manifest = {
+        "run_dir": str(run_dir), "checkpoint": final_metrics["checkpoint"], "final_metrics": final_metrics,
+        "files": files, "figure_errors": figure_errors, "export_time_s": round(time.perf_counter() - t0, 2),
+    }
+    report = write_report(run_dir, summary=summary, final_metrics=final_metrics, config=resolved, files=files,
+                          monitor=monitor, per_neuron=metrics, history=history)
+    manifest["report"] = str(report.relative_to(run_dir))
+    write_json_atomic(run_dir / "artifacts.json", manifest)
+    return manifest
+
+
+def write_figures(run_dir: Path, history, weights, outputs, metrics, population, model, monitor: str,
+                  learnable_h0: bool = True) -> tuple[list[Path], dict[str, str]]:
+    """Every figure of :data:`FIGURES` that applies, as ``run_dir/figures/<name>.png``.
+
+    A figure that fails is logged and listed in the returned errors; the others are still written.
+    """
+    from eirnn.data.session import INPUT_CHANNELS
+    from eirnn.report import figures as F
+
+    exc_all = weights["E_mask"]
+    n_rec = int(weights["recorded_mask"].sum())
+    exc = exc_all[:n_rec]
+    t = outputs["time_ms"]
+    corr = metrics["per_neuron_correlation"]
+    n_inputs = outputs["val_inputs"].shape[-1]
+    labels = list(INPUT_CHANNELS) if n_inputs == len(INPUT_CHANNELS) else None
+    ratio = population["pca_explained_variance_ratio"]
+    makers = {
+        "training_curves": lambda: F.training_curves(history, monitor),
+        "per_neuron_correlation_histogram": lambda: F.correlation_histogram(corr, exc),
+        "per_neuron_correlation_scatter": lambda: F.correlation_scatter(corr, metrics["per_neuron_mean_rate_target"], exc),
+        "best_worst_neurons": lambda: F.best_worst_neurons(outputs["val_target_psth"], outputs["val_model_psth"], corr,
+                                                           exc, time_ms=t),
+        "weight_matrices": lambda: F.weight_matrices(weights["W_rec"], weights["W_in"], exc_all, n_rec,
+                                                     input_labels=labels if weights["W_in"].shape[1] == n_inputs else None),
+        "h0_distribution": lambda: F.h0_distribution(weights["h0"], exc_all, learnable=learnable_h0),
+        "pca_trajectories": lambda: F.pca_trajectories(population["pca_real"], population["pca_model"], ratio, time_ms=t),
+        "pca_state_space": lambda: F.pca_state_space(
+            population["pca_real"], population["pca_model"], ratio, population.get("pca_real_by_location"),
+            population.get("pca_model_by_location"), population.get("location_labels")),
+        "fano_factor_comparison": lambda: F.fano_comparison(metrics["per_neuron_fano_model"],
+                                                            metrics["per_neuron_fano_target"], exc),
+    }
+    if "val_attention_mean" in outputs:
+        makers["attention_patterns"] = lambda: F.attention_patterns(outputs["val_attention_mean"], time_ms=t,
+                                                                    channel_labels=labels)
+    written, errors = [], {}
+    for name in FIGURES:
+        if name not in makers:
+            continue
+        try:
+            written.append(F.save(makers[name](), run_dir / "figures" / f"{name}.png"))
+        except Exception as err:  # one broken figure must not cost the others
+            log.warning("figure %s failed: %s", name, err)
+            errors[name] = f"{type(err).__name__}: {err}"
+    return written, errors
+
+
+def export_after_training(cfg, trainer, module, dm, summary: dict) -> dict[str, Any]:
+    """End-of-training export (called by :func:`eirnn.train.train` when ``cfg.export`` is set)."""
+    opts = cfg.get("export") or {}
+    return export_run(
+        cfg.paths.output_dir, cfg=cfg, datamodule=dm, checkpoint=str(opts.get("checkpoint", "best")),
+        summary=summary, history=list(module.history), figures=bool(opts.get("figures", True)),
+        n_pcs=int(opts.get("n_pcs", 10)),
+    )
+
+
+# --------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eirnn.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run folder of python -m eirnn.train")
+    parser.add_argument("--checkpoint", default="best", help="best | last | interrupted | PATH (default: best)")
+    parser.add_argument("--data-path", default=None, help="the session file, when it is not where the run found it")
+    parser.add_argument("--no-figures", action="store_true", help="arrays and report only")
+    parser.add_argument("--n-pcs", type=int, default=10, help="principal components kept (default 10)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from eirnn.train import UserError
+
+    try:
+        manifest = export_run(args.run_dir, checkpoint=args.checkpoint, figures=not args.no_figures,
+                              n_pcs=args.n_pcs, data_path=args.data_path)
+    except (ExportError, UserError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    fm = manifest["final_metrics"]
+    n_files = sum(len(v) for v in manifest["files"].values())
+    print(f"exported {manifest['checkpoint']} (epoch {fm['checkpoint_epoch'] + 1}): val PSTH corr {fm['psth_corr']:.4f} "
+          f"(E {fm['psth_corr_E']:.4f}, I {fm['psth_corr_I']:.4f}); {n_files} files in {manifest['run_dir']}; "
+          f"report: {manifest['report']} ({manifest['export_time_s']:.1f} s)")
+    if manifest["figure_errors"]:
+        print(f"figures that failed: {', '.join(manifest['figure_errors'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

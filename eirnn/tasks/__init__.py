@@ -1,0 +1,11 @@
+"""Task-trained RNNs in the eirnn framework (same entry point, configs, loop and logging as the SC fits).
+
+- contextual switch task on a trainable low-rank RNN with a fixed random bulk
+  (Mastrogiuseppe & Ostojic 2018): :mod:`eirnn.tasks.lowrank`, :mod:`eirnn.tasks.context_switch`;
+- System A integration/memory task on a continuous-time RNN with a fixed random
+  recurrent matrix: :mod:`eirnn.tasks.system_a_model`, :mod:`eirnn.tasks.system_a`;
+- the shared LightningModule (:mod:`eirnn.tasks.module`), data-module base
+  (:mod:`eirnn.tasks.datamodule`), integrators and callbacks.
+
+Train with ``python -m eirnn.train experiment=context_switch`` / ``experiment=system_a``.
+"""

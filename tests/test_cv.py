@@ -1,0 +1,145 @@
+"""k-fold partition, the data module's CV option, aggregation and a tiny 2-fold CV end to end."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CONFIG_DIR
+from eirnn.cv import aggregate, format_markdown, run_cv
+from eirnn.data import SessionDataModule
+from eirnn.data.datamodule import stratified_kfold
+
+SYN = dict(seed=1, n_trials=128, n_time=40, n_exc=5, n_inh=3, n_hidden_exc=4, n_hidden_inh=2)
+
+
+def test_stratified_kfold_partition():
+    rng = np.random.default_rng(0)
+    cids = rng.integers(0, 7, 203)
+    fold = stratified_kfold(cids, 5, seed=3)
+    assert fold.shape == (203,) and set(np.unique(fold)) == set(range(5))
+    sizes = np.bincount(fold)
+    assert sizes.max() - sizes.min() <= 1
+    for c in np.unique(cids):
+        n = int((cids == c).sum())
+        per = np.bincount(fold[cids == c], minlength=5)
+        assert per.max() - per.min() <= 1 and per.sum() == n  # each condition spread evenly
+    assert np.array_equal(stratified_kfold(cids, 5, seed=3), fold)
+    assert not np.array_equal(stratified_kfold(cids, 5, seed=4), fold)
+    with pytest.raises(ValueError):
+        stratified_kfold(cids, 1, 0)
+
+
+def test_datamodule_folds_are_built_before_filtering():
+    dur_cut = 560.0
+    plain = SessionDataModule(synthetic=SYN, cv_folds=4, cv_fold=2, split_seed=5)
+    plain.setup()
+    filt = SessionDataModule(synthetic=SYN, cv_folds=4, cv_fold=2, split_seed=5,
+                             filters={"min_duration_ms": dur_cut})
+    filt.setup()
+    assert np.array_equal(plain.cv_partition, filt.cv_partition)
+    assert filt.session.n_trials < plain.session.n_trials  # the filter removed something
+    # validation = the kept trials of fold 2, in terms of trials as loaded
+    kept = filt.kept_trials
+    assert np.array_equal(kept[filt.val_idx], np.intersect1d(np.flatnonzero(plain.cv_partition == 2), kept))
+    assert np.array_equal(plain.val_idx, np.flatnonzero(plain.cv_partition == 2))
+    assert np.intersect1d(filt.train_idx, filt.val_idx).size == 0
+    assert filt.train_idx.size + filt.val_idx.size == filt.session.n_trials
+    # the folds tile the kept trials
+    seen = []
+    for f in range(4):
+        d = SessionDataModule(synthetic=SYN, cv_folds=4, cv_fold=f, split_seed=5, filters={"min_duration_ms": dur_cut})
+        d.setup()
+        seen.append(d.kept_trials[d.val_idx])
+    assert np.array_equal(np.sort(np.concatenate(seen)), kept)
+    assert "fold 2 of 4" in filt.describe()
+    with pytest.raises(ValueError):
+        SessionDataModule(synthetic=SYN, cv_folds=3, cv_fold=3)
+
+
+def test_aggregate_mean_std_and_beats():
+    def ev(model, base, n):
+        return {"sets": {"val": {"n_trials": n, "scores": {"model": {"psth_corr": model, "bits_per_spike": 0.1},
+                                                           "train_mean": {"psth_corr": base, "bits_per_spike": None}},
+                                 "ceiling": {"psth_corr": 0.5}}},
+                "data": {"cv_folds": 3}, "train_fit": {"model": {"psth_corr": 0.8}}}
+
+    agg = aggregate({0: ev(0.4, 0.3, 10), 1: ev(0.5, 0.45, 11), 2: ev(0.45, 0.46, 10)})
+    s = agg["sets"]["val"]
+    pc = s["scores"]["model"]["psth_corr"]
+    assert pc["per_fold"] == [0.4, 0.5, 0.45]
+    assert pc["mean"] == pytest.approx(0.45) and pc["std"] == pytest.approx(np.std([0.4, 0.5, 0.45], ddof=1))
+    assert s["beats"]["train_mean"]["psth_corr"] is False  # fold 2: 0.45 < 0.46
+    assert "bits_per_spike" not in s["beats"]["train_mean"]  # no comparable fold
+    assert s["ceiling"]["psth_corr"]["mean"] == pytest.approx(0.5)
+    assert s["n_trials"] == [10, 11, 10]
+    md = format_markdown(agg)
+    assert "| model |" in md and "noise ceiling" in md and "NO" in md
+    agg2 = aggregate({0: ev(0.4, 0.3, 10), 1: ev(0.5, 0.45, 11)})
+    assert agg2["sets"]["val"]["beats"]["train_mean"]["psth_corr"] is True
+
+
+def _compose_cv(overrides, out: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("cv", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    return cfg
+
+
+@pytest.mark.slow
+def test_two_fold_cv_end_to_end(tmp_path):
+    overrides = ["debug=fast", "data.synthetic.n_trials=128", "+data.synthetic.n_time=40", "+data.synthetic.n_exc=5",
+                 "+data.synthetic.n_inh=3", "model.n_hidden=6", "trainer.max_epochs=2", "callbacks.figures=null",
+                 "logger=none", "+data.filters.min_duration_ms=560", "cv.folds=2", "cv.ceiling_splits=3",
+                 "cv.baselines=[train_mean,condition_mean,unconstrained_rnn]"]
+    cfg = _compose_cv(overrides, tmp_path)
+    assert cfg.task_name == "cv" and cfg.cv.folds == 2
+    agg = run_cv(cfg)
+    saved = json.loads((tmp_path / "cv_metrics.json").read_text())
+    assert saved["folds"] == [0, 1]
+    for f in (0, 1):
+        fold = tmp_path / f"fold_{f}"
+        assert (fold / "checkpoints" / "last.ckpt").exists() and (fold / "evaluation.json").exists()
+        assert (fold / "unconstrained" / "checkpoints" / "last.ckpt").exists()
+        fcfg = (fold / ".hydra" / "config.yaml").read_text()
+        assert "cv_folds: 2" in fcfg and f"cv_fold: {f}" in fcfg
+        assert "dale: false" in (fold / "unconstrained" / ".hydra" / "config.yaml").read_text()
+    val = saved["sets"]["val"]
+    assert set(val["scores"]) == {"model", "unconstrained_rnn", "model_best_ckpt", "train_mean", "condition_mean"}
+    pc = val["scores"]["model"]["psth_corr"]
+    assert len(pc["per_fold"]) == 2 and pc["mean"] == pytest.approx(np.mean(pc["per_fold"]))
+    assert len(val["ceiling"]["psth_corr"]["per_fold"]) == 2
+    # the filter removed trials of each fold: those are also scored, for every predictor
+    assert "val_all" in saved["sets"]
+    n_val = val["n_trials"]
+    n_all = saved["sets"]["val_all"]["n_trials"]
+    assert all(a > b for a, b in zip(n_all, n_val)) and sum(n_all) == 128
+    assert saved["removed_by_filter_per_fold"][0]["min_duration_ms"] > 0
+    md = (tmp_path / "cv_metrics.md").read_text()
+    assert "| unconstrained_rnn |" in md and "noise ceiling" in md
+    # resuming re-uses the folds (no retraining): same numbers
+    again = run_cv(cfg)
+    assert again["sets"]["val"]["scores"]["model"]["psth_corr"]["per_fold"] == pc["per_fold"]
+    assert not math.isnan(agg["sets"]["val"]["scores"]["train_mean"]["psth_corr"]["mean"])
+
+
+def test_baselines_only_cv(tmp_path):
+    cfg = _compose_cv(["data.synthetic.n_trials=96", "+data.synthetic.n_time=30", "+data.synthetic.n_exc=4",
+                       "+data.synthetic.n_inh=2", "cv.folds=2", "cv.train_model=false", "cv.ceiling_splits=2",
+                       "cv.baselines=[train_mean,train_mean_smoothed]"], tmp_path)
+    agg = run_cv(cfg)
+    s = agg["sets"]["val"]["scores"]
+    assert set(s) == {"train_mean", "train_mean_smoothed"}
+    assert not (tmp_path / "fold_0" / "checkpoints").exists()
+    assert (tmp_path / "fold_0" / "evaluation.json").exists()

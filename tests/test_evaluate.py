@@ -1,0 +1,142 @@
+"""python -m eirnn.evaluate: reproduces the logged metric, scores baselines and the ceiling, writes outputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from eirnn.baselines import TrialSet
+from eirnn.evaluate import evaluate_run, format_markdown, main, score_prediction
+
+TINY = ["debug=fast", "data.synthetic.n_trials=160", "+data.synthetic.n_time=40", "+data.synthetic.n_exc=6",
+        "+data.synthetic.n_inh=3", "model.n_hidden=6", "trainer.max_epochs=2", "callbacks.figures=null"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import compose_config
+    from eirnn.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config(TINY, out)
+    (out / ".hydra").mkdir()
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # what Hydra writes for a CLI run
+    train(cfg)
+    return out
+
+
+def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
+    res = evaluate_run(run_dir, baselines=("train_mean", "condition_mean", "glm"), ceiling_splits=5,
+                       baseline_kwargs={"glm": {"inner_folds": 0, "max_iter": 20, "n_basis": 3}})
+    logged = json.loads((run_dir / "metrics.json").read_text())["best"]
+    val = res["sets"]["val"]
+    model = val["scores"]["model"]
+    # same trials, same checkpoint, same validation noise seed -> the same number
+    assert model["psth_corr"] == pytest.approx(logged["val/psth_corr"], abs=1e-5)
+    assert model["psth_corr_E"] == pytest.approx(logged["val/psth_corr_E"], abs=1e-5)
+    assert model["bits_per_spike"] == pytest.approx(logged["val/bits_per_spike"], abs=1e-4)
+    assert model["L_trial"] == pytest.approx(logged["val/L_trial"], rel=1e-3)
+    assert set(val["scores"]) == {"model", "train_mean", "condition_mean", "glm"}
+    for name, s in val["scores"].items():
+        for k in ("psth_corr", "psth_corr_E", "psth_corr_I", "condition_psth_corr", "condition_psth_r2",
+                  "bits_per_spike", "bits_per_spike_E", "fano_within_2x", "L_trial"):
+            assert k in s, (name, k)
+    assert 0.0 < val["ceiling"]["psth_corr"] <= 1.0
+    assert val["n_trials"] == res["data"]["n_val"] == 32
+    assert "val_all" not in res["sets"]  # not a CV fold
+    assert res["train_fit"]["model"]["psth_corr"] is not None
+    # outputs: JSON (NaN -> null), markdown table, TensorBoard scalars
+    saved = json.loads((run_dir / "evaluation.json").read_text())
+    assert saved["sets"]["val"]["scores"]["model"]["psth_corr"] == pytest.approx(model["psth_corr"])
+    md = (run_dir / "evaluation.md").read_text()
+    assert "| model |" in md and "noise ceiling" in md and "selected on these validation trials" in md
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "eval/val/model/psth_corr" in tags and "eval/val/ceiling/psth_corr" in tags
+    assert "eval/val/glm/bits_per_spike" in tags
+
+
+def test_last_checkpoint_and_compare(run_dir):
+    res = evaluate_run(run_dir, checkpoint="last", baselines=(), extra_runs={"again": (run_dir, "best")},
+                       ceiling_splits=2, write=False)
+    s = res["sets"]["val"]["scores"]
+    assert set(s) == {"model", "again"}
+    assert res["checkpoints"]["model"]["path"].endswith("last.ckpt")
+    assert res["checkpoints"]["again"]["path"].endswith("best.ckpt")
+
+
+def test_score_prediction_perfect_and_by_type():
+    rng = np.random.default_rng(0)
+    T, N = 30, 4
+    mu = 20 + 15 * np.sin(np.arange(T)[:, None] / 4 + np.arange(N))
+    lam = np.broadcast_to(mu, (40, T, N)).copy()
+    data = rng.poisson(lam * 0.025) / 0.025
+    cond = np.arange(40) % 4
+    trials = TrialSet(np.zeros((40, T, 1)), data, np.ones(data.shape, bool), cond, 25.0)
+    exc = np.array([True, True, False, False])
+    pred = lam.copy()
+    pred[..., 2:] = 40 - lam[..., 2:]  # I neurons anti-correlated
+    s, per = score_prediction(pred, trials, exc)
+    assert s["psth_corr_E"] > 0.9 and s["psth_corr_I"] < -0.9
+    assert s["psth_corr"] == pytest.approx(np.mean(per["psth_corr"]))
+    # a rate model emitting Poisson spikes vs Poisson data: Fano factors agree
+    assert s["fano_within_2x"] == 1.0 and s["fano_model_median"] == pytest.approx(1.0)
+    assert s["bits_per_spike_E"] > 0 and np.isnan(s["L_trial"])
+    with pytest.raises(ValueError):
+        score_prediction(pred[:3], trials, exc)
+    md = format_markdown({"sets": {"val": {"n_trials": 40, "scores": {"m": s}, "ceiling": {}}}})
+    assert "| m |" in md
+
+
+def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
+    r = subprocess.run([sys.executable, "-m", "eirnn.evaluate", str(tmp_path / "nope")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such run folder" in r.stderr
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and ".hydra/config.yaml" in err
+    assert main([str(tmp_path), "--baselines", "bogus"]) == 2
+    assert "unknown" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["v73_zero_eye", "v5_other_shapes"])
+def test_real_data_config_runs_unchanged_on_other_exports(compose, tmp_path, variant):
+    """data=sc_mat (with its filters) + experiment=sc_default load, train and evaluate on
+    exports with other trial / bin / neuron counts and absent or all-zero eye data."""
+    import dataclasses
+
+    from eirnn.data import make_synthetic_session, save_mat
+    from eirnn.train import train
+
+    if variant == "v73_zero_eye":
+        s = make_synthetic_session(seed=5, n_trials=70, n_time=36, n_exc=5, n_inh=2, n_hidden_exc=4, n_hidden_inh=2)
+        s = dataclasses.replace(s, eye_raw=np.zeros_like(s.eye_raw), eye_norm=None)
+        version = "7.3"
+    else:
+        s = make_synthetic_session(seed=6, n_trials=90, n_time=50, n_exc=3, n_inh=4, n_hidden_exc=3, n_hidden_inh=2,
+                                   bin_size_ms=20.0)
+        version = "5"
+    path = tmp_path / f"{variant}.mat"
+    save_mat(s, path, version=version)
+    out = tmp_path / "run"
+    cfg = compose(["data=sc_mat", f"data.path={path}", "experiment=sc_default", "trainer.max_epochs=2",
+                   "logger=none", "callbacks.figures=null"], out)
+    from omegaconf import OmegaConf
+
+    (out / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    summary = train(cfg)
+    assert summary["epochs_trained"] == 2
+    res = evaluate_run(out, baselines=("train_mean",), ceiling_splits=2)
+    assert res["data"]["n_neurons"] == s.n_neurons and res["data"]["n_trials_loaded"] == s.n_trials
+    assert np.isfinite(res["sets"]["val"]["scores"]["model"]["psth_corr"])
