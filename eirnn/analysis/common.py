@@ -8,7 +8,6 @@ parameters (``checkpoint["eirnn_task"]``), so a model is rebuilt without Hydra.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence

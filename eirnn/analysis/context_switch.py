@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eirnn.analysis.common import (AnalysisError, build_task, cli_main, find_checkpoint, load_checkpoint, overlap,
+from eirnn.analysis.common import (AnalysisError, build_task, cli_main, find_checkpoint, load_checkpoint,
                                    write_json)
 from eirnn.tasks import context_switch as cs
 

@@ -25,7 +25,6 @@ in every trial (the irrelevant one is a distractor).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 import numpy as np

@@ -11,7 +11,7 @@ trained); ``I`` [N, n_inputs] and ``w`` [N, n_outputs] trained; ``h0`` [N] fixed
 or ~ N(0, h0_std^2) with ``h0="random"``).
 
 The recurrence is written for speed on a CPU: the input drive ``a u I^T`` is computed for all
-steps at once, and each step is one fused ``addmm`` (``(1-a) h + a drive_t + (a g_G) tanh(h) G^T``)
+steps at once, and each step is one ``add`` and one ``addmm`` (``(1-a) h + a drive_t + (a g_G) tanh(h) G^T``)
 plus one ``tanh`` and the readout ``tanh(h) w`` (a matrix-vector product).  Only the rates
 ``tanh(h)`` are kept for the backward pass.
 """
