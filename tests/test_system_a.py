@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from eirnn.analysis.common import cosine, eig_cov, participation_ratio, pca
+from eirnn.analysis.common import cosine, eig_cov, overlap, participation_ratio, pca
 from eirnn.tasks import system_a as sa
 from eirnn.tasks.system_a_model import SystemARNN
 
@@ -136,6 +136,7 @@ def test_pca_sign_rule_order_and_alignment():
     np.testing.assert_allclose(np.abs(v2), np.eye(3)[:, [1, 2, 0]])
     assert cosine([1, 0], [1, 1]) == pytest.approx(1 / math.sqrt(2))
     assert cosine([1, 2], [-2, 1]) == pytest.approx(0.0)
+    assert overlap([1, 2], [3, 4]) == pytest.approx(5.5)   # (1*3 + 2*4) / N
 
 
 def test_precision_of_a_silent_readout_is_the_target_squared():
