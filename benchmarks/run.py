@@ -29,9 +29,9 @@ Rows:
 Data: the real session when present (``--data``), else a synthetic session of the same
 shape (430 x 219 bins, 41 neurons, 80 units), said so in the header. ``--quick`` (fewer
 repeats, no 1-epoch subprocess) runs in under a minute; ``--smoke`` uses tiny sizes (for
-the test suite). ``optim.lr`` defaults to 1e-4: the lab's 1e-3 makes this configuration
-diverge to NaN on the real session within a few epochs, and NaN arithmetic would be
-timed instead of the fit (the learning rate does not change the work per step).
+the test suite). A run whose validation metric turns NaN is flagged in row ``a`` (NaN
+arithmetic would be timed instead of the fit; ``--lr`` overrides the learning rate, which
+does not change the work per step).
 """
 from __future__ import annotations
 
@@ -271,8 +271,10 @@ def run(argv: list[str] | None = None) -> str:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=None, help="repeats per row (default 7, quick 3, smoke 1)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the Lightning run (default 8, quick 4, smoke 2)")
-    p.add_argument("--lr", type=float, default=1e-4, help="optim.lr of the timed runs (see the module docstring)")
+    p.add_argument("--lr", type=float, default=None, help="optim.lr of the timed runs (default: the config's)")
     p.add_argument("--rows", default=",".join(ROW_IDS), help="comma-separated subset of " + ",".join(ROW_IDS))
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override for every timed run (repeatable), e.g. data.filters=null")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
 
@@ -290,7 +292,7 @@ def run(argv: list[str] | None = None) -> str:
         p.error("--epochs must be >= 2 (the first epoch is a warm-up)")
 
     data_ov, data_note = data_overrides(args.data, args.smoke)
-    overrides = data_ov + BEST + [f"optim.lr={args.lr}"]
+    overrides = data_ov + BEST + ([f"optim.lr={args.lr}"] if args.lr else []) + list(args.override)
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     t_start = time.perf_counter()
     table = Table()

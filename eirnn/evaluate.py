@@ -12,7 +12,9 @@ What it does (one run folder written by ``python -m eirnn.train``, or a fold of
 3. fits the baselines (:mod:`eirnn.baselines`) on the run's training trials and
    predicts the same validation trials;
 4. scores every predictor with :func:`score_prediction` and computes the noise ceiling
-   of the validation data (:func:`eirnn.metrics.psth_noise_ceiling`);
+   of a PSTH over as many trials as the validation set has, from the data alone
+   (:func:`noise_ceiling`: split halves of the training + validation trials, extrapolated
+   with the Spearman-Brown formula; :func:`eirnn.metrics.psth_noise_ceiling`);
 5. writes ``RUN_DIR/evaluation.json``, ``RUN_DIR/evaluation.md`` and TensorBoard
    scalars ``eval/<set>/<predictor>/<metric>`` under ``RUN_DIR/tensorboard``.
 
@@ -133,24 +135,31 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     return out, per
 
 
-def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0
+def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0, reference=None
                   ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
-    """Split-half noise ceilings of the PSTH metrics on ``trials`` (data only).
+    """Split-half noise ceilings of the PSTH metrics of a prediction scored on ``trials``.
 
     See :func:`eirnn.metrics.psth_noise_ceiling` for the derivation (ceiling of a
     correlation = sqrt of the Spearman-Brown reliability of the scored PSTH; of R2 = the
-    reliability itself). Returns ``(summary, per_neuron)`` like :func:`score_prediction`
-    for ``psth_corr``, ``condition_psth_corr`` and ``condition_psth_r2``.
+    reliability itself). The split halves are drawn from ``reference`` (default
+    ``trials``; the evaluation passes the training and the scored trials together) and
+    the reliability is extrapolated to a PSTH of ``trials.n_trials`` trials, which is
+    what is scored: more trials, a less noisy (and less biased) ceiling. Data only, no
+    model. Returns ``(summary, per_neuron)`` like :func:`score_prediction` for
+    ``psth_corr``, ``condition_psth_corr`` and ``condition_psth_r2``.
     """
     from eirnn.metrics import psth_noise_ceiling
 
     exc = np.asarray(is_excitatory, dtype=bool)
-    c = psth_noise_ceiling(trials.rates, trials.mask, trials.conditions, n_splits=n_splits, seed=seed)
+    ref = trials if reference is None else reference
+    c = psth_noise_ceiling(ref.rates, ref.mask, ref.conditions, n_splits=n_splits, seed=seed,
+                           n_target=trials.n_trials)
     out, per = {}, {}
     for name in CEILING_METRICS:
         per[name] = c[name]["per_neuron"]
         per[f"{name}_reliability"] = c[name]["reliability"]
         out.update(_by_type(per[name], exc, name))
+    out["n_trials_measured"] = ref.n_trials
     return out, per
 
 
@@ -301,7 +310,7 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         scores, per_neuron = {}, {}
         for name, pred in preds.items():
             scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term)
-        ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed)
+        ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials))
         result["sets"][set_name] = {
             "n_trials": trials.n_trials, "scores": scores, "ceiling": ceil,
             "per_neuron": {**per_neuron, "ceiling": ceil_pn},
@@ -456,7 +465,8 @@ def format_markdown(result: Mapping[str, Any]) -> str:
     lines += ["", "psth_corr: the lab's metric (PSTH over all scored trials). Conditions: location x identity x "
               "reward x salience. bits/spike: single-trial Poisson, vs each neuron's mean rate. Fano within 2x: "
               "fraction of neurons. Noise ceiling: split-half reliability of the scored trials with the "
-              "Spearman-Brown correction (sqrt for correlations), see eirnn.metrics.psth_noise_ceiling.", ""]
+              "Spearman-Brown correction (sqrt for correlations), measured on training + scored trials and extrapolated "
+              "to the scored trial count, see eirnn.metrics.psth_noise_ceiling.", ""]
     return "\n".join(lines)
 
 

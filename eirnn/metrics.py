@@ -424,10 +424,12 @@ def split_half_ceiling(
 # --------------------------------------------------------------------------- additions (evaluation)
 
 
-def _spearman_brown(r: np.ndarray) -> np.ndarray:
-    """``rho = 2 r / (1 + r)`` clipped to ``[0, 1]`` (NaN stays NaN)."""
+def _spearman_brown(r: np.ndarray, k: float = 2.0) -> np.ndarray:
+    """``rho = k r / (1 + (k - 1) r)`` clipped to ``[0, 1]`` (NaN stays NaN): the
+    reliability of an average over ``k`` times the trials that gave correlation ``r``."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(r > -1.0, 2.0 * r / (1.0 + r), 0.0)
+        den = 1.0 + (k - 1.0) * r
+        rho = np.where((r > 0) & (den > 0), k * r / np.where(den > 0, den, 1.0), 0.0)
     return np.where(np.isnan(r), np.nan, np.clip(rho, 0.0, 1.0))
 
 
@@ -437,6 +439,7 @@ def psth_noise_ceiling(
     conditions: Any = None,
     n_splits: int = 50,
     seed: int = 0,
+    n_target: Optional[int] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """Noise ceilings of :func:`psth_correlation`, :func:`condition_psth_corr_per_neuron`
     and :func:`condition_psth_r2_per_neuron` for a prediction scored against these trials.
@@ -450,6 +453,11 @@ def psth_noise_ceiling(
     of an ``n``-trial PSTH. Two disjoint halves A, B (``n/2`` trials each) give
     ``r_AB ~ S / (S + 2 N_n) = rho_{n/2}``, and Spearman-Brown recovers
     ``rho_n = 2 r_AB / (1 + r_AB)`` (check: ``2S/(S+2N) / (1 + S/(S+2N)) = S/(S+N)``).
+    More generally (``n_target``): the PSTH of ``n_target`` trials has noise variance
+    ``N_n * n / n_target``, and with ``k = n_target / (n / 2)`` the Spearman-Brown formula
+    gives its reliability ``rho = k r_AB / (1 + (k - 1) r_AB)`` (``k = 2`` above). So the
+    noise can be measured on more trials than are scored (e.g. all trials of a data set
+    for a validation PSTH of ``n_target`` of them), which makes the estimate less noisy.
     Hence::
 
         ceiling(psth_corr)            = sqrt(rho_n)          (grand PSTH over all trials)
@@ -474,6 +482,8 @@ def psth_noise_ceiling(
 
     Args:
         target_rates: ``[B, T, N]`` data; mask ``[B, T, N]``; conditions ``[B]``.
+        n_target: trials in the scored PSTH (default ``B``); with conditions, each
+            condition is assumed to keep its share of trials.
 
     Returns:
         ``{"psth_corr" | "condition_psth_corr" | "condition_psth_r2":
@@ -491,6 +501,9 @@ def psth_noise_ceiling(
         groups = [np.flatnonzero(cond == c) for c in np.unique(cond)]
     else:
         groups = [np.arange(n_trials)]
+    k = 2.0 if n_target is None else 2.0 * float(n_target) / n_trials
+    if k <= 0:
+        raise ValueError(f"n_target must be positive, got {n_target}")
     rng = np.random.default_rng(seed)
     r_grand, r_cond = [], []
     for _ in range(int(n_splits)):
@@ -521,7 +534,7 @@ def psth_noise_ceiling(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             r = np.nanmean(np.stack(rs), axis=0)
-        rho = _spearman_brown(r)
+        rho = _spearman_brown(r, k)
         ceil = np.sqrt(rho) if sqrt else rho
         return {"per_neuron": ceil, "mean": _nanmean(ceil), "reliability": rho, "split_half_r": r}
 

@@ -152,3 +152,27 @@ def test_condition_psth_corr_matches_scipy_on_stacked_condition_means():
         pm = np.concatenate([model[cond == c, :, n].mean(0) for c in np.unique(cond)])
         pd = np.concatenate([data[cond == c, :, n].mean(0) for c in np.unique(cond)])
         assert got[n] == pytest.approx(stats.pearsonr(pm, pd)[0])
+
+
+def test_ceiling_extrapolated_from_more_trials():
+    """Generalised Spearman-Brown: measured on 4x the trials, extrapolated to the scored
+    count, the ceiling is on target for every neuron and less noisy."""
+    mu = _mu(T=60, N=4)
+    rng = np.random.default_rng(8)
+    n_val, n_all = 30, 120
+    true_r, small, big = [], [], []
+    for _ in range(40):
+        data = rng.poisson(np.broadcast_to(mu * DT, (n_all,) + mu.shape)) / DT
+        val = data[:n_val]
+        true_r.append(M.psth_correlation(np.broadcast_to(mu, val.shape), val))
+        small.append(M.psth_noise_ceiling(val, n_splits=6, seed=1)["psth_corr"]["per_neuron"])
+        big.append(M.psth_noise_ceiling(data, n_splits=6, seed=1, n_target=n_val)["psth_corr"]["per_neuron"])
+    np.testing.assert_allclose(np.mean(big, 0), np.mean(true_r, 0), atol=0.03)
+    assert np.std(big, 0)[0] < np.std(small, 0)[0]
+    # n_target = all trials reproduces the default
+    a = M.psth_noise_ceiling(data, n_splits=3, seed=2, n_target=n_all)["psth_corr"]["per_neuron"]
+    np.testing.assert_allclose(a, M.psth_noise_ceiling(data, n_splits=3, seed=2)["psth_corr"]["per_neuron"])
+    # closed form of the extrapolation
+    c = M.psth_noise_ceiling(data, n_splits=3, seed=2, n_target=n_val)["psth_corr"]
+    r, k = c["split_half_r"], 2.0 * n_val / n_all
+    np.testing.assert_allclose(c["reliability"], np.clip(k * r / (1 + (k - 1) * r), 0, 1))

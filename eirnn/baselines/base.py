@@ -73,6 +73,13 @@ class TrialSet:
         return TrialSet(self.inputs[idx], self.rates[idx], self.mask[idx], self.conditions[idx], self.bin_size_ms)
 
     @classmethod
+    def concat(cls, *sets: "TrialSet") -> "TrialSet":
+        """The trials of several sets, in order (same T, N, bin size)."""
+        return cls(np.concatenate([s.inputs for s in sets]), np.concatenate([s.rates for s in sets]),
+                   np.concatenate([s.mask for s in sets]), np.concatenate([s.conditions for s in sets]),
+                   sets[0].bin_size_ms)
+
+    @classmethod
     def from_session(cls, session, idx: Optional[np.ndarray] = None) -> "TrialSet":
         """The trials ``idx`` (default all) of a :class:`~eirnn.data.Session`."""
         idx = np.arange(session.n_trials) if idx is None else np.asarray(idx, dtype=np.int64)
