@@ -23,6 +23,10 @@ Rows:
   ``fixed`` (``L_neuron + 0.1 L_trial``) and ``off`` (``L_neuron``).
 * ``d``  ``L_trial`` (Sinkhorn trial matching) forward + backward.
 * ``v``  validation (forward with the fixed validation noise + all metrics).
+* ``e``  many seeds at once: one epoch through ``trainer.fit`` (as row ``a``) of an ensemble of
+  ``K`` seeds trained as one batched model (``ensemble.size=K``, ``--ensemble-size``, default
+  20), against the same epoch with ``ensemble.size=1`` in the reference column; the ratio
+  (K-seed epoch / one-model epoch) is printed below the table.
 * ``f1``/``f2`` start-up: ``python -m eirnn.train --help`` and a 1-epoch run
   (``trainer.max_epochs=1 logger=none``, built-in synthetic data), as subprocesses.
 
@@ -56,7 +60,7 @@ SYNTH_SAME_SHAPE = ["data=synthetic", "data.synthetic.n_trials=538", "+data.synt
                     "+data.synthetic.n_inh=10", "+data.synthetic.n_time=219"]
 SMOKE = ["data=synthetic", "data.synthetic.n_trials=40", "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2",
          "+data.synthetic.n_time=24", "model.n_hidden=6", "model.embed_dim=8", "model.n_heads=2"]
-ROW_IDS = ("a", "a2", "b1", "b2", "b3", "c_param", "c_output", "c_fixed", "c_off", "d", "v", "f1", "f2")
+ROW_IDS = ("a", "a2", "b1", "b2", "b3", "c_param", "c_output", "c_fixed", "c_off", "d", "v", "e", "f1", "f2")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -107,6 +111,7 @@ def _ms(x: float | None) -> str:
 class Table:
     def __init__(self):
         self.rows: list[dict] = []
+        self.ensemble: tuple[int, float, float] | None = None  # row e: (K, K-seed epoch, single epoch)
 
     def add(self, rid: str, what: str, ours: list[float] | None, ref: list[float] | None = None, note: str = ""):
         med = statistics.median(ours) if ours else None
@@ -209,12 +214,18 @@ class Fit:
         return reference_validation(self.ref, self.module.objective, self.val, gen, self.dm.bin_size_ms, self.trial_cfg)
 
 
-def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42) -> tuple[list[float], list[float]]:
-    """Per-epoch wall times (training + validation) of ``trainer.fit``; and val/psth_corr."""
+def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42,
+                     ensemble_size: int = 1) -> tuple[list[float], list[float]]:
+    """Per-epoch wall times (training + validation) of ``trainer.fit``; and val/psth_corr.
+
+    ``ensemble_size > 1``: ``ensemble.size=K``, the ensemble built as ``eirnn.train`` builds it
+    (:func:`eirnn.training.ensemble.build_ensemble`); ``val/psth_corr`` is then the members' mean.
+    """
     import lightning as L
     from hydra.utils import instantiate
 
     from eirnn.train import build_datamodule, build_model, build_module
+    from eirnn.training.ensemble import build_ensemble
 
     class EpochTimer(L.Callback):
         def __init__(self):
@@ -227,11 +238,15 @@ def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42) -> tuple
             self.times.append(time.perf_counter() - self.t0)
 
     tmp = tempfile.mkdtemp(prefix="eirnn_bench_fit_")
-    cfg = compose(overrides + [f"seed={seed}", f"trainer.max_epochs={epochs}", "logger=none", "callbacks=none"], tmp)
+    cfg = compose(overrides + [f"seed={seed}", f"trainer.max_epochs={epochs}", "logger=none", "callbacks=none",
+                               f"ensemble.size={ensemble_size}"], tmp)
     L.seed_everything(seed, verbose=False)
     dm = build_datamodule(cfg)
-    model = build_model(cfg, dm)
-    module = build_module(cfg, model, dm)
+    if ensemble_size > 1:
+        model, module = build_ensemble(cfg, dm, ensemble_size)
+    else:
+        model = build_model(cfg, dm)
+        module = build_module(cfg, model, dm)
     timer = EpochTimer()
     trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, default_root_dir=tmp,
                           enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
@@ -275,6 +290,8 @@ def run(argv: list[str] | None = None) -> str:
     p.add_argument("--rows", default=",".join(ROW_IDS), help="comma-separated subset of " + ",".join(ROW_IDS))
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every timed run (repeatable), e.g. data.filters=null")
+    p.add_argument("--ensemble-size", type=int, default=None,
+                   help="K of row e (epoch of a K-seed ensemble vs one model; default 20, smoke 3)")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
 
@@ -324,6 +341,14 @@ def run(argv: list[str] | None = None) -> str:
         _row_d(fit, table, repeats)
     if "v" in rows:
         table.add("v", "validation (forward + metrics)", measure(fit.validation, repeats), measure(fit.ref_validation, repeats))
+    if "e" in rows:
+        k = args.ensemble_size or (3 if args.smoke else 20)
+        t_k, traj_k = lightning_epochs(overrides, epochs, ensemble_size=k)
+        t_1, _ = lightning_epochs(overrides, epochs)
+        note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj_k) else ""
+        table.add("e", f"epoch via trainer.fit of ONE model of K={k} seeds (ensemble.size={k}); "
+                       "reference column: the same epoch with ensemble.size=1", t_k[1:], t_1[1:], note)
+        table.ensemble = (k, statistics.median(t_k[1:]), statistics.median(t_1[1:]))
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -339,6 +364,11 @@ def run(argv: list[str] | None = None) -> str:
     load1 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     md = _header(data_note, n_train, n_time, fit, load0, load1, time.perf_counter() - t_start, args) + "\n\n" + table.markdown()
     md += "\n\n" + _ratios(table)
+    if getattr(table, "ensemble", None):
+        k, t_k, t_1 = table.ensemble
+        md += (f"\n\nensemble (row e): K={k} seeds in one batched model: {t_k:.3f} s per epoch vs {t_1:.3f} s for one "
+               f"model: **{t_k / t_1:.2f}x the time of one** (target <= 3x), {t_k / k:.3f} s per seed per epoch "
+               f"({k * t_1 / t_k:.2f}x the throughput of {k} sequential single runs)")
     print(md, flush=True)
     if args.out:
         Path(args.out).write_text(md + "\n")
@@ -423,13 +453,19 @@ def _header(data_note, n_train, n_time, fit, load0, load1, wall, args) -> str:
         f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}",
         f"- data: {data_note}; {n_train} training trials x {n_time} bins, {fit.n_rec} recorded + "
-        f"{fit.model.n_units - fit.n_rec} hidden units; full batch",
+        f"{fit.model.n_units - fit.n_rec} hidden units; rows a and e (trainer.fit): "
+        f"{_batch_note(fit.cfg)}, the other rows: the whole training set in one batch",
         f"- config: {' '.join(fit.overrides)} (loss defaults: Sinkhorn L_trial eps 0.1 x 20 iterations, "
         f"balance.mode=param, ltrial_scale 0.5), seed 42",
         f"- load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f}; total benchmark wall time {wall:.0f} s",
         "- times are wall-clock medians over the stated repeats (after one warm-up call); reference = plain-PyTorch "
         "lab-style code (benchmarks/reference.py) on the same data in the same process",
     ])
+
+
+def _batch_note(cfg) -> str:
+    bs = int(cfg.data.get("batch_size") or 0)
+    return "full batch (data.batch_size=0)" if bs <= 0 else f"mini-batches of {bs} trials (data.batch_size={bs})"
 
 
 def _ratios(table: Table) -> str:

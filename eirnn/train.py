@@ -106,6 +106,16 @@ def build_module(cfg: DictConfig, model, dm):
     from hydra.utils import instantiate
 
     kwargs = dict(dm.module_kwargs()) if hasattr(dm, "module_kwargs") else {}
+    loss = cfg.module.get("loss") if "loss" in cfg.module else None
+    if loss is not None and str(OmegaConf.select(loss, "neuron.target_smooth_sigma_bins", default="")) == "auto":
+        if not hasattr(dm, "choose_psth_smoothing"):
+            raise UserError("loss.neuron.target_smooth_sigma_bins=auto needs recorded trials (data=sc_mat or synthetic)")
+        choice = dm.choose_psth_smoothing(seed=int(cfg.get("seed", 0)))
+        loss = OmegaConf.to_container(loss, resolve=True)
+        loss["neuron"]["target_smooth_sigma_bins"] = choice["sigma_bins"]
+        kwargs["loss"] = loss
+        log.info("L_neuron target smoothing: sigma %.3g bins, chosen on the training trials (inner-CV psth_corr %s)",
+                 choice["sigma_bins"], {k: round(v, 4) for k, v in choice["cv_scores"].items()})
     return instantiate(cfg.module, model=model, **kwargs, _convert_="all")
 
 
@@ -121,12 +131,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 
+    from eirnn.training import ensemble as ens
+
+    try:
+        n_members = ens.ensemble_size(cfg)
+    except ValueError as err:
+        raise UserError(str(err)) from err
     dm = build_datamodule(cfg)
     log.info("data: %s", dm.describe() if hasattr(dm, "describe") else dm.summary())
-    model = build_model(cfg, dm)
+    if n_members > 1:  # K seeds as one batched model (eirnn/training/ensemble.py)
+        model, module = ens.build_ensemble(cfg, dm, n_members)
+    else:
+        model = build_model(cfg, dm)
     log.info("model: %s", model.describe() if hasattr(model, "describe") else type(model).__name__)
-    module = build_module(cfg, model, dm)
+    if n_members == 1:
+        module = build_module(cfg, model, dm)
     callbacks = _instantiate_dict(cfg.get("callbacks"))
+    if n_members > 1:
+        try:
+            callbacks = ens.ensemble_callbacks(callbacks, module, str(out_dir))
+        except ValueError as err:
+            raise UserError(str(err)) from err
     if not any(isinstance(c, MetricsWriter) for c in callbacks):
         callbacks.append(MetricsWriter(str(out_dir)))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -146,6 +171,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for cb in callbacks:  # e.g. GracefulInterrupt: which signal stopped training, its checkpoint
         if hasattr(cb, "extend_summary"):
             cb.extend_summary(summary)
+    if n_members > 1:
+        artifacts = next(c for c in callbacks if isinstance(c, ens.EnsembleArtifacts))
+        summary["ensemble"] = artifacts.write_summary(module)
+        summary["early_stopped"] = bool(summary["ensemble"]["all_stopped"])
+        print("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)), flush=True)
     write_json_atomic(writer.path, summary)
     _log_hparams(loggers, cfg, summary)
     if cfg.get("export"):  # weights/, outputs/, metrics/, population/, figures/, training_report.md
@@ -153,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         manifest = export_after_training(cfg, trainer, module, dm, summary)
         summary["report"] = str(out_dir / manifest["report"])
-    _print_summary(summary, out_dir)
+    _print_summary(summary, out_dir, str(cfg.get("optimized_metric") or "val/psth_corr"))
     return summary
 
 
@@ -177,7 +207,9 @@ def _log_hparams(loggers: list, cfg: DictConfig, summary: dict) -> None:
             lg.log_hyperparams(params)
 
 
-def _print_summary(summary: dict, out_dir: Path) -> None:
+def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr") -> None:
+    """The completion block: the monitored metric (best, with its epoch, and final), the
+    PSTH metrics when the run has them (SC fits), time and where the files are."""
     best, final = summary.get("best", {}), summary.get("final", {})
 
     def f(v):
@@ -188,11 +220,19 @@ def _print_summary(summary: dict, out_dir: Path) -> None:
         "TRAINING INTERRUPTED" if summary.get("interrupted") else "TRAINING COMPLETE",
         "=" * 72,
         f"epochs trained:      {summary.get('epochs_trained')}" + ("  (early stopped)" if summary.get("early_stopped") else ""),
-        f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {best.get('epoch', 'n/a')}"
-        f"  (E {f(best.get('val/psth_corr_E'))}, I {f(best.get('val/psth_corr_I'))})",
-        f"final val/psth_corr: {f(final.get('val/psth_corr'))}",
-        f"best bits/spike:     {f(best.get('val/bits_per_spike'))}",
     ]
+    if monitor == "val/psth_corr" or "val/psth_corr" in best:
+        lines += [
+            f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {best.get('epoch', 'n/a')}"
+            f"  (E {f(best.get('val/psth_corr_E'))}, I {f(best.get('val/psth_corr_I'))})",
+            f"final val/psth_corr: {f(final.get('val/psth_corr'))}",
+            f"best bits/spike:     {f(best.get('val/bits_per_spike'))}",
+        ]
+    if monitor != "val/psth_corr":
+        lines += [
+            f"best {monitor}:  {f(best.get(monitor))} at epoch {best.get('epoch', 'n/a')}",
+            f"final {monitor}: {f(final.get(monitor))}",
+        ]
     if "val/true_psth_corr" in best:
         lines.append(f"best corr with teacher's true rates: {f(best.get('val/true_psth_corr'))}")
     lines += [

@@ -81,7 +81,7 @@ def test_final_model_config_follows_the_lab_plan(monkeypatch, tmp_path):
     m = cfg.model
     assert (m.input_embedding, m.embed_dim, m.n_heads, m.learnable_h0, m.h0_init) == ("attention", 56, 4, True, 0.1)
     assert (m.tau, m.noise_scale, m.spectral_radius, m.learnable_alpha, m.learnable_tau) == (50.0, 0.1, 0.9, "none", "none")
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.grad_clip) == ("adam", 1e-3, 1.0)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.grad_clip) == ("adam", 5e-3, 1.0)
     assert (cfg.scheduler.name, cfg.scheduler.factor, cfg.scheduler.patience, cfg.scheduler.min_lr) == ("plateau", 0.5, 50, 1e-5)
     assert (cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (2000, 300)
     assert (cfg.loss.balance.mode, cfg.loss.balance.ltrial_scale, cfg.loss.reg.lambda_l2) == ("param", 0.5, 1e-4)

@@ -419,3 +419,39 @@ def test_cuda_matches_cpu_without_host_sync():
             torch.cuda.set_sync_debug_mode("default")
         assert loss.item() == pytest.approx(cpu.item(), rel=1e-9), name
         assert torch.isfinite(m.grad).all(), name
+
+
+def test_neuron_loss_target_smoothing_matches_scipy_normalised_convolution():
+    """L_neuron with target smoothing = the correlation term against the data PSTH
+    smoothed by a (normalised, zero-padded, truncate 4 sigma) Gaussian, as scipy computes it."""
+    import numpy as np
+    import torch
+    from scipy.ndimage import gaussian_filter1d
+
+    from eirnn.losses import neuron_loss_terms
+
+    g = torch.Generator().manual_seed(3)
+    model = torch.rand(7, 40, 5, generator=g, dtype=torch.float64) * 20
+    data = torch.poisson(torch.rand(7, 40, 5, generator=g, dtype=torch.float64) * 10, generator=g)
+    sigma = 2.0
+    got = neuron_loss_terms(model, data, None, 0.0, 0.0, target_smooth_sigma_bins=sigma)["corr"]
+    d = data.mean(0).numpy()
+    ones = np.ones(d.shape[0])
+    ds = gaussian_filter1d(d, sigma, axis=0, mode="constant", truncate=4.0) / \
+        gaussian_filter1d(ones, sigma, mode="constant", truncate=4.0)[:, None]
+    m = model.mean(0).numpy()
+    r = [np.corrcoef(m[:, n], ds[:, n])[0, 1] for n in range(5)]
+    assert float(got) == pytest.approx(1.0 - np.mean(r), abs=1e-9)
+    # sigma 0 is the lab's loss, and smoothing changes it
+    plain = neuron_loss_terms(model, data, None, 0.0, 0.0)["corr"]
+    assert float(neuron_loss_terms(model, data, None, 0.0, 0.0, target_smooth_sigma_bins=0.0)["corr"]) == float(plain)
+    assert abs(float(got) - float(plain)) > 1e-3
+
+
+def test_objective_rejects_negative_or_unresolved_smoothing():
+    from eirnn.training.objective import FitObjective
+
+    with pytest.raises(ValueError, match="target_smooth_sigma_bins"):
+        FitObjective(neuron={"target_smooth_sigma_bins": -1.0})
+    with pytest.raises(ValueError, match="auto"):
+        FitObjective(neuron={"target_smooth_sigma_bins": "auto"})

@@ -145,3 +145,22 @@ def test_short_real_data_training(compose, tmp_path, real_session):
     assert summary["epochs_trained"] == 2
     assert -1 <= summary["final"]["val/psth_corr"] <= 1
     assert summary["final"]["val/bits_per_spike"] is not None
+
+
+def test_auto_target_smoothing_is_chosen_on_training_trials(compose, tmp_path):
+    """loss.neuron.target_smooth_sigma_bins=auto resolves to the width the smoothed-mean
+    baseline picks on the training trials (never the validation trials)."""
+    from eirnn.baselines import TrialSet
+    from eirnn.baselines.psth import SmoothedMeanPSTH
+    from eirnn.train import build_datamodule, build_model, build_module
+
+    cfg = compose(FAST + ["loss.neuron.target_smooth_sigma_bins=auto"], tmp_path)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    module = build_module(cfg, build_model(cfg, dm), dm)
+    train = TrialSet.from_tensors(dm.tensors("train"), dm.session, dm.bin_size_ms)
+    expected = SmoothedMeanPSTH(seed=int(cfg.seed)).fit(train).sigma_bins_
+    assert module.objective.target_smooth_sigma_bins == expected
+    # the validation trials do not enter the choice: changing them changes nothing
+    dm._val = {k: v * 0 if hasattr(v, "dtype") and v.dtype.is_floating_point else v for k, v in dm._val.items()}
+    assert dm.choose_psth_smoothing(seed=int(cfg.seed))["sigma_bins"] == expected

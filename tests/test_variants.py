@@ -191,7 +191,7 @@ def test_learnable_h0_starts_at_init_and_trains(compose, tmp_path):
     _train(compose, tmp_path, ["model.learnable_h0=true", "model.h0_init=0.1"])
     h0 = _state(tmp_path)["model.h0"]
     assert h0.shape == (N_UNITS,)
-    assert (h0 - 0.1).abs().max() > 1e-6 and (h0 - 0.1).abs().max() < 0.05  # one Adam step of lr 1e-3
+    assert (h0 - 0.1).abs().max() > 1e-6 and (h0 - 0.1).abs().max() < 0.05  # a few Adam steps of lr 5e-3
 
 
 def test_fixed_h0_is_zero(compose, tmp_path):
@@ -352,7 +352,7 @@ def test_hparams_and_final_metrics_reach_tensorboard(compose, tmp_path):
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     hp = {k: (v.string_value or v.number_value or v.bool_value) for k, v in start.hparams.items()}
     assert hp["model.learnable_alpha"] == "scalar" and hp["loss.balance.mode"] == "param"
-    assert hp["optim.lr"] == pytest.approx(1e-3)
+    assert hp["optim.lr"] == pytest.approx(5e-3)
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metric_tags = {m.name.tag for m in exp.metric_infos}
     assert "hp/best_psth_corr" in metric_tags

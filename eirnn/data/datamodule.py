@@ -285,6 +285,21 @@ class SessionDataModule(L.LightningDataModule):
         """Data-derived arguments of the LightningModule (``eirnn.training.module.FitModule``)."""
         return {"bin_size_ms": self.bin_size_ms}
 
+    def choose_psth_smoothing(self, seed: int = 0) -> Dict[str, Any]:
+        """Gaussian width (bins) of the best smoothed mean PSTH, chosen on the training trials.
+
+        The same inner cross-validation as the ``train_mean_smoothed`` baseline
+        (:class:`eirnn.baselines.psth.SmoothedMeanPSTH`): the validation trials are never
+        looked at. Returns ``{"sigma_bins": s, "cv_scores": {sigma: score}}``; used by
+        ``loss.neuron.target_smooth_sigma_bins=auto``.
+        """
+        from eirnn.baselines import TrialSet
+        from eirnn.baselines.psth import SmoothedMeanPSTH
+
+        train = TrialSet.from_tensors(self.tensors("train"), self._need(), self.bin_size_ms)
+        b = SmoothedMeanPSTH(seed=seed).fit(train)
+        return {"sigma_bins": float(b.sigma_bins_), "cv_scores": dict(b.cv_scores_)}
+
     def tensors(self, split: str = "train") -> Dict[str, torch.Tensor]:
         """The stored tensors of ``split`` ("train" or "val"), trials in index order."""
         self._need()

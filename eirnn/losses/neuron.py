@@ -96,6 +96,7 @@ def neuron_loss_terms(
     mask: Optional[Tensor] = None,
     lambda_scale: float = 0.1,
     lambda_var: float = 0.05,
+    target_smooth_sigma_bins: float = 0.0,
 ) -> Dict[str, Tensor]:
     """Components of the lab's ``L_neuron`` computed on the PSTHs.
 
@@ -112,6 +113,12 @@ def neuron_loss_terms(
       (per-neuron population variance over valid bins).
     * ``total = corr + lambda_scale * scale + lambda_var * var``.
 
+    ``target_smooth_sigma_bins > 0`` first smooths ``D`` in time (mask-aware Gaussian,
+    :func:`eirnn.losses.trial.smooth_trajectory`): the data PSTH of a finite set of trials
+    carries sampling noise that the model would otherwise be asked to reproduce; the
+    smoothed PSTH is the better estimate of the underlying rate (the width can be chosen on
+    the training trials, see :func:`eirnn.baselines.psth.choose_smoothing`).
+
     Args:
         model_rates, target_rates: ``[B, T, N]``.
         mask: bool ``[B, T, N]`` or ``None``.
@@ -123,6 +130,10 @@ def neuron_loss_terms(
     target_rates = target_rates.to(model_rates.dtype)
     m, valid = masked_psth(model_rates, mask)
     d, _ = masked_psth(target_rates, mask)
+    if target_smooth_sigma_bins > 0:
+        from eirnn.losses.trial import smooth_trajectory
+
+        d = smooth_trajectory(d.T, valid.T, float(target_smooth_sigma_bins)).T
     dtype = m.dtype
     has_bins = valid.any(dim=0)  # [N]
     n_neurons = has_bins.sum().clamp_min(1).to(dtype)
@@ -162,13 +173,15 @@ def neuron_loss(
     mask: Optional[Tensor] = None,
     lambda_scale: float = 0.1,
     lambda_var: float = 0.05,
+    target_smooth_sigma_bins: float = 0.0,
 ) -> Tensor:
     """``L_neuron = L_corr + lambda_scale * L_scale + lambda_var * L_var``.
 
     See :func:`neuron_loss_terms` for the definitions. Inputs ``[B, T, N]``,
     returns a scalar tensor.
     """
-    return neuron_loss_terms(model_rates, target_rates, mask, lambda_scale, lambda_var)["total"]
+    return neuron_loss_terms(model_rates, target_rates, mask, lambda_scale, lambda_var,
+                             target_smooth_sigma_bins)["total"]
 
 
 def poisson_neuron_loss(
@@ -213,6 +226,7 @@ def hybrid_neuron_loss(
     lambda_var: float = 0.05,
     bin_size_ms: float = 25.0,
     eps: float = 1e-8,
+    target_smooth_sigma_bins: float = 0.0,
 ) -> Tensor:
     """``w * poisson_neuron_loss + (1 - w) * neuron_loss`` with ``w = poisson_weight``.
 
@@ -222,6 +236,6 @@ def hybrid_neuron_loss(
     if not 0.0 <= poisson_weight <= 1.0:
         raise ValueError(f"poisson_weight must be in [0, 1], got {poisson_weight}")
     p = poisson_neuron_loss(model_rates, target_rates, mask, bin_size_ms=bin_size_ms, eps=eps)
-    n = neuron_loss(model_rates, target_rates, mask, lambda_scale, lambda_var)
+    n = neuron_loss(model_rates, target_rates, mask, lambda_scale, lambda_var, target_smooth_sigma_bins)
     return poisson_weight * p + (1.0 - poisson_weight) * n
 

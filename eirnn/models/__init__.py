@@ -2,9 +2,10 @@
 from .connectivity import FullRankWeights, LowRankWeights, build_recurrent_weights, dale_signs
 from .eirnn import EIRNN, RNNOutput, hidden_split
 from .embedding import AttentionEmbedding, LinearEmbedding, build_embedding
+from .ensemble import EnsembleEIRNN
 from .time_constants import TimeConstants
 
 __all__ = [
     "EIRNN", "RNNOutput", "hidden_split", "FullRankWeights", "LowRankWeights", "build_recurrent_weights",
-    "dale_signs", "AttentionEmbedding", "LinearEmbedding", "build_embedding", "TimeConstants",
+    "dale_signs", "AttentionEmbedding", "LinearEmbedding", "build_embedding", "TimeConstants", "EnsembleEIRNN",
 ]

@@ -56,18 +56,26 @@ class FitObjective:
         self.trial_enabled = bool(_get(self.trial, "enabled", True))
         self.warmup_epochs = int(_get(self.trial, "warmup_epochs", 0))
         self.activity_enabled = bool(_get(self.activity, "enabled", False))
+        sm = _get(self.neuron, "target_smooth_sigma_bins", 0.0)
+        if isinstance(sm, str):
+            raise ValueError("loss.neuron.target_smooth_sigma_bins must be a number of bins "
+                             f"(the training set resolves 'auto' before this point), got {sm!r}")
+        if float(sm) < 0:
+            raise ValueError(f"loss.neuron.target_smooth_sigma_bins must be >= 0, got {sm}")
+        self.target_smooth_sigma_bins = float(sm)
 
     # -- main -----------------------------------------------------------------
     def neuron_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``L_neuron`` on recorded units: ``rates``, ``target``, ``mask`` are ``[B, T, N]``."""
         ls, lv = float(_get(self.neuron, "lambda_scale", 0.1)), float(_get(self.neuron, "lambda_var", 0.05))
+        sm = self.target_smooth_sigma_bins
         if self.neuron_kind == "correlation":
-            return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv)
+            return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm)
         if self.neuron_kind == "poisson":
             return poisson_neuron_loss(rates, target, mask, bin_size_ms=self.bin_size_ms)
         return hybrid_neuron_loss(
             rates, target, mask, poisson_weight=float(_get(self.neuron, "poisson_weight", 0.5)),
-            bin_size_ms=self.bin_size_ms, lambda_scale=ls, lambda_var=lv,
+            bin_size_ms=self.bin_size_ms, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
         )
 
     # -- auxiliary ------------------------------------------------------------

@@ -1,0 +1,702 @@
+"""Training ``K`` seeds at once: ``python -m eirnn.train ensemble.size=K``.
+
+The ``K`` members (:class:`~eirnn.models.ensemble.EnsembleEIRNN`, member ``k`` initialised
+as the single model with seed ``seed + k``) are trained as one batched model on the same
+data split and batches. Each optimisation step (:meth:`EnsembleFitModule.training_step`)::
+
+    rates = model(inputs)                              # [K, B, T, n], one batched recurrence
+    L_neuron[k], L_trial[k], L_extra[k]                # per member, exactly the single-model terms
+    ensemble_backward(...)                             # per-member balancing (param / output / fixed / off)
+    clip each member's gradient to norm grad_clip      # per-member norm, not the global one
+    optimizer.step()                                   # Adam is element-wise: member k gets its own update
+    per-member learning rate (plateau) and freezing    # p = old + f_k * (p - old), f_k = lr_k / lr (0: stopped)
+
+The loss is the *sum* of the members' losses, so the gradient of every stacked parameter
+holds each member's own gradient in its slice, and Adam's element-wise moments are those
+of ``K`` separate runs.
+
+Member ``k`` draws its training noise from a generator seeded ``train_seed + k`` and its
+validation noise from one seeded ``train_seed + k + 1000003`` (or ``module.val_seed`` when
+set), i.e. what the single run with ``seed = seed + k`` draws: a member fed the same data
+split (``data.split_seed``) follows the single run's trajectory (up to float round-off).
+
+Validation: every member's metrics (``compute_val_metrics``) are computed; the logged
+``val/psth_corr`` (the checkpoint monitor) is their mean over the members with a finite
+value (a member whose metric is NaN has diverged and is stopped; ``ensemble/nan_members``
+counts them), ``val/psth_corr/m{k}`` each member's, ``val/psth_corr_std`` the spread.
+Per member the module keeps the best metric, its epoch and its weights
+(:attr:`member_best_state`, a single-model ``EIRNN`` state dict), an early-stopping
+counter (``patience`` epochs without improvement freeze the member: its updates are
+masked to zero and its losses are no longer computed) and, with ``scheduler=plateau``,
+its own ReduceLROnPlateau state. Training ends when every member
+has stopped (or at ``max_epochs``). :class:`EnsembleArtifacts` writes
+``members/m{k}/best.pt`` (+ ``best.json``) and ``ensemble_metrics.json``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+
+from eirnn.models.ensemble import EnsembleEIRNN
+from eirnn.training.balancer import GradientBalancer
+from eirnn.training.module import MONITOR, FitModule, _cfg_get
+
+__all__ = ["EnsembleFitModule", "EnsembleArtifacts", "ensemble_backward", "member_grad_norms",
+           "clip_member_grad_norms_", "MemberPlateau"]
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def member_grad_norms(grads: Sequence[torch.Tensor | None], size: int) -> torch.Tensor:
+    """``[K]`` Euclidean norm of each member's slice of the stacked gradients ``[K, ...]``."""
+    sq = None
+    for g in grads:
+        if g is None:
+            continue
+        s = g.reshape(size, -1).pow(2).sum(1)
+        sq = s if sq is None else sq + s
+    return sq.sqrt() if sq is not None else torch.zeros(size)
+
+
+def _per_member(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return w.view(-1, *([1] * (like.dim() - 1)))
+
+
+def ensemble_backward(
+    balancer: GradientBalancer,
+    params: Sequence[torch.nn.Parameter],
+    main: torch.Tensor,
+    aux: torch.Tensor | None,
+    extra: torch.Tensor | None = None,
+    outputs: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:meth:`GradientBalancer.backward` applied to each member separately.
+
+    ``main``, ``aux``, ``extra``: ``[K]`` per-member losses; ``outputs``: ``[K, ...]`` or a
+    list of ``K`` member tensors (the rates the losses were computed from, for ``output``
+    mode); every parameter is stacked
+    ``[K, ...]``. Member ``k``'s combined gradient (in slice ``k``) is exactly what the
+    single-model balancer gives for member ``k``'s losses: the norms, and hence the weight
+    ``w_k = scale |g_neuron,k| / |g_trial,k|``, are per member. Sets ``p.grad``; returns
+    detached ``[K]`` statistics (``weight``, and ``grad_norm_main`` / ``grad_norm_aux`` in
+    balanced modes).
+    """
+    params = [p for p in params if p.requires_grad]
+    K = int(main.shape[0])
+    mode = "off" if aux is None else balancer.mode
+    stats: dict[str, torch.Tensor] = {}
+    zero = main.detach() * 0.0
+    if mode in ("off", "fixed"):
+        w = zero if mode == "off" else zero + balancer.lambda_fixed
+        total = main.sum() if mode == "off" else main.sum() + balancer.lambda_fixed * aux.sum()
+        if extra is not None:
+            total = total + extra.sum()
+        grads = torch.autograd.grad(total, params, allow_unused=True)
+        stats["weight"] = w
+    elif mode == "param":
+        g_main = torch.autograd.grad(main.sum(), params, retain_graph=True, allow_unused=True)
+        g_aux = torch.autograd.grad(aux.sum(), params, retain_graph=extra is not None, allow_unused=True)
+        n_main, n_aux = member_grad_norms(g_main, K), member_grad_norms(g_aux, K)
+        w = balancer.weight(n_main, n_aux)  # [K]
+        g_extra = (torch.autograd.grad(extra.sum(), params, allow_unused=True) if extra is not None
+                   else [None] * len(params))
+        grads = []
+        for gm, ga, ge in zip(g_main, g_aux, g_extra):
+            parts = [g for g in (gm, None if ga is None else _per_member(w, ga) * ga, ge) if g is not None]
+            grads.append(sum(parts) if parts else None)
+        stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
+    else:  # output
+        if outputs is None:
+            raise ValueError("output-space balancing needs the `outputs` tensor the losses were computed from")
+        if isinstance(outputs, (list, tuple)):  # one tensor per member
+            outs = list(outputs)
+            go_main = torch.autograd.grad(main.sum(), outs, retain_graph=True, allow_unused=True)
+            go_aux = torch.autograd.grad(aux.sum(), outs, retain_graph=True, allow_unused=True)
+            go_main = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, go_main)]
+            go_aux = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, go_aux)]
+            n_main = torch.stack([g.norm() for g in go_main])
+            n_aux = torch.stack([g.norm() for g in go_aux])
+            w = balancer.weight(n_main, n_aux)
+            surrogate = sum((o * (gm + w[k] * ga).detach()).sum()
+                            for k, (o, gm, ga) in enumerate(zip(outs, go_main, go_aux)))
+        else:  # stacked [K, ...]
+            go_main = torch.autograd.grad(main.sum(), outputs, retain_graph=True)[0]
+            go_aux = torch.autograd.grad(aux.sum(), outputs, retain_graph=True)[0]
+            n_main, n_aux = go_main.reshape(K, -1).norm(dim=1), go_aux.reshape(K, -1).norm(dim=1)
+            w = balancer.weight(n_main, n_aux)
+            surrogate = (outputs * (go_main + _per_member(w, go_aux) * go_aux).detach()).sum()
+        if extra is not None:
+            surrogate = surrogate + extra.sum()
+        grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+        stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.detach()
+    return {k: v.detach() for k, v in stats.items()}
+
+
+@torch.no_grad()
+def clip_member_grad_norms_(params: Sequence[torch.nn.Parameter], max_norm: float, size: int) -> torch.Tensor:
+    """Per-member ``clip_grad_norm_``: member ``k``'s gradient (its slice of every ``[K, ...]``
+    gradient) is scaled by ``min(1, max_norm / (|g_k| + 1e-6))``, as
+    ``torch.nn.utils.clip_grad_norm_`` does for one model. Returns the ``[K]`` norms before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = member_grad_norms(grads, size)
+    coef = (float(max_norm) / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(_per_member(coef.to(g.dtype), g))
+    return norms
+
+
+class MemberPlateau:
+    """``torch.optim.lr_scheduler.ReduceLROnPlateau`` (mode ``max``, relative threshold) for one member's lr."""
+
+    def __init__(self, lr: float, factor: float = 0.5, patience: int = 50, min_lr: float = 1e-5,
+                 threshold: float = 1e-4, eps: float = 1e-8):
+        self.lr, self.factor, self.patience, self.min_lr = float(lr), float(factor), int(patience), float(min_lr)
+        self.threshold, self.eps = float(threshold), float(eps)
+        self.best, self.num_bad = -math.inf, 0
+
+    def step(self, metric: float) -> None:
+        current = float(metric)
+        if current > self.best * (1.0 + self.threshold):  # False for NaN
+            self.best, self.num_bad = current, 0
+        else:
+            self.num_bad += 1
+        if self.num_bad > self.patience:
+            new_lr = max(self.lr * self.factor, self.min_lr)
+            if self.lr - new_lr > self.eps:
+                self.lr = new_lr
+            self.num_bad = 0
+
+    def state_dict(self) -> dict:
+        return dict(lr=self.lr, best=self.best, num_bad=self.num_bad)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.lr, self.best, self.num_bad = float(state["lr"]), float(state["best"]), int(state["num_bad"])
+
+
+class _MemberWeights:
+    """What ``FitObjective.extra_term`` asks of a model, for one member."""
+
+    def __init__(self, weights: list[torch.Tensor]):
+        self._weights = weights
+
+    def regularized_weights(self) -> list[torch.Tensor]:
+        return self._weights
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+class EnsembleFitModule(FitModule):
+    """:class:`~eirnn.training.module.FitModule` for an :class:`EnsembleEIRNN`; see the module docstring.
+
+    Extra argument: ``patience`` -- epochs without improvement of a member's
+    ``val/psth_corr`` after which the member is frozen (``None``: never; ``eirnn.train``
+    takes it from ``callbacks.early_stopping.patience``).
+    """
+
+    def __init__(
+        self,
+        model: EnsembleEIRNN,
+        loss: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        bin_size_ms: float = 25.0,
+        val_seed: int | None = None,
+        train_seed: int = 0,
+        max_epochs: int = 500,
+        patience: int | None = None,
+    ):
+        if not isinstance(model, EnsembleEIRNN):
+            raise TypeError(f"EnsembleFitModule needs an EnsembleEIRNN, got {type(model).__name__}")
+        super().__init__(model, loss, optim, scheduler, bin_size_ms, val_seed, train_seed, max_epochs)
+        K = self.size = model.size
+        self.patience = None if patience is None else int(patience)
+        self.member_train_seeds = [self.train_seed + k for k in range(K)]
+        # the single run with seed + k validates with val_seed when set, else seed + k + 1000003
+        self.member_val_seeds = [self.val_seed if val_seed is not None else self.val_seed + k for k in range(K)]
+        self._train_gens: list[torch.Generator] | None = None
+        self._train_gen_states: list[torch.Tensor] | None = None
+        self._workspace: dict = {}
+        self._val_workspaces: dict = {}
+        self.member_best = [-math.inf] * K  # early stopping: best val/psth_corr (strict improvement)
+        self.member_best_epoch: list[int | None] = [None] * K
+        self.member_wait = [0] * K
+        self.member_stopped_epoch: list[int | None] = [None] * K
+        self.member_best_state: list[dict | None] = [None] * K
+        self.member_best_record: list[dict] = [{} for _ in range(K)]
+        self.improved_members: list[int] = []
+        self._plateaus: list[MemberPlateau] | None = None
+        self._vmap_neuron = True
+
+    # ------------------------------------------------------------- state
+    @property
+    def stopped(self) -> list[bool]:
+        return [e is not None for e in self.member_stopped_epoch]
+
+    def active_members(self) -> list[int]:
+        return [k for k in range(self.size) if self.member_stopped_epoch[k] is None]
+
+    def member_lrs(self) -> list[float]:
+        """Each member's learning rate (0 once stopped)."""
+        base = float(self.optimizers().param_groups[0]["lr"]) if self._trainer is not None else float(
+            _cfg_get(self.optim_cfg, "lr", 1e-3))
+        out = []
+        for k in range(self.size):
+            if self.member_stopped_epoch[k] is not None:
+                out.append(0.0)
+            elif self._plateaus is not None:
+                out.append(self._plateaus[k].lr)
+            else:
+                out.append(base)
+        return out
+
+    def _train_generators(self) -> list[torch.Generator]:
+        if self._train_gens is None or self._train_gens[0].device != self.device:
+            gens = []
+            for k, seed in enumerate(self.member_train_seeds):
+                g = torch.Generator(device=self.device)
+                g.manual_seed(seed)
+                if self._train_gen_states is not None:
+                    g.set_state(self._train_gen_states[k])
+                gens.append(g)
+            self._train_gen_states = None
+            self._train_gens = gens
+        return self._train_gens
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["eirnn"] = {"best_val": dict(self.best_val), "history": list(self.history)}
+        checkpoint["eirnn_ensemble"] = {
+            "train_generators": [g.get_state() for g in self._train_generators()],
+            "member_best": list(self.member_best), "member_best_epoch": list(self.member_best_epoch),
+            "member_wait": list(self.member_wait), "member_stopped_epoch": list(self.member_stopped_epoch),
+            "member_best_state": list(self.member_best_state), "member_best_record": list(self.member_best_record),
+            "plateaus": None if self._plateaus is None else [p.state_dict() for p in self._plateaus],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("eirnn", {})
+        self.best_val = dict(state.get("best_val", {}))
+        self.history = list(state.get("history", []))
+        ens = checkpoint.get("eirnn_ensemble", {})
+        if "train_generators" in ens:
+            self._train_gens = None
+            self._train_gen_states = [s.cpu() for s in ens["train_generators"]]
+        for key in ("member_best", "member_best_epoch", "member_wait", "member_stopped_epoch",
+                    "member_best_state", "member_best_record"):
+            if key in ens:
+                setattr(self, key, list(ens[key]))
+        self._plateau_states = ens.get("plateaus")
+        if self._plateaus is not None and self._plateau_states:
+            for p, st in zip(self._plateaus, self._plateau_states):
+                p.load_state_dict(st)
+
+    # ------------------------------------------------------------------ step
+    def _neuron_terms(self, rec: torch.Tensor, target, mask) -> torch.Tensor:
+        """``[K]`` ``L_neuron`` of every member: ``torch.func.vmap`` of the single-model term (the
+        data side is then computed once), or a loop over members where vmap cannot run it."""
+        if self._vmap_neuron:
+            try:
+                return torch.func.vmap(self.objective.neuron_term, in_dims=(0, None, None))(rec, target, mask)
+            except Exception:  # an op without a batching rule: same values by a loop
+                self._vmap_neuron = False
+        return torch.stack([self.objective.neuron_term(r, target, mask) for r in rec.unbind(0)])
+
+    def _losses(self, rates: torch.Tensor, target, mask, members: list[int]):
+        """Per-member loss terms ``[K]`` (0 for members not in ``members``: no gradient)."""
+        K = self.size
+        rec = self.model.member_recorded(rates, self._workspace if rates.requires_grad else None)
+        zero = rates.new_zeros(())
+        keep = torch.zeros(K, dtype=torch.bool, device=rates.device)
+        keep[members] = True
+        l_neuron = torch.where(keep, self._neuron_terms(rec, target, mask), zero)
+        l_trial = None
+        if self.objective.trial_active(self.current_epoch):
+            recs = rec.unbind(0)
+            l_trial = torch.stack([self.objective.trial_term(recs[k], target, mask) if k in members else zero
+                                   for k in range(K)])
+        alls = rates.unbind(0) if self.objective.activity_enabled else [None] * K
+        weights = self.model.member_regularized_weights()
+        extras: dict[str, list] = {}
+        for k in members:
+            for name, v in self.objective.extra_term(_MemberWeights(weights[k]), alls[k], mask).items():
+                extras.setdefault(name, [zero] * K)[k] = v
+        return l_neuron, l_trial, {name: torch.stack(v) for name, v in extras.items()}, rec
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        K = self.size
+        active = self.active_members()
+        if not active:  # every member stopped (the trainer stops at the epoch's end)
+            return
+        out = self.model(batch["inputs"], noise=True, generator=self._train_generators(), workspace=self._workspace)
+        target, mask = batch["rates"], batch["mask"]
+        l_neuron, l_trial, extras, rec = self._losses(out.rates, target, mask, active)
+        l_extra = sum(extras.values()) if extras else None
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt.zero_grad(set_to_none=True)
+        stats = ensemble_backward(self.balancer, params, l_neuron, l_trial, l_extra, outputs=rec)
+        clip = float(_cfg_get(self.optim_cfg, "grad_clip", 1.0))
+        if clip > 0:
+            clip_member_grad_norms_(params, clip, K)
+        lrs = self.member_lrs()
+        base = float(opt.param_groups[0]["lr"])
+        factors = [lr / base if base > 0 else 0.0 for lr in lrs]
+        old = [p.detach().clone() for p in params] if any(f != 1.0 for f in factors) else None
+        opt.step()
+        if old is not None:  # member k moves by f_k times Adam's step (f = 0: frozen, exactly)
+            with torch.no_grad():
+                f = torch.tensor(factors, dtype=params[0].dtype, device=params[0].device)
+                for p, p0 in zip(params, old):  # exact for f = 1 and f = 0 (even if the step was NaN)
+                    fk = _per_member(f, p)
+                    p.copy_(torch.where(fk == 1.0, p, torch.where(fk == 0.0, p0, p0 + fk * (p - p0))))
+
+        # logging: means over the members still training, and each member's total loss
+        sel = torch.tensor(active, device=l_neuron.device)
+        w = stats["weight"]
+        total = l_neuron.detach() + (l_extra.detach() if l_extra is not None else 0.0)
+        if l_trial is not None:
+            total = total + w * l_trial.detach()
+        mean = lambda v: v.index_select(0, sel).mean()  # noqa: E731
+        bs = int(target.shape[0])
+        log = {"train/loss": mean(total), "train/L_neuron": mean(l_neuron.detach()), "train/balance_weight": mean(w)}
+        if l_trial is not None:
+            log["train/L_trial"] = mean(l_trial.detach())
+        for name, v in extras.items():
+            log[f"train/{name}"] = mean(v.detach())
+        for name in ("grad_norm_main", "grad_norm_aux"):
+            if name in stats:
+                log[f"balance/{name.replace('main', 'neuron').replace('aux', 'trial')}"] = mean(stats[name])
+        for k in active:
+            log[f"member_train/loss/m{k}"] = total[k]  # not train/*: the console line lists every train/* key
+        self.log_dict(log, on_step=False, on_epoch=True, batch_size=bs)
+        for name, v in log.items():
+            self._train_sums[name] = self._train_sums.get(name, 0.0) + v
+        self._train_count += 1
+
+    # ------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+        gens = []
+        for seed in self.member_val_seeds:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(seed)
+            gens.append(g)
+        self._val_gens = gens
+
+    def _validation_noise(self, inputs: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """``[K, B, T, n]``: member ``k``'s validation noise (generator ``member_val_seeds[k]``,
+        re-seeded every epoch), drawn once per batch and reused (as in :class:`FitModule`)."""
+        dtype = next(self.model.parameters()).dtype
+        shape = (int(inputs.shape[0]), int(inputs.shape[1]), int(self.model.n_units))
+        key = (batch_idx, shape, str(inputs.device), dtype, tuple(self.member_val_seeds))
+        hit = self._val_noise_cache.get(key)
+        if hit is None:
+            xi = torch.empty((self.size, *shape), device=inputs.device, dtype=dtype)
+            for k, g in enumerate(self._val_gens):
+                torch.randn(shape, generator=g, device=inputs.device, dtype=dtype, out=xi[k])
+            hit = self._val_noise_cache[key] = (xi, [g.get_state() for g in self._val_gens])
+        else:
+            for g, st in zip(self._val_gens, hit[1]):
+                g.set_state(st)
+        return hit[0]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        xi = self._validation_noise(batch["inputs"], batch_idx)
+        ws = self._val_workspaces.setdefault(batch_idx, {})  # one per batch: all are read at the epoch's end
+        with torch.no_grad():
+            out = self.model(batch["inputs"], noise=True, noise_sample=xi, workspace=ws)
+        item = {"rates": out.rates[..., : self.model.n_recorded], "target": batch["rates"], "mask": batch["mask"]}
+        if "true_rates" in batch:
+            item["true_rates"] = batch["true_rates"]
+        self._val_outputs.append(item)
+
+    def _gather_val(self) -> dict[str, torch.Tensor]:
+        out = {"rates": torch.cat([o["rates"] for o in self._val_outputs], 1)}  # [K, B, T, N]
+        for key in self._val_outputs[0]:
+            if key != "rates":
+                out[key] = torch.cat([o[key] for o in self._val_outputs], 0)
+        return out
+
+    def member_val_metrics(self, v: dict[str, torch.Tensor]) -> tuple[list[dict], list[dict]]:
+        """:meth:`compute_val_metrics` of every member (``v["rates"]`` is ``[K, B, T, N]``)."""
+        vals, arrays = [], []
+        for k in range(self.size):
+            vk = dict(v)
+            vk["rates"] = v["rates"][k]
+            a, b = self.compute_val_metrics(vk)
+            vals.append(a)
+            arrays.append(b)
+        return vals, arrays
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        member_vals, member_arrays = self.member_val_metrics(self._gather_val())
+        self._val_outputs = []
+        if self.trainer.sanity_checking:
+            return
+        K, epoch = self.size, int(self.current_epoch)
+        vals = {}
+        for key in member_vals[0]:
+            col = np.array([mv[key] for mv in member_vals], dtype=float)
+            vals[key] = float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
+        per = np.array([mv[MONITOR] for mv in member_vals], dtype=float)
+        finite = per[np.isfinite(per)]  # a diverged (NaN) member is stopped and left out of the mean
+        vals[MONITOR] = float(finite.mean()) if finite.size else float("nan")
+        vals["val/psth_corr_std"] = float(finite.std()) if finite.size else float("nan")
+        vals["ensemble/nan_members"] = float(per.size - finite.size)
+        for k in range(K):
+            vals[f"{MONITOR}/m{k}"] = float(per[k])
+            if "val/true_psth_corr" in member_vals[k]:
+                vals[f"val/true_psth_corr/m{k}"] = member_vals[k]["val/true_psth_corr"]
+
+        # per-member early stopping (as lightning's EarlyStopping: strict improvement; NaN stops)
+        self.improved_members = []
+        for k in self.active_members():
+            cur = per[k]
+            if math.isfinite(cur) and cur > self.member_best[k]:
+                self.member_best[k], self.member_best_epoch[k], self.member_wait[k] = float(cur), epoch, 0
+                self.member_best_state[k] = self.model.member_state_dict(k)
+                self.improved_members.append(k)
+            else:
+                self.member_wait[k] += 1
+            if not math.isfinite(cur) or (self.patience is not None and self.member_wait[k] >= self.patience):
+                self.member_stopped_epoch[k] = epoch
+            elif self._plateaus is not None:
+                self._plateaus[k].step(cur)
+        for k in self.improved_members:
+            self.member_best_record[k] = {"epoch": epoch, **member_vals[k]}
+        lrs = self.member_lrs()
+        active = self.active_members()
+        lr = float(np.mean([lrs[k] for k in active])) if active else 0.0
+
+        self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
+        self.log(MONITOR, vals[MONITOR], prog_bar=True)
+        self.log("lr", lr)
+        self.log("ensemble/active_members", float(len(active)))
+        with torch.no_grad():
+            tc = self.model.alpha()  # [K, n]
+            exc = self.model.is_excitatory
+            for name, sel in (("E", exc), ("I", ~exc)):
+                if sel.any():
+                    a = tc[:, sel]
+                    self.log(f"time_constants/alpha_{name}", float(a.mean()))
+                    self.log(f"time_constants/tau_{name}", float((self.model.dt / a).mean()))
+        epoch_time = time.perf_counter() - self._epoch_t0
+        self._epoch_t0 = time.perf_counter()
+        record = {"epoch": epoch, "lr": lr, "epoch_time_s": float(epoch_time), **vals,
+                  "ensemble/active_members": len(active)}
+        for k, t in self._train_sums.items():
+            record[k] = float(t) / max(self._train_count, 1)
+        for k in range(K):
+            record[f"lr/m{k}"] = lrs[k]
+        self.history.append(record)
+        self.last_val, self.last_val_arrays = record, member_arrays[0]  # figures: member 0
+        cur = vals[MONITOR]
+        if not self.best_val or (not math.isnan(cur) and cur > self.best_val.get(MONITOR, -math.inf)):
+            self.best_val = dict(record)
+        if not active:
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------ optimisers
+    def configure_optimizers(self):
+        conf = super().configure_optimizers()
+        if isinstance(conf, dict) and isinstance(conf["lr_scheduler"]["scheduler"],
+                                                 torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sch = conf["lr_scheduler"]["scheduler"]  # replaced by one plateau state per member
+            lr = float(conf["optimizer"].param_groups[0]["lr"])
+            self._plateaus = [
+                MemberPlateau(lr, factor=sch.factor, patience=sch.patience, min_lr=float(sch.min_lrs[0]),
+                              threshold=sch.threshold, eps=sch.eps)
+                for _ in range(self.size)
+            ]
+            saved = getattr(self, "_plateau_states", None)
+            if saved:
+                for p, st in zip(self._plateaus, saved):
+                    p.load_state_dict(st)
+            return conf["optimizer"]
+        return conf
+
+    # ------------------------------------------------------------ summary
+    def ensemble_summary(self) -> dict[str, Any]:
+        """Per-member best metric / epoch / stop epoch and their mean and std (``ensemble_metrics.json``)."""
+        best = np.array([b if math.isfinite(b) else np.nan for b in self.member_best], dtype=float)
+        members = []
+        for k in range(self.size):
+            rec = self.member_best_record[k]
+            members.append({
+                "member": k, "seed": self.model.seeds[k],
+                "best_val/psth_corr": None if not math.isfinite(self.member_best[k]) else self.member_best[k],
+                "best_epoch": self.member_best_epoch[k],
+                "stopped_epoch": self.member_stopped_epoch[k],
+                "best": {key: v for key, v in rec.items() if key != "epoch"},
+                "checkpoint": f"members/m{k}/best.pt",
+            })
+        finite = best[np.isfinite(best)]
+        out = {
+            "size": self.size, "seeds": list(self.model.seeds), "monitor": MONITOR, "patience": self.patience,
+            "members": members,
+            "best_val/psth_corr_mean": float(finite.mean()) if finite.size else None,
+            "best_val/psth_corr_std": float(finite.std()) if finite.size else None,
+            "best_val/psth_corr_min": float(finite.min()) if finite.size else None,
+            "best_val/psth_corr_max": float(finite.max()) if finite.size else None,
+            "all_stopped": all(self.stopped),
+        }
+        for key in ("val/true_psth_corr", "val/bits_per_spike"):
+            col = np.array([self.member_best_record[k].get(key, np.nan) for k in range(self.size)], dtype=float)
+            if np.isfinite(col).any():
+                out[f"best_{key}_mean"] = float(np.nanmean(col))
+                out[f"best_{key}_std"] = float(np.nanstd(col))
+        return out
+
+
+# ----------------------------------------------------------------------------- files
+
+
+class EnsembleArtifacts(L.Callback):
+    """Writes each member's best weights when it improves, and ``ensemble_metrics.json`` at the end.
+
+    ``<output_dir>/members/m{k}/best.pt``: a single-model ``EIRNN`` state dict
+    (``EIRNN(...).load_state_dict(torch.load(path))``); ``best.json`` beside it: member,
+    seed, epoch and validation metrics of that state.
+    """
+
+    def __init__(self, output_dir: str, filename: str = "ensemble_metrics.json"):
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / filename
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: EnsembleFitModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        for k in getattr(pl_module, "improved_members", []):
+            self.write_member(pl_module, k)
+
+    def write_member(self, pl_module: EnsembleFitModule, k: int) -> None:
+        from eirnn.training.callbacks import write_json_atomic
+
+        state = pl_module.member_best_state[k]
+        if state is None:
+            return
+        folder = self.output_dir / "members" / f"m{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "best.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(folder / "best.pt")
+        rec = pl_module.member_best_record[k]
+        write_json_atomic(folder / "best.json", {"member": k, "seed": pl_module.model.seeds[k],
+                                                 "epoch": rec.get("epoch"), "metrics": rec})
+
+    def write_summary(self, pl_module: EnsembleFitModule) -> dict:
+        from eirnn.training.callbacks import write_json_atomic
+
+        summary = pl_module.ensemble_summary()
+        write_json_atomic(self.path, summary)
+        return summary
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: EnsembleFitModule) -> None:
+        if trainer.is_global_zero:
+            self.write_summary(pl_module)
+
+
+# ----------------------------------------------------------------------------- wiring (eirnn.train)
+
+
+def ensemble_size(cfg) -> int:
+    """``cfg.ensemble.size`` (1 when the node is absent)."""
+    from omegaconf import OmegaConf
+
+    size = OmegaConf.select(cfg, "ensemble.size", default=1)
+    size = 1 if size is None else int(size)
+    if size < 1:
+        raise ValueError(f"ensemble.size must be a positive integer, got {size}")
+    return size
+
+
+def build_ensemble(cfg, dm, size: int):
+    """``(EnsembleEIRNN, EnsembleFitModule)`` of ``size`` members with seeds ``cfg.seed + k``.
+
+    Each member is built by :func:`eirnn.train.build_model` from the config with ``seed``
+    set to ``seed + k`` (so it is initialised exactly as that single run), and the module
+    by :func:`eirnn.train.build_module` with ``module._target_`` switched to
+    :class:`EnsembleFitModule` (same loss / optim / scheduler settings).
+    """
+    import copy
+
+    from omegaconf import open_dict
+
+    from eirnn.models import EIRNN
+    from eirnn.train import UserError, build_model, build_module
+
+    target = str(cfg.module.get("_target_", ""))
+    if target != "eirnn.training.module.FitModule":
+        raise UserError(f"ensemble.size > 1 trains fits to recorded data (module=fit), not {target}")
+    if str(cfg.get("optimized_metric") or MONITOR) != MONITOR or str(cfg.get("optimized_mode") or "max") != "max":
+        raise UserError(f"ensemble.size > 1 monitors {MONITOR} (max); optimized_metric={cfg.get('optimized_metric')}")
+    if cfg.get("export"):
+        raise UserError("export=true is not supported with ensemble.size > 1 (each member's best weights are "
+                        "written to members/m{k}/best.pt)")
+    seeds = [int(cfg.seed) + k for k in range(size)]
+    members = []
+    for s in seeds:
+        c = copy.deepcopy(cfg)
+        with open_dict(c):
+            c.seed = s
+        m = build_model(c, dm)
+        if not isinstance(m, EIRNN):
+            raise UserError(f"ensemble.size > 1 needs an EIRNN model (model=eirnn, lowrank, unconstrained), "
+                            f"got {type(m).__name__}")
+        members.append(m)
+    try:
+        model = EnsembleEIRNN(members, seeds)
+    except ValueError as err:
+        raise UserError(f"ensemble: {err}") from err
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.module._target_ = f"{EnsembleFitModule.__module__}.{EnsembleFitModule.__name__}"
+    module = build_module(c, model, dm)
+    return model, module
+
+
+def ensemble_callbacks(callbacks: list, module: EnsembleFitModule, output_dir: str) -> list:
+    """Lightning's ``EarlyStopping`` is replaced by the module's per-member early stopping
+    (same ``patience``), and :class:`EnsembleArtifacts` is added."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    out = []
+    for cb in callbacks:
+        if isinstance(cb, EarlyStopping):
+            if cb.monitor != MONITOR:
+                raise ValueError(f"ensemble early stopping monitors {MONITOR}, not {cb.monitor}")
+            module.patience = int(cb.patience)
+            continue
+        out.append(cb)
+    out.append(EnsembleArtifacts(str(output_dir)))
+    return out
+
+
+def ensemble_report_lines(summary: Mapping[str, Any], output_dir: str | Path) -> list[str]:
+    """A few console lines: members, best metric mean +- std, range, where the files are."""
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    stopped = sum(m["stopped_epoch"] is not None for m in summary["members"])
+    return [
+        f"ensemble: {summary['size']} members (seeds {summary['seeds'][0]}..{summary['seeds'][-1]}), "
+        f"{stopped} stopped early",
+        f"  best {MONITOR} per member: mean {f(summary['best_val/psth_corr_mean'])} +- "
+        f"{f(summary['best_val/psth_corr_std'])} (min {f(summary['best_val/psth_corr_min'])}, "
+        f"max {f(summary['best_val/psth_corr_max'])})",
+        f"  {Path(output_dir) / 'ensemble_metrics.json'}, members/m{{k}}/best.pt (single-model EIRNN state dicts)",
+    ]

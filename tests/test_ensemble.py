@@ -1,0 +1,362 @@
+"""Many seeds at once (ensemble.size=K): K independent EIRNNs trained as one batched model."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eirnn.models import EIRNN
+from eirnn.models.ensemble import EnsembleEIRNN, FusedEnsembleRecurrence, ensemble_recurrence_reference
+from eirnn.training.balancer import GradientBalancer
+from eirnn.training.ensemble import (
+    MemberPlateau,
+    clip_member_grad_norms_,
+    ensemble_backward,
+    member_grad_norms,
+)
+
+FAST = ["debug=fast", "data.synthetic.n_trials=60", "model.n_hidden=6", "logger=none",
+        "+data.synthetic.n_time=40", "callbacks.figures.every_n_epochs=0"]
+EXC = np.array([1, 1, 0, 1, 1, 0, 1], bool)
+
+
+def _members(k=3, seed=10, **kw):
+    return [EIRNN(5, EXC, n_hidden=4, seed=seed + i, **kw) for i in range(k)]
+
+
+def _inputs(b=4, t=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, t, 5, generator=g) < 0.3).float()
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("kw", [{}, {"rank": 3}, {"rank": 3, "lowrank_dale": "factors"},
+                                {"input_embedding": "attention", "embed_dim": 8, "n_heads": 2, "learnable_h0": True},
+                                {"learnable_tau": "population"}, {"recurrence_impl": "autograd"}])
+def test_members_compute_what_the_single_models_compute(kw):
+    """Rates and parameter gradients of member k equal those of the single model k (same noise)."""
+    members = _members(**kw)
+    ens = EnsembleEIRNN(members, seeds=[10, 11, 12])
+    u = _inputs()
+    xi = torch.randn(3, 4, 6, ens.n_units, generator=torch.Generator().manual_seed(1))
+    ws = {}
+    for _ in range(2):  # the second call reuses the workspace buffers
+        out = ens(u, noise_sample=xi, workspace=ws)
+        g = torch.randn(out.rates.shape, generator=torch.Generator().manual_seed(2))
+        names = [n for n, p in ens.stacked.items() if p.requires_grad]
+        grads = dict(zip(names, torch.autograd.grad((out.rates * g).sum(), [ens.stacked[n] for n in names],
+                                                    allow_unused=True)))
+        for k, m in enumerate(members):
+            single = m(u, noise_sample=xi[k])
+            torch.testing.assert_close(out.rates[k], single.rates, rtol=1e-5, atol=1e-5)
+            ps = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+            gs = torch.autograd.grad((single.rates * g[k]).sum(), [p for _, p in ps], allow_unused=True)
+            for (n, _), gk in zip(ps, gs):
+                ge = grads[n.replace(".", "__")]
+                if ge is None:
+                    assert gk is None or not gk.any(), n
+                    continue
+                torch.testing.assert_close(ge[k], torch.zeros_like(ge[k]) if gk is None else gk, rtol=1e-4, atol=1e-5)
+
+
+def test_member_generators_draw_the_single_models_noise():
+    members = _members()
+    ens = EnsembleEIRNN(members)
+    u = _inputs()
+    out = ens(u, generator=[torch.Generator().manual_seed(100 + k) for k in range(3)])
+    for k, m in enumerate(members):
+        torch.testing.assert_close(out.rates[k], m(u, generator=torch.Generator().manual_seed(100 + k)).rates)
+
+
+def test_fused_kernel_matches_the_autograd_loop_float64():
+    torch.manual_seed(0)
+    K, T, B, n, C = 2, 5, 3, 4, 3
+    args = [torch.randn(T, B, C), torch.randn(K, C, n) * 0.3, None, None, torch.randn(K, n) * 0.1,
+            torch.randn(K, B, T, n), torch.rand(K, n) * 0.2, torch.randn(K, n, n) * 0.2, torch.rand(K, n) * 0.5 + 0.2,
+            torch.rand(K) + 0.5, torch.rand(K) * 0.5, torch.randn(K, n) * 0.1]
+    args = [None if a is None else a.double() for a in args]
+    for i in (1, 4, 6, 7, 8, 9, 10, 11):
+        args[i].requires_grad_()
+    want = [a for a in args if a is not None and a.requires_grad]
+    r1, _ = FusedEnsembleRecurrence.apply({}, *args, False, True)
+    r2, _ = ensemble_recurrence_reference(*args)
+    g = torch.randn_like(r1)
+    torch.testing.assert_close(r1, r2)
+    for a, b in zip(torch.autograd.grad((r1 * g).sum(), want), torch.autograd.grad((r2 * g).sum(), want)):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradient_of_one_member_does_not_touch_the_others():
+    ens = EnsembleEIRNN(_members(input_embedding="attention", embed_dim=8, n_heads=2, learnable_h0=True))
+    out = ens(_inputs(), generator=[torch.Generator().manual_seed(k) for k in range(3)])
+    params = [p for p in ens.parameters() if p.requires_grad]
+    for j in range(3):
+        grads = torch.autograd.grad(out.rates[j].pow(2).mean(), params, retain_graph=True, allow_unused=True)
+        assert sum(g is not None for g in grads) >= len(params) - 2  # all but the unused readout
+        for p, g in zip(params, grads):
+            if g is None:
+                continue
+            others = torch.cat([g[i].flatten() for i in range(3) if i != j])
+            assert torch.count_nonzero(others) == 0
+            assert g[j].abs().sum() > 0 or p.shape[1:] == ()  # member j's own slice moves
+
+
+def test_dale_and_zero_diagonal_for_every_member():
+    ens = EnsembleEIRNN(_members(k=4))
+    with torch.no_grad():  # any raw values: the parametrisation keeps the constraints
+        for p in ens.parameters():
+            p.normal_()
+    w = ens.W_rec  # [K, n, n]
+    sign = ens.is_excitatory.float() * 2 - 1
+    for k in range(4):
+        assert torch.all(torch.diagonal(w[k]) == 0)
+        assert torch.all(w[k] * sign[None, :] >= 0)  # column j has unit j's sign
+
+
+def test_member_state_dict_is_a_single_model_state_dict():
+    members = _members(learnable_h0=True)
+    ens = EnsembleEIRNN(members)
+    for k, m in enumerate(members):
+        state = ens.member_state_dict(k)
+        assert list(state) == list(m.state_dict())
+        fresh = EIRNN(5, EXC, n_hidden=4, seed=0, learnable_h0=True)
+        fresh.load_state_dict(state)
+        for a, b in zip(fresh.state_dict().values(), m.state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_members_must_share_the_architecture():
+    with pytest.raises(ValueError, match="architecture"):
+        EnsembleEIRNN([EIRNN(5, EXC, n_hidden=4, seed=0), EIRNN(5, EXC, n_hidden=5, seed=1)])
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@pytest.mark.parametrize("mode", ["param", "output", "fixed", "off"])
+def test_balanced_step_is_per_member(mode):
+    """ensemble_backward gives member k exactly the single-model balancer's gradient for member k."""
+    members = _members()
+    ens = EnsembleEIRNN(members)
+    u, target = _inputs(), torch.rand(4, 6, 7) * 10
+    xi = torch.randn(3, 4, 6, ens.n_units, generator=torch.Generator().manual_seed(3))
+    bal = GradientBalancer(mode=mode, scale=0.5, lambda_fixed=0.3)
+
+    def losses(rec):
+        main = ((rec.mean(0) - target.mean(0)) ** 2).mean()
+        aux = (rec - target).abs().mean() * (3.0 + rec[..., 0].mean())  # another direction and scale
+        return main, aux
+
+    out = ens(u, noise_sample=xi)
+    rec = ens.member_recorded(out.rates)
+    pairs = [losses(rec[k]) for k in range(3)]
+    main, aux = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    extra = torch.stack([1e-3 * w.pow(2).mean() for w, _ in ens.member_regularized_weights()])
+    params = [p for p in ens.parameters() if p.requires_grad]
+    stats = ensemble_backward(bal, params, main, aux, extra, outputs=rec)
+    by_name = {n: p.grad for n, p in ens.stacked.items() if p.requires_grad}
+    for k, m in enumerate(members):
+        r = m(u, noise_sample=xi[k]).rates[..., :7]
+        mk, ak = losses(r)
+        sparams = [p for p in m.parameters() if p.requires_grad]
+        st = bal.backward(sparams, mk, ak, 1e-3 * m.W_rec.pow(2).mean(), outputs=r)
+        torch.testing.assert_close(stats["weight"][k], st["weight"], rtol=1e-4, atol=1e-7)
+        for n, p in m.named_parameters():
+            if p.requires_grad and p.grad is not None:
+                torch.testing.assert_close(by_name[n.replace(".", "__")][k], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_per_member_clipping_and_norms():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.Parameter(torch.zeros(3, 4, 5))
+    b = torch.nn.Parameter(torch.zeros(3, 2))
+    a.grad = torch.randn(3, 4, 5, generator=g) * torch.tensor([0.01, 1.0, 10.0])[:, None, None]
+    b.grad = torch.randn(3, 2, generator=g)
+    singles = [[a.grad[k].clone(), b.grad[k].clone()] for k in range(3)]
+    norms = clip_member_grad_norms_([a, b], 1.0, 3)
+    for k in range(3):
+        pa, pb = torch.nn.Parameter(torch.zeros(4, 5)), torch.nn.Parameter(torch.zeros(2))
+        pa.grad, pb.grad = singles[k]
+        n = torch.nn.utils.clip_grad_norm_([pa, pb], 1.0)
+        torch.testing.assert_close(norms[k], n)
+        torch.testing.assert_close(a.grad[k], pa.grad)
+        torch.testing.assert_close(b.grad[k], pb.grad)
+    assert torch.all(member_grad_norms([a.grad, b.grad], 3) <= 1.0 + 1e-5)
+
+
+def test_member_plateau_follows_reduce_lr_on_plateau():
+    metrics = [0.1, 0.2, 0.2, 0.19, 0.2, 0.21, 0.21, 0.2, 0.2, 0.2, float("nan"), 0.3, 0.3, 0.3, 0.3]
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2, min_lr=0.1)
+    ours = MemberPlateau(1.0, factor=0.5, patience=2, min_lr=0.1)
+    for m in metrics:
+        ref.step(m)
+        ours.step(m)
+        assert ours.lr == pytest.approx(opt.param_groups[0]["lr"])
+
+
+# ----------------------------------------------------------------------------- through Hydra
+
+
+def _cfg(compose, overrides, out):
+    return compose(FAST + overrides, out)
+
+
+def test_members_are_initialised_as_single_models_of_seed_plus_k(compose, tmp_path):
+    from omegaconf import open_dict
+
+    from eirnn.train import build_datamodule, build_model
+    from eirnn.training.ensemble import EnsembleFitModule, build_ensemble
+
+    cfg = _cfg(compose, ["ensemble.size=3", "seed=7", "model.input_embedding=attention", "model.embed_dim=8",
+                         "model.n_heads=2"], tmp_path)
+    dm = build_datamodule(cfg)
+    model, module = build_ensemble(cfg, dm, 3)
+    assert isinstance(module, EnsembleFitModule) and model.seeds == [7, 8, 9]
+    for k in range(3):
+        with open_dict(cfg):
+            cfg.seed = 7 + k
+        single = build_model(cfg, dm).state_dict()
+        member = model.member_state_dict(k)
+        assert list(member) == list(single)
+        for name in single:
+            assert torch.equal(member[name], single[name]), (k, name)
+
+
+def test_two_epoch_ensemble_run_writes_per_member_outputs(compose, tmp_path):
+    from eirnn.train import train
+
+    summary = train(_cfg(compose, ["ensemble.size=3", "trainer.max_epochs=2", "logger=tensorboard"], tmp_path))
+    ens = json.loads((tmp_path / "ensemble_metrics.json").read_text())
+    assert ens["size"] == 3 and ens["seeds"] == [42, 43, 44] and len(ens["members"]) == 3
+    best = [m["best_val/psth_corr"] for m in ens["members"]]
+    assert ens["best_val/psth_corr_mean"] == pytest.approx(np.mean(best))
+    assert ens["best_val/psth_corr_std"] == pytest.approx(np.std(best))
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert [h["epoch"] for h in log] == [0, 1]
+    for h in log:
+        per = [h[f"val/psth_corr/m{k}"] for k in range(3)]
+        assert h["val/psth_corr"] == pytest.approx(np.mean(per))  # the monitored metric is the mean
+    for k, m in enumerate(ens["members"]):
+        assert m["best_epoch"] in (0, 1)
+        assert m["best_val/psth_corr"] == pytest.approx(max(h[f"val/psth_corr/m{k}"] for h in log))
+        state = torch.load(tmp_path / "members" / f"m{k}" / "best.pt", weights_only=True)
+        assert "recurrent.raw" in state and state["W_in"].dim() == 2
+        n_rec = state["is_excitatory"].numel() - 6
+        single = EIRNN(state["W_in"].shape[1], state["is_excitatory"][:n_rec].numpy(), n_hidden=6, dt=25.0)
+        single.load_state_dict(state)
+        meta = json.loads((tmp_path / "members" / f"m{k}" / "best.json").read_text())
+        assert meta["seed"] == 42 + k and meta["epoch"] == m["best_epoch"]
+    assert summary["ensemble"]["size"] == 3
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert {"val/psth_corr", "val/psth_corr/m0", "val/psth_corr/m2"} <= set(acc.Tags()["scalars"])
+
+
+def test_member_follows_the_single_run_of_its_seed(compose, tmp_path):
+    """Same split (data.split_seed), same noise stream: member 1 of seed 42 == the run with seed 43."""
+    from eirnn.train import train
+
+    common = ["trainer.max_epochs=3", "callbacks.early_stopping.patience=100", "data.split_seed=42"]
+    train(_cfg(compose, common + ["ensemble.size=2"], tmp_path / "ens"))
+    train(_cfg(compose, common + ["seed=43"], tmp_path / "single"))
+    ens = json.loads((tmp_path / "ens" / "training_log.json").read_text())
+    one = json.loads((tmp_path / "single" / "training_log.json").read_text())
+    for a, b in zip(ens, one):
+        assert a["val/psth_corr/m1"] == pytest.approx(b["val/psth_corr"], abs=1e-5)
+
+
+def test_stopped_members_are_frozen_and_training_ends_when_all_stop(compose, tmp_path):
+    from eirnn.train import train
+
+    # lr 0: no member ever improves after epoch 0, so with patience 1 all stop at epoch 1
+    summary = train(_cfg(compose, ["ensemble.size=2", "trainer.max_epochs=6", "optim.lr=0.0",
+                                   "callbacks.early_stopping.patience=1"], tmp_path))
+    assert summary["epochs_trained"] == 2 and summary["early_stopped"]
+    ens = json.loads((tmp_path / "ensemble_metrics.json").read_text())
+    assert [m["stopped_epoch"] for m in ens["members"]] == [1, 1] and ens["all_stopped"]
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
+def test_a_stopped_member_does_not_move(compose, tmp_path):
+    import lightning as L
+
+    from eirnn.train import build_datamodule
+    from eirnn.training.ensemble import build_ensemble
+
+    cfg = _cfg(compose, ["ensemble.size=2"], tmp_path)
+    dm = build_datamodule(cfg)
+    model, module = build_ensemble(cfg, dm, 2)
+    before = [model.member_state_dict(k) for k in range(2)]
+    module.member_stopped_epoch[1] = -1  # member 1 stopped before training
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    after = [model.member_state_dict(k) for k in range(2)]
+    assert all(torch.equal(before[1][n], after[1][n]) for n in before[1])
+    assert not torch.equal(before[0]["recurrent.raw"], after[0]["recurrent.raw"])
+    assert module.history[-1]["lr/m1"] == 0.0 and module.history[-1]["ensemble/active_members"] == 1
+
+
+def test_size_one_is_the_usual_single_model_run(compose, tmp_path):
+    from eirnn.train import train
+    from eirnn.training.module import FitModule
+
+    a = train(_cfg(compose, ["trainer.max_epochs=2"], tmp_path / "default"))
+    b = train(_cfg(compose, ["trainer.max_epochs=2", "ensemble.size=1"], tmp_path / "one"))
+    assert a["final"]["val/psth_corr"] == b["final"]["val/psth_corr"]
+    assert a["best"]["val/psth_corr"] == b["best"]["val/psth_corr"]
+    assert "ensemble" not in b and not (tmp_path / "one" / "ensemble_metrics.json").exists()
+    assert not (tmp_path / "one" / "members").exists()
+    assert "val/psth_corr/m0" not in b["final"]
+    import eirnn.training.module as mod
+
+    assert mod.FitModule is FitModule
+
+
+def test_bad_ensemble_settings_are_user_errors(compose, tmp_path):
+    from eirnn.train import UserError, train
+
+    with pytest.raises(UserError, match="ensemble.size"):
+        train(_cfg(compose, ["ensemble.size=0"], tmp_path / "zero"))
+    with pytest.raises(UserError, match="export"):
+        train(_cfg(compose, ["ensemble.size=2", "+export=true"], tmp_path / "export"))
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec")
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")
+def test_a_diverging_member_does_not_affect_the_others(compose, tmp_path):
+    """A member whose weights are NaN is stopped (NaN metric); the other members train as without it."""
+    import lightning as L
+
+    from eirnn.train import build_datamodule
+    from eirnn.training.ensemble import build_ensemble
+
+    histories = []
+    for poison in (False, True):
+        cfg = _cfg(compose, ["ensemble.size=2"], tmp_path / str(poison))
+        dm = build_datamodule(cfg)
+        model, module = build_ensemble(cfg, dm, 2)
+        if poison:
+            with torch.no_grad():
+                model.stacked["W_in"][1].fill_(float("nan"))
+        trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=dm)
+        histories.append(module.history)
+        if poison:
+            assert module.member_stopped_epoch == [None, 0]
+            assert all(torch.isfinite(p[0]).all() for p in model.parameters())
+    for clean, poisoned in zip(*histories):
+        assert poisoned["val/psth_corr/m0"] == pytest.approx(clean["val/psth_corr/m0"], abs=1e-6)
+        assert math.isnan(poisoned["val/psth_corr/m1"])
+        assert poisoned["val/psth_corr"] == poisoned["val/psth_corr/m0"]  # the mean leaves the NaN member out
+        assert poisoned["ensemble/nan_members"] == 1
