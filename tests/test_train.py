@@ -164,3 +164,14 @@ def test_auto_target_smoothing_is_chosen_on_training_trials(compose, tmp_path):
     # the validation trials do not enter the choice: changing them changes nothing
     dm._val = {k: v * 0 if hasattr(v, "dtype") and v.dtype.is_floating_point else v for k, v in dm._val.items()}
     assert dm.choose_psth_smoothing(seed=int(cfg.seed))["sigma_bins"] == expected
+
+
+@pytest.mark.parametrize("overrides,rank,mode", [
+    (["model=lowrank"], 20, "product"),
+    (["model=lowrank", "model.rank=5"], 5, "product"),
+    (["model=lowrank", "rank=lowrank_factors"], 20, "factors"),  # the rank group decides how Dale applies
+    (["rank=lowrank_factors", "model=lowrank", "model.rank=3"], 3, "factors"),
+])
+def test_lowrank_model_composes_with_the_rank_group(compose, tmp_path, overrides, rank, mode):
+    cfg = compose(overrides, tmp_path)
+    assert (cfg.model.rank, cfg.model.lowrank_dale) == (rank, mode)
