@@ -131,6 +131,105 @@ def test_optuna_search_config(compose, tmp_path):
     assert 0 < sweeper.max_failure_rate < 1
 
 
+# The lab's base configuration (seeds 000 / 001), except lr 5e-3 and 32 trials per step (ours).
+LAB_BASE = {
+    "model.tau": 50.0, "model.tau_inh": None, "model.learnable_alpha": "none", "model.learnable_tau": "none",
+    "model.freeze_time_constants": False, "model.dale": True, "model.input_embedding": "linear",
+    "model.learnable_h0": False, "model.noise_scale": 0.1, "model.rank": None,
+    "loss.neuron.kind": "correlation", "loss.neuron.lambda_scale": 0.1, "loss.neuron.lambda_var": 0.05,
+    "loss.neuron.target_smooth_sigma_bins": 0.0,
+    "loss.trial.enabled": True, "loss.trial.distance": "euclidean", "loss.trial.epsilon": 0.1,
+    "loss.trial.n_iters": 20, "loss.trial.smooth_sigma_bins": 1.0, "loss.trial.warmup_epochs": 0,
+    "loss.reg.lambda_l2": 1e-4, "loss.activity.enabled": False,
+    "loss.balance.mode": "param", "loss.balance.ltrial_scale": 0.5, "loss.balance.lambda_trial": 0.1,
+    "optim.name": "adam", "optim.lr": 5e-3, "optim.weight_decay": 0.0, "optim.grad_clip": 1.0,
+    "data.batch_size": 32, "scheduler.name": "plateau",
+    "trainer.max_epochs": 500, "callbacks.early_stopping.patience": 100, "callbacks.early_stopping.min_delta": 0.001,
+}
+
+
+def _variant_keys(name: str) -> set[str]:
+    """Dotted keys a variant file sets (``defaults: override /scheduler`` counts as ``scheduler.*``)."""
+    cfg = yaml.safe_load(Path(CONFIG_DIR, "variant", f"{name}.yaml").read_text()) or {}
+    keys: set[str] = set()
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            if k == "defaults":
+                keys.update(f"{next(iter(d)).split('/')[-1]}.*" for d in v if isinstance(d, dict))
+            elif isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                keys.add(f"{prefix}{k}")
+    walk(cfg, "")
+    return keys
+
+
+def _drifted_config_dir(tmp_path: Path) -> str:
+    """A copy of ``conf/`` whose package defaults have drifted away from the lab's (another
+    L_neuron, Sinkhorn, balance, lr, batch size, tau, early stopping)."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf)
+    edits = {
+        "loss/default.yaml": {"neuron": {"kind": "hybrid", "lambda_scale": 0.3, "target_smooth_sigma_bins": 2.0},
+                              "trial": {"epsilon": 0.3, "n_iters": 5, "smooth_sigma_bins": 2.0, "distance": "poisson"},
+                              "reg": {"lambda_l2": 1e-3}, "activity": {"enabled": True},
+                              "balance": {"mode": "output", "ltrial_scale": 0.9}},
+        "optim/adam.yaml": {"lr": 1e-2, "grad_clip": 5.0},
+        "data/sc_mat.yaml": {"batch_size": 64},
+        "model/eirnn.yaml": {"tau": 30.0, "noise_scale": 0.2, "input_embedding": "attention", "learnable_h0": True},
+        "callbacks/default.yaml": {"early_stopping": {"patience": 7, "min_delta": 0.0}},
+    }
+    for rel, change in edits.items():
+        path = conf / rel
+        cfg = yaml.safe_load(path.read_text())
+
+        def merge(node, upd):
+            for k, v in upd.items():
+                if isinstance(v, dict):
+                    merge(node[k], v)
+                else:
+                    assert k in node, (rel, k)
+                    node[k] = v
+        merge(cfg, change)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(conf)
+
+
+@pytest.mark.parametrize("experiment", ["lab_ltrial_21", "lab_phase2"])
+def test_lab_sweeps_pin_the_lab_base_configuration(tmp_path, experiment):
+    """Every job of both sweeps keeps the lab's settings (except what its variant names) even
+    when the package defaults drift; a variant wins over the pinned base, the command line
+    over both."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    conf = _drifted_config_dir(tmp_path)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        drifted = compose("train", overrides=["data=sc_mat"])
+        assert drifted.loss.neuron.kind == "hybrid" and drifted.data.batch_size == 64  # the drift is real
+        for name in _sweep_list(experiment):
+            own = _variant_keys(name)
+            cfg = compose("train", overrides=[f"experiment={experiment}", "data=sc_mat", f"+variant={name}"])
+            for key, want in LAB_BASE.items():
+                if key in own or f"{key.split('.')[0]}.*" in own:
+                    continue
+                got = OmegaConf.select(cfg, key)
+                assert got == want, (experiment, name, key, got)
+        variant = "baseline_no_ltrial" if experiment == "lab_ltrial_21" else "poisson_ltrial"
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"+variant={variant}", "optim.lr=1e-3"])
+    GlobalHydra.instance().clear()
+    assert cfg.optim.lr == 1e-3 and cfg.loss.neuron.kind == "correlation"
+    if experiment == "lab_ltrial_21":
+        assert cfg.loss.trial.enabled is False and cfg.loss.balance.mode == "off"
+    else:
+        assert cfg.loss.trial.distance == "poisson" and cfg.loss.trial.epsilon == 0.1
+
+
 # --------------------------------------------------------------------------- sweep report (fake sweeps)
 def _fake_job(root: Path, num: int, overrides: list[str], best: dict | None, log: str = "", cfg: dict | None = None):
     job = root / str(num)
