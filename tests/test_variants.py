@@ -119,6 +119,73 @@ def test_lab_clamp_variant_trains_with_alpha_above_one(compose, tmp_path):
     assert alpha_i == pytest.approx(1.25)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lab_tau_init_makes_the_forward_pass_oscillate(seed):
+    """The cause of the lab's learnable-tau collapse, checked on the forward pass alone (no
+    gradient, so freezing tau cannot help): tau_I = 20 ms < dt = 25 ms gives alpha_I = 1.25, the
+    Euler decay factor 1 - alpha_I = -0.25 < 0, and the linearised one-step map
+    J = diag(1 - a) + diag(a) W_rec diag(r'(0)) gets a real eigenvalue below -1 (a growing
+    period-2 oscillation); the I states change sign between almost all consecutive steps. With
+    tau_I = 35 ms (the fixed variant) or 50 ms (baseline) J is contracting and they do not."""
+    from eirnn.models import EIRNN
+
+    rec = np.array([True] * 41 + [False] * 13)
+    u = (torch.rand(8, 200, 14, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+    out = {}
+    for name, kw in {
+        "baseline": dict(tau_inh=50.0),
+        "fixed": dict(tau_inh=35.0, learnable_tau="population"),
+        "lab": dict(tau_inh=20.0, learnable_tau="population", tau_bound="clamp", tau_min=10.0, tau_max=200.0,
+                    freeze_time_constants=True),
+    }.items():
+        m = EIRNN(14, rec, n_hidden=8, dt=25.0, tau=50.0, seed=seed, **kw)
+        with torch.no_grad():
+            a = m.alpha()
+            slope = torch.sigmoid(m.h0) * m.rate_scale  # d rate / dx at x = 0
+            J = torch.diag(1 - a) + torch.diag(a) @ m.W_rec @ torch.diag(slope)
+            ev = torch.linalg.eigvals(J.double())
+            top = ev[ev.abs().argmax()]
+            res = m(u, noise=False, return_states=True)
+            xi = res.states[..., ~m.is_excitatory]
+            flips = ((xi[:, 1:] * xi[:, :-1]) < 0).float().mean().item()
+        out[name] = (a[~m.is_excitatory].max().item(), ev.abs().max().item(), top, flips)
+    a_i, rho, top, flips = out["lab"]
+    assert a_i == pytest.approx(1.25)
+    assert rho > 1.3 and top.real < -1.3 and abs(top.imag) < 1e-6 and flips > 0.9
+    for name in ("baseline", "fixed"):
+        a_i, rho, top, flips = out[name]
+        assert a_i < 1 and rho < 0.9 and flips < 0.5, (name, out[name])
+
+
+def test_clamp_kills_gradients_at_the_bounds_smooth_bound_does_not():
+    """The lab's hard clamp has zero gradient once tau leaves [tau_min, tau_max] (tau can never
+    come back); the smooth bound keeps a non-zero gradient and alpha = dt / tau < 1 (it only
+    saturates in float32 for |raw| > ~17, i.e. tau within 1e-5 ms of a bound, where alpha <= 1).
+    (At the lab's initial tau_I = 20 ms the clamp is inactive: it was not the collapse's cause.)"""
+    from eirnn.models import TimeConstants
+
+    exc = torch.tensor([True, False])
+    lab = TimeConstants(exc, dt=25.0, tau=50.0, tau_inh=20.0, learnable_tau="population", tau_bound="clamp",
+                        tau_min=10.0, tau_max=200.0)
+    smooth = TimeConstants(exc, dt=25.0, tau=50.0, tau_inh=35.0, learnable_tau="population")
+    lab.alpha().sum().backward()
+    assert (lab.tau_raw.grad != 0).all()  # inside the clamp at the init: gradients flow
+    for value in (5.0, 250.0):  # outside: none
+        lab.tau_raw.grad = None
+        with torch.no_grad():
+            lab.tau_raw.fill_(value)
+        lab.alpha().sum().backward()
+        assert torch.equal(lab.tau_raw.grad, torch.zeros(2))
+    for value in (-15.0, -5.0, 0.0, 5.0, 15.0):  # tau from tau_min + 1e-4 ms to tau_max - 1e-4 ms
+        smooth.tau_raw.grad = None
+        with torch.no_grad():
+            smooth.tau_raw.fill_(value)
+        alpha = smooth.alpha()
+        alpha.sum().backward()
+        assert (alpha < 1).all() and (alpha > 25.0 / 500.0).all()
+        assert (smooth.tau_raw.grad != 0).all(), value
+
+
 def test_smooth_bound_rejects_tau_below_dt(compose, tmp_path):
     """tau_min defaults to dt, so an initial tau_I < dt (alpha > 1) is refused up front."""
     # (train.build_model means to turn this ValueError into a one-line UserError; Hydra
