@@ -266,7 +266,8 @@ def export_run(
     figure_files, figure_errors = [], {}
     if figures:
         figure_files, figure_errors = write_figures(run_dir, history, weights, outputs, metrics, population, model,
-                                                    monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")))
+                                                    monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")),
+                                                    bin_ms=bin_ms)
     files["figures"] = [{"path": str(p.relative_to(run_dir))} for p in figure_files]
 
     manifest = {
@@ -281,7 +282,7 @@ def export_run(
 
 
 def write_figures(run_dir: Path, history, weights, outputs, metrics, population, model, monitor: str,
-                  learnable_h0: bool = True) -> tuple[list[Path], dict[str, str]]:
+                  learnable_h0: bool = True, bin_ms: float | None = None) -> tuple[list[Path], dict[str, str]]:
     """Every figure of :data:`FIGURES` that applies, as ``run_dir/figures/<name>.png``.
 
     A figure that fails is logged and listed in the returned errors; the others are still written.
@@ -311,7 +312,7 @@ def write_figures(run_dir: Path, history, weights, outputs, metrics, population,
             population["pca_real"], population["pca_model"], ratio, population.get("pca_real_by_location"),
             population.get("pca_model_by_location"), population.get("location_labels")),
         "fano_factor_comparison": lambda: F.fano_comparison(metrics["per_neuron_fano_model"],
-                                                            metrics["per_neuron_fano_target"], exc),
+                                                            metrics["per_neuron_fano_target"], exc, bin_ms=bin_ms),
     }
     if "val_attention_mean" in outputs:
         makers["attention_patterns"] = lambda: F.attention_patterns(outputs["val_attention_mean"], time_ms=t,

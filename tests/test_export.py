@@ -211,3 +211,34 @@ def test_report_renders_summary_metrics_config_and_files(tmp_path):
     assert "| `model.tau` | `50.0` |" in text and "| `W_rec.npy` | (3, 3) | float32 |" in text
     assert "2h 34m 12s (this training call); sum of epoch times over all 20 logged epochs 2h 34m 12s" in text
     assert format_duration(75) == "1m 15s"
+
+
+# ---------------------------------------------------------------- figures
+def test_training_curves_leave_a_blow_up_epoch_off_scale():
+    """One diverging first epoch (seen on the real session: train loss 3e11) must not flatten the curves."""
+    from eirnn.report import figures as F
+
+    history = [{"epoch": e, "train/loss": 3.1e11 if e == 0 else 2.0 - 0.01 * e, "train/L_neuron": 0.9 - 0.002 * e,
+                "val/L_neuron": 0.8 - 0.001 * e, "val/psth_corr": 0.1 + 0.01 * e, "lr": 5e-3} for e in range(30)]
+    fig = F.training_curves(history)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[1] < 3.0
+    assert any("off scale: train total: 3.1e+11 at epoch 1" in t.get_text() for t in ax.texts)
+    calm = F.training_curves(history[1:])  # nothing off scale: no note
+    assert not calm.axes[0].texts and calm.axes[0].get_ylim()[1] < 3.0
+
+
+def test_figures_name_e_and_i():
+    from eirnn.report import figures as F
+
+    rng = np.random.default_rng(0)
+    exc = np.array([True] * 6 + [False] * 3)
+    T = 20
+    fig = F.best_worst_neurons(rng.random((T, 9)), rng.random((T, 9)), rng.random(9), exc, time_ms=np.arange(T) * 25.0)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["data", "model, E neuron", "model, I neuron"]
+    W = np.abs(rng.normal(size=(12, 12))) * np.where(np.r_[exc, [True] * 2, [False]], 1, -1)
+    fig = F.weight_matrices(W, rng.normal(size=(12, 5)), np.r_[exc, [True] * 2, [False]])
+    fig.canvas.draw()
+    axes = [c for a in fig.axes for c in (a, *a.child_axes)]  # the E/I labels sit on secondary axes
+    labels = {t.get_text(): t.get_color() for a in axes for t in a.get_xticklabels() + a.get_yticklabels()}
+    assert labels["E (8)"] == F.E_COLOR and labels["I (4)"] == F.I_COLOR

@@ -69,10 +69,26 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted tiny final-model run: (run_dir, summary)."""
+def reference_and_console(tmp_path_factory):
+    """An uninterrupted tiny final-model run: (run_dir, summary, what it printed on stdout).
+
+    ``print_every=2`` (console only: the results do not depend on it) puts two short
+    epoch lines into the 4 epochs.
+    """
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("final_ref")
-    return out, _train(TINY, out)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):  # the progress bar, the lines and the blocks all go to sys.stdout
+        summary = _train(TINY + ["callbacks.progress.print_every=2"], out)
+    return out, summary, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference(reference_and_console):
+    """An uninterrupted tiny final-model run: (run_dir, summary)."""
+    return reference_and_console[:2]
 
 
 # ------------------------------------------------------------------ config
@@ -200,6 +216,35 @@ def test_report_snippet_loads_the_files(reference, capsys):
     assert "recorded neurons" in out and "val PSTH corr" in out
 
 
+def test_console_shows_bar_epoch_lines_detailed_blocks_and_summary(reference_and_console):
+    run, summary, out = reference_and_console
+    raw = out.replace("\r", "\n").splitlines()
+    # the epoch progress bar (tqdm, one bar over epochs, redrawn with \r) reached its end
+    assert any(l.startswith("train:") and f"{N_EPOCHS}/{N_EPOCHS}" in l and "psth_corr=" in l for l in raw), out[-3000:]
+    lines = [l for l in raw if l.strip() and not l.startswith("train:")]  # the text printed above the bar
+    # a short line every print_every (2) epochs, with the loss terms, the metric, lr and time
+    short = [l for l in lines if l.startswith("Epoch ") and "|" in l]
+    assert [int(l.split("|")[0].split()[1]) for l in short] == [2, 4], short
+    assert all("train_loss" in l and "L_trial" in l and "psth_corr" in l and "lr" in l for l in short)
+    # a detailed block every N (2) epochs, each ending with its periodic checkpoint
+    for e in (2, 4):
+        i = lines.index(f"=== Epoch {e} detailed report ===")
+        block = lines[i + 1: i + 6]
+        assert block[0].startswith("  E neurons: mean_corr=") and "(n=" in block[0], block
+        assert block[1].startswith("  I neurons: mean_corr=")
+        assert block[2].startswith("  Fano factor: model=") and block[3].startswith("  h0: mean=")
+        assert block[4] == f"  saved checkpoint: {run / 'checkpoints' / f'epoch{e:04d}.ckpt'}", block
+    assert out.count("detailed report ===") == 2  # the last epoch (4) is a due epoch: no extra block
+    # the completion summary: epochs, best (1-based epoch, E/I) and final metric, time, where the files are
+    assert "TRAINING COMPLETE" in out and f"epochs trained:      {N_EPOCHS}" in out
+    best = summary["best"]
+    assert (f"best val/psth_corr:  {best['val/psth_corr']:.4f} at epoch {best['epoch'] + 1}  "
+            f"(E {best['val/psth_corr_E']:.4f}, I {best['val/psth_corr_I']:.4f})") in out
+    assert f"final val/psth_corr: {summary['final']['val/psth_corr']:.4f}" in out
+    assert "training time:" in out and f"run folder:          {run}" in out
+    assert f"see {run / 'training_report.md'}" in out
+
+
 # ------------------------------------------------------ interruption/resume
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_sigint_stops_after_the_epoch_and_resume_matches_uninterrupted_run(reference, tmp_path):
@@ -230,6 +275,45 @@ def test_sigint_stops_after_the_epoch_and_resume_matches_uninterrupted_run(refer
     assert resumed["best"]["val/psth_corr"] == ref_summary["best"]["val/psth_corr"]
     for f in ("weights/W_rec.npy", "weights/h0.npy", "metrics/per_neuron_correlation.npy", "outputs/val_model_rates.npy"):
         np.testing.assert_array_equal(np.load(run / f), np.load(ref_dir / f), err_msg=f)
+
+
+class CrashAt(L.Callback):
+    """Test helper: raises ``RuntimeError`` when epoch ``epoch`` (0-based) starts (a crash, no signal)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = int(epoch)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"simulated crash at the start of epoch {self.epoch}")
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resume_from_a_periodic_checkpoint_after_a_crash_matches_uninterrupted_run(reference, tmp_path):
+    """A run that dies without the signal handler's help (here an exception at the start of
+    epoch 3) leaves its periodic checkpoints; ``ckpt_path=`` the last of them in the same
+    run folder ends where the uninterrupted run ended."""
+    ref_dir, ref_summary = reference
+    run = tmp_path / "run"
+    crash = [f"+callbacks.crash._target_={__name__}.CrashAt", "+callbacks.crash.epoch=2"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(TINY + crash + ["export.figures=false"], run)
+    ck = run / "checkpoints" / "epoch0002.ckpt"
+    assert ck.exists() and not (run / "checkpoints" / "interrupted.ckpt").exists()
+    resumed = _train(TINY + [f"ckpt_path={ck}", "export.figures=false"], run)
+    assert resumed["epochs_trained"] == N_EPOCHS and "interrupted" not in resumed
+    _assert_same_state(_state(run / "checkpoints" / "last.ckpt"), _state(ref_dir / "checkpoints" / "last.ckpt"))
+    _assert_same_state(_state(run / "checkpoints" / "best.ckpt"), _state(ref_dir / "checkpoints" / "best.ckpt"))
+    assert (run / "checkpoints" / "epoch0004.ckpt").exists()
+    log = json.loads((run / "training_log.json").read_text())
+    ref_log = json.loads((ref_dir / "training_log.json").read_text())
+    keys = ("val/psth_corr", "val/L_neuron", "val/L_trial", "train/loss", "lr")
+    assert [[r[k] for k in keys] for r in log] == [[r[k] for k in keys] for r in ref_log]
+    assert [r["epoch"] for r in log if "per_neuron_corr" in r] == [1, 3]  # the detailed records survive the resume
+    assert resumed["best"]["val/psth_corr"] == ref_summary["best"]["val/psth_corr"]
+    np.testing.assert_array_equal(np.load(run / "metrics" / "per_neuron_correlation.npy"),
+                                  np.load(ref_dir / "metrics" / "per_neuron_correlation.npy"))
 
 
 def test_rerun_with_the_same_seed_gives_the_same_run(tmp_path):

@@ -43,10 +43,36 @@ def _series(history: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return x[ok], y[ok]
 
 
-def _positive_log(ax, ys: Sequence[np.ndarray]) -> None:
+def _positive_log(ax, ys: Sequence[np.ndarray], xs: Sequence[np.ndarray] | None = None,
+                  labels: Sequence[str] | None = None, outlier_ratio: float = 1e3) -> None:
+    """Log y scale when the positive values span more than 30x. With ``xs``, the epochs whose
+    value is more than ``outlier_ratio`` x the series' median (a blow-up in the first epochs)
+    are left above the axes and named in a note, so they do not flatten the other epochs."""
     vals = np.concatenate([y for y in ys if y.size]) if any(y.size for y in ys) else np.zeros(0)
-    if vals.size and np.all(vals > 0) and vals.max() / max(vals.min(), 1e-300) > 30:
+    if not vals.size:
+        return
+    keep, notes = [], []
+    for k, y in enumerate(ys):
+        med = float(np.nanmedian(np.abs(y))) if y.size else 0.0
+        out = np.abs(y) > outlier_ratio * med if (xs is not None and y.size >= 3 and med > 0) else np.zeros(y.shape, bool)
+        keep.append(y[~out])
+        if out.any():
+            name = labels[k] if labels is not None else f"series {k}"
+            pts = ", ".join(f"{v:.2g} at epoch {int(e)}" for e, v in zip(xs[k][out][:2], y[out][:2]))
+            notes.append(f"{name}: {pts}{' ...' if out.sum() > 2 else ''}")
+    kept = np.concatenate([y for y in keep if y.size]) if any(y.size for y in keep) else vals
+    log = bool(np.all(kept > 0) and kept.max() / max(kept.min(), 1e-300) > 30)
+    if log:
         ax.set_yscale("log")
+    if notes:
+        lo, hi = float(kept.min()), float(kept.max())
+        if log:
+            ax.set_ylim(lo / 2.0, hi * 3.0)
+        else:
+            pad = 0.08 * (hi - lo) + 1e-12
+            ax.set_ylim(lo - pad, hi + 2 * pad)
+        ax.text(0.99, 0.98, "off scale: " + "; ".join(notes), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, color="0.25", bbox=dict(facecolor="white", alpha=0.85, edgecolor="none", pad=1.5))
 
 
 def _log_if_wide(axis, set_scale, values: np.ndarray, ratio: float = 8.0) -> bool:
@@ -86,16 +112,16 @@ def training_curves(history: Sequence[dict], monitor: str = "val/psth_corr") -> 
     fig = new_figure(12, 8)
     axes = fig.subplots(2, 2)
     ax = axes[0, 0]
-    ys = []
+    xs, ys, names = [], [], []
     for key, label, style in (("train/loss", "train total", "-"), ("train/L_neuron", "train L_neuron", "--"),
                               ("val/L_neuron", "val L_neuron", "-")):
         x, y = _series(history, key)
         if x.size:
             ax.plot(x, y, style, lw=1.3, label=label)
-            ys.append(y)
-    _positive_log(ax, ys)
+            xs.append(x), ys.append(y), names.append(label)
+    _positive_log(ax, ys, xs, names)
     ax.set(xlabel="epoch", ylabel="loss", title="Train / validation loss")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="center right")
 
     ax = axes[0, 1]
     for key, label, color in ((monitor, "all neurons", "k"), ("val/psth_corr_E", "E neurons", E_COLOR),
@@ -123,13 +149,13 @@ def training_curves(history: Sequence[dict], monitor: str = "val/psth_corr") -> 
     ax.grid(alpha=0.3, which="both")
 
     ax = axes[1, 1]
-    ys = []
+    xs, ys, names = [], [], []
     for key in ("train/L_neuron", "train/L_trial", "train/L_reg", "train/L_activity", "train/balance_weight"):
         x, y = _series(history, key)
         if x.size and np.any(y != 0):
             ax.plot(x, y, lw=1.2, label=key.split("/")[1])
-            ys.append(y)
-    _positive_log(ax, ys)
+            xs.append(x), ys.append(y), names.append(key.split("/")[1])
+    _positive_log(ax, ys, xs, names)
     ax.set(xlabel="epoch", ylabel="value", title="Training loss terms (and L_trial balance weight)")
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: curves span the axes
     from matplotlib.ticker import MaxNLocator
@@ -202,17 +228,21 @@ def best_worst_neurons(psth_data: np.ndarray, psth_model: np.ndarray, corr: np.n
                 continue
             i = picks[col]
             exc = bool(is_excitatory[i])
-            ax.plot(t, psth_data[:, i], color=DATA_COLOR, lw=1.3, label="data")
-            ax.plot(t, psth_model[:, i], color=E_COLOR if exc else I_COLOR, lw=1.3, label="model")
+            ax.plot(t, psth_data[:, i], color=DATA_COLOR, lw=1.3)
+            ax.plot(t, psth_model[:, i], color=E_COLOR if exc else I_COLOR, lw=1.3)
             ax.set_title(f"{label} #{col + 1}: neuron {i} ({'E' if exc else 'I'}), r = {corr[i]:.2f}", fontsize=9)
             ax.set_xlabel("time from fixation onset (ms)" if time_ms is not None else "time bin", fontsize=8)
             if col == 0:
                 ax.set_ylabel("rate (sp/s)", fontsize=9)
             ax.tick_params(labelsize=7)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=8, frameon=False)
-    fig.suptitle("Validation PSTHs: best-fitted (top) and worst-fitted (bottom) neurons", fontsize=11)
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=DATA_COLOR, lw=1.5, label="data"),
+               Line2D([], [], color=E_COLOR, lw=1.5, label="model, E neuron"),
+               Line2D([], [], color=I_COLOR, lw=1.5, label="model, I neuron")]
+    fig.suptitle("Validation PSTHs (trial averages): best-fitted (top) and worst-fitted (bottom) neurons", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.96), ncol=3, fontsize=9, frameon=False)
     return fig
 
 
@@ -221,6 +251,29 @@ def _ei_order(exc: np.ndarray) -> tuple[np.ndarray, int]:
     exc = np.asarray(exc, bool)
     order = np.concatenate([np.flatnonzero(exc), np.flatnonzero(~exc)])
     return order, int(exc.sum())
+
+
+def _ei_block_labels(ax, n_e: int, n: int, which: str = "xy") -> None:
+    """Coloured "E (n)" / "I (n)" labels at the centre of each block of an E|I-sorted
+    heatmap, on the top edge (``x`` in ``which``) and the right edge (``y``)."""
+    centres, names = [(n_e - 1) / 2.0, n_e + (n - n_e - 1) / 2.0], [f"E ({n_e})", f"I ({n - n_e})"]
+    keep = [i for i, size in enumerate((n_e, n - n_e)) if size > 0]
+    pos, text = [centres[i] for i in keep], [names[i] for i in keep]
+    colors = [E_COLOR if i == 0 else I_COLOR for i in keep]
+    labels = []
+    if "x" in which:
+        sec = ax.secondary_xaxis("top")
+        sec.set_xticks(pos, text)
+        sec.tick_params(length=0, labelsize=9)
+        labels += list(zip(sec.get_xticklabels(), colors))
+    if "y" in which:
+        sec = ax.secondary_yaxis("right")
+        sec.set_yticks(pos, text, rotation=90, va="center")
+        sec.tick_params(length=0, labelsize=9)
+        labels += list(zip(sec.get_yticklabels(), colors))
+    for lab, color in labels:
+        lab.set_color(color)
+        lab.set_fontweight("bold")
 
 
 def _sym_limit(a: np.ndarray, q: float = 99.0) -> float:
@@ -246,23 +299,28 @@ def weight_matrices(W_rec: np.ndarray, W_in: np.ndarray, is_excitatory: np.ndarr
     for p in (n_e - 0.5,):
         ax.axhline(p, color="k", lw=1)
         ax.axvline(p, color="k", lw=1)
-    ax.set(xlabel=f"presynaptic unit (E: 0-{n_e - 1}, I: {n_e}-{len(exc) - 1})", ylabel="postsynaptic unit",
-           title=f"W_rec (Dale's law applied), {len(exc)} units sorted E | I")
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend="both")
+    ax.set(xlabel=f"presynaptic unit j (sorted: E 0-{n_e - 1}, I {n_e}-{len(exc) - 1})",
+           ylabel="postsynaptic unit i (sorted E | I)")
+    ax.set_title(f"W_rec[i, j] (Dale's law applied), {len(exc)} units", pad=22)
+    _ei_block_labels(ax, n_e, len(exc), "xy")
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.06, extend="both")
     cb.set_label("weight (per sp/s)")
     ax2 = fig.add_subplot(gs[0, 1])
     lim2 = _sym_limit(Win)
     im2 = ax2.imshow(Win, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim2, lim2), interpolation="nearest", aspect="auto")
     ax2.axhline(n_e - 0.5, color="k", lw=1)
+    _ei_block_labels(ax2, n_e, len(exc), "y")
     if input_labels is not None and len(input_labels) == Win.shape[1]:
         ax2.set_xticks(range(Win.shape[1]))
         ax2.set_xticklabels(input_labels, rotation=90, fontsize=7)
         ax2.set_xlabel("input channel")
     else:
         ax2.set_xlabel("input embedding dimension")
-    ax2.set(ylabel="unit (sorted E | I)", title="W_in")
-    cb2 = fig.colorbar(im2, ax=ax2, fraction=0.08, pad=0.03, extend="both")
-    cb2.set_label("weight")
+    ax2.set(ylabel="unit (sorted E | I)")
+    ax2.set_title("W_in (input weights)", pad=22)
+    cb2 = fig.colorbar(im2, ax=ax2, fraction=0.08, pad=0.1, extend="both")
+    cb2.set_label("weight (per unit of embedded input)")
+    fig.suptitle("Weights sorted E | I (colour limits: 99th percentile of |W|; arrows = beyond)", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -291,9 +349,12 @@ def attention_patterns(attention_mean: np.ndarray, time_ms: np.ndarray | None = 
     """Attention weights of the input embedding, averaged over validation trials.
 
     ``attention_mean`` ``[T, H, C]``, shown relative to uniform attention: ``C * w``
-    (1 = the head weighs every channel equally, 2 = twice its share). Left: time average
-    per head and channel (``[C, H]``). Right: each head over time (``[C, T]``).
+    (1 = the head weighs every channel equally, 2 = twice its share) on a log colour scale
+    symmetric about 1 (``LogNorm``-like: 1/2 and 2 are equally far from white). Left: time
+    average per head and channel (``[C, H]``). Right: each head over time (``[C, T]``).
     """
+    from matplotlib.colors import LogNorm
+
     A = np.asarray(attention_mean, float) * attention_mean.shape[-1]
     T, H, C = A.shape
     labels = list(channel_labels) if channel_labels is not None and len(channel_labels) == C else [str(c) for c in range(C)]
@@ -301,15 +362,18 @@ def attention_patterns(attention_mean: np.ndarray, time_ms: np.ndarray | None = 
     fig = new_figure(3.0 + 3.0 * H, 5.0)
     fig.set_layout_engine("constrained")
     axes = fig.subplots(1, H + 1, gridspec_kw={"width_ratios": [0.9] + [1.0] * H})
-    dev = float(np.nanmax(np.abs(A - 1.0))) if np.isfinite(A).any() else 1.0
-    dev = max(dev, 1e-3)
-    norm = TwoSlopeNorm(1.0, max(0.0, 1.0 - dev), 1.0 + dev)
+    pos = A[np.isfinite(A) & (A > 0)]
+    dev = float(np.max(np.abs(np.log(pos)))) if pos.size else 0.0
+    dev = max(dev, np.log(1.05))  # at least 1/1.05 .. 1.05
+    norm = LogNorm(np.exp(-dev), np.exp(dev))
+    A = np.clip(A, np.exp(-dev), None)  # exact zeros (masked channels) at the bottom of the scale
     ax = axes[0]
     im = ax.imshow(A.mean(0).T, aspect="auto", cmap="PuOr_r", norm=norm, interpolation="nearest")
     ax.set_yticks(range(C))
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xticks(range(H))
     ax.set_xticklabels([f"head {h}" for h in range(H)], fontsize=8, rotation=45)
+    ax.set_ylabel("task input channel")
     ax.set_title("time average", fontsize=10)
     for h in range(H):
         axh = axes[h + 1]
@@ -321,7 +385,14 @@ def attention_patterns(attention_mean: np.ndarray, time_ms: np.ndarray | None = 
         axh.set_title(f"head {h} over time", fontsize=10)
         axh.tick_params(axis="x", labelsize=7)
     cb = fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01)
-    cb.set_label("attention / uniform share (C x weight)")
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ticks = [v for v in (0.125, 0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 8.0)
+             if np.exp(-dev) <= v <= np.exp(dev)]
+    cb.ax.yaxis.set_major_locator(FixedLocator(ticks))
+    cb.ax.yaxis.set_minor_locator(NullLocator())
+    cb.ax.set_yticklabels([f"{v:g}" for v in ticks])
+    cb.set_label("attention / uniform share (C x weight, log scale)")
     fig.suptitle("Input attention: weight of each task channel per head, relative to uniform (validation trials)",
                  fontsize=11)
     return fig
@@ -371,7 +442,7 @@ def pca_state_space(pca_real: np.ndarray, pca_model: np.ndarray, explained_ratio
             ax.plot(arr[fin[-1], 0], arr[fin[-1], 1], "x", color=color, ms=8, mew=2)
     ax.set_title("all validation trials (o start, x end)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    xlab, ylab = f"PC1 ({100 * explained_ratio[0]:.1f}%)", f"PC2 ({100 * explained_ratio[1]:.1f}%)"
+    xlab, ylab = (f"PC{i + 1} projection (sp/s; {100 * explained_ratio[i]:.1f}% of data variance)" for i in (0, 1))
     ax.set(xlabel=xlab, ylabel=ylab)
     if groups_real is not None:
         G = groups_real.shape[0]
@@ -399,9 +470,10 @@ def pca_state_space(pca_real: np.ndarray, pca_model: np.ndarray, explained_ratio
 
 
 # --------------------------------------------------------------------- Fano
-def fano_comparison(fano_model: np.ndarray, fano_data: np.ndarray, is_excitatory: np.ndarray) -> Figure:
-    """Left: per-neuron Fano factor, model vs data (log-log, identity line). Right: the two
-    distributions side by side (log-spaced bins)."""
+def fano_comparison(fano_model: np.ndarray, fano_data: np.ndarray, is_excitatory: np.ndarray,
+                    bin_ms: float | None = None) -> Figure:
+    """Left: per-neuron Fano factor, model vs data (log-log when wide, identity line). Right:
+    the two distributions side by side. ``bin_ms``: the count window (labels only)."""
     fm, fd = np.asarray(fano_model, float), np.asarray(fano_data, float)
     exc = np.asarray(is_excitatory, bool)
     ok = np.isfinite(fm) & np.isfinite(fd) & (fm > 0) & (fd > 0)
@@ -423,7 +495,8 @@ def fano_comparison(fano_model: np.ndarray, fano_data: np.ndarray, is_excitatory
             _log_if_wide(ax.yaxis, ax.set_yscale, both, ratio=1.0)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-    ax.set(xlabel="Fano factor, data (spike counts)", ylabel="Fano factor, model (Poisson from rates)",
+    win = f"{bin_ms:g}-ms " if bin_ms else ""
+    ax.set(xlabel=f"Fano factor, data ({win}spike counts)", ylabel=f"Fano factor, model (Poisson {win}counts from rates)",
            title="Per-neuron Fano factor (validation trials)")
     ax.legend(fontsize=8, frameon=False)
     if ok.any():
@@ -440,7 +513,7 @@ def fano_comparison(fano_model: np.ndarray, fano_data: np.ndarray, is_excitatory
         ax2.axvline(1.0, color="0.7", ls=":", lw=1)
         if wide:
             _log_if_wide(ax2.xaxis, ax2.set_xscale, both, ratio=1.0)
-    ax2.set(xlabel="Fano factor", ylabel="neurons", title="Distributions, side by side")
+    ax2.set(xlabel=f"Fano factor ({win}counts, mean over bins)", ylabel="neurons", title="Distributions, side by side")
     ax2.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
