@@ -215,6 +215,9 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
     def f(v):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
+    def ep(rec):  # 1-based, like the progress bar, the epoch lines and training_report.md
+        return "n/a" if rec.get("epoch") is None else int(rec["epoch"]) + 1
+
     lines = [
         "=" * 72,
         "TRAINING INTERRUPTED" if summary.get("interrupted") else "TRAINING COMPLETE",
@@ -223,20 +226,21 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
     ]
     if monitor == "val/psth_corr" or "val/psth_corr" in best:
         lines += [
-            f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {best.get('epoch', 'n/a')}"
+            f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {ep(best)}"
             f"  (E {f(best.get('val/psth_corr_E'))}, I {f(best.get('val/psth_corr_I'))})",
             f"final val/psth_corr: {f(final.get('val/psth_corr'))}",
             f"best bits/spike:     {f(best.get('val/bits_per_spike'))}",
         ]
     if monitor != "val/psth_corr":
         lines += [
-            f"best {monitor}:  {f(best.get(monitor))} at epoch {best.get('epoch', 'n/a')}",
+            f"best {monitor}:  {f(best.get(monitor))} at epoch {ep(best)}",
             f"final {monitor}: {f(final.get(monitor))}",
         ]
     if "val/true_psth_corr" in best:
         lines.append(f"best corr with teacher's true rates: {f(best.get('val/true_psth_corr'))}")
     lines += [
-        f"training time:       {summary.get('train_time_s', 0):.1f} s",
+        f"training time:       {summary.get('train_time_s', 0):.1f} s"
+        + (f" ({summary['train_time_s'] / 60:.1f} min)" if summary.get("train_time_s", 0) >= 60 else ""),
         f"run folder:          {out_dir}",
         f"  metrics.json, checkpoints/, tensorboard/  ->  tensorboard --logdir {out_dir}",
     ]
