@@ -319,7 +319,8 @@ def weight_matrices(W_rec: np.ndarray, W_in: np.ndarray, is_excitatory: np.ndarr
     ax2.set(ylabel="unit (sorted E | I)")
     ax2.set_title("W_in (input weights)", pad=22)
     cb2 = fig.colorbar(im2, ax=ax2, fraction=0.08, pad=0.1, extend="both")
-    cb2.set_label("weight (per unit of embedded input)")
+    cb2.set_label("weight (per unit of input)" if input_labels is not None and len(input_labels) == Win.shape[1]
+                  else "weight (per unit of embedded input)")
     fig.suptitle("Weights sorted E | I (colour limits: 99th percentile of |W|; arrows = beyond)", fontsize=11)
     fig.tight_layout()
     return fig
