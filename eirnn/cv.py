@@ -101,7 +101,18 @@ def run_fold(cfg: DictConfig, fold: int, out: Path) -> Dict[str, Any]:
     if rule == "last":
         extra["model_best_ckpt"] = (fold_dir, "best")
     return evaluate_run(fold_dir, checkpoint=rule, baselines=[b for b in names if b in BASELINES],
-                        extra_runs=extra, ceiling_splits=int(cfg.cv.ceiling_splits), seed=int(cfg.cv.seed))
+                        extra_runs=extra, ceiling_splits=int(cfg.cv.ceiling_splits), seed=int(cfg.cv.seed),
+                        noise_draws=_noise_draws(cfg))
+
+
+def _noise_draws(cfg: DictConfig) -> int:
+    from eirnn.evaluate import DEFAULT_NOISE_DRAWS
+
+    n = cfg.cv.get("noise_draws", DEFAULT_NOISE_DRAWS)
+    n = DEFAULT_NOISE_DRAWS if n is None else int(n)
+    if n < 0:
+        raise UserError(f"cv.noise_draws must be >= 0, got {n}")
+    return n
 
 
 def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[str]) -> Dict[str, Any]:

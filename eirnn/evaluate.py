@@ -6,9 +6,11 @@ What it does (one run folder written by ``python -m eirnn.train``, or a fold of
 1. loads ``RUN_DIR/.hydra/config.yaml`` and rebuilds the data module, model and
    LightningModule with :func:`eirnn.train.build_datamodule` / ``build_model`` /
    ``build_module``; loads ``checkpoints/best.ckpt`` (``--checkpoint last|best|PATH``);
-2. runs the model on the run's validation trials with the module's fixed validation
-   noise seed (``module.val_seed``; the same draws as during training, so
-   ``psth_corr`` equals the logged best ``val/psth_corr``);
+2. runs the model on the run's validation trials: its *predicted rate* is the expected
+   rate given the trial's inputs (see "Predicted rates" below), and one noise draw with
+   the module's fixed validation seed (``module.val_seed``, the draw of training-time
+   validation, so ``psth_corr_sample`` equals the logged best ``val/psth_corr``) is kept
+   as a sample of the model's trial-to-trial variability;
 3. fits the baselines (:mod:`eirnn.baselines`) on the run's training trials and
    predicts the same validation trials;
 4. scores every predictor with :func:`score_prediction` and computes the noise ceiling
@@ -34,7 +36,24 @@ every per-neuron metric also as its mean over E and over I neurons, suffix ``_E`
                             factor 2 of the data's; ``fano_model_median`` /
                             ``fano_data_median``
 ``L_trial``                 the run's Sinkhorn trial-matching loss on the scored trials
+``*_sample``                ``psth_corr`` / ``bits_per_spike`` of the model's single noise
+                            draw (what training-time validation logs), models only
 ==========================  ===========================================================
+
+Predicted rates (defined here, once, for every predictor). A predictor's rate for trial
+``b`` is its expected rate given what is known before the trial's spikes are seen (its
+task inputs ``u_b`` and condition)::
+
+    lambda_b[t, n] = E_xi[ r_n(t; u_b, xi) ]  ~=  (1/S) sum_{s=1..S} r_n(t; u_b, xi_s)
+
+for a model with state noise ``xi`` (``S`` = ``noise_draws`` draws, seeds ``val_seed + s``;
+``S = 0``: the noise-free forward pass), and the prediction itself for the (deterministic)
+baselines. ``psth_corr``, the condition PSTH metrics and ``bits_per_spike`` score
+``lambda``; bits/spike is then the NLB log-likelihood of Poisson counts with mean
+``lambda dt`` (:func:`eirnn.metrics.bits_per_spike`), so the model's own noise is not
+scored as if it were a prediction. The Fano factor and ``L_trial``, which are about
+trial-to-trial *variability*, score one sample of the model (the validation-seed draw);
+a baseline's sample is its prediction.
 
 Sets: ``val`` (the run's validation trials). For a cross-validation fold whose filters
 removed trials, also ``val_all``: every trial of the fold as recorded, filtered ones
@@ -82,15 +101,19 @@ def _by_type(per_neuron: np.ndarray, exc: np.ndarray, name: str) -> Dict[str, fl
 
 
 def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
-                     trial_term=None) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+                     trial_term=None, sample: Optional[np.ndarray] = None
+                     ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """All metrics of one predictor (see the module docstring for their definitions).
 
     Args:
-        pred: ``[K, T, N]`` predicted rates (sp/s) for ``trials``.
+        pred: ``[K, T, N]`` predicted (expected) rates (sp/s) for ``trials``.
         trials: :class:`~eirnn.baselines.TrialSet` (recorded rates, mask, conditions).
         is_excitatory: bool ``[N]``.
         trial_term: optional callable ``(rates, target, mask) -> scalar tensor``
             (``FitObjective.trial_term``) for ``L_trial``.
+        sample: ``[K, T, N]`` one noise draw of a stochastic model (default ``pred``):
+            scored by the Fano factor and ``L_trial``, and as ``psth_corr_sample`` /
+            ``bits_per_spike_sample``.
 
     Returns:
         ``(summary {metric: float}, per_neuron {metric: [N]})``.
@@ -100,6 +123,10 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     pred = np.asarray(pred, dtype=np.float64)
     if pred.shape != trials.rates.shape:
         raise ValueError(f"prediction {pred.shape} does not match the trials {trials.rates.shape}")
+    has_sample = sample is not None
+    sample = pred if sample is None else np.asarray(sample, dtype=np.float64)
+    if sample.shape != pred.shape:
+        raise ValueError(f"sample {sample.shape} does not match the prediction {pred.shape}")
     exc = np.asarray(is_excitatory, dtype=bool)
     y, m, c, bs = trials.rates, trials.mask, trials.conditions, trials.bin_size_ms
     per = {
@@ -107,7 +134,7 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
         "condition_psth_corr": M.condition_psth_corr_per_neuron(pred, y, c, m),
         "condition_psth_r2": M.condition_psth_r2_per_neuron(pred, y, c, m),
         "bits_per_spike": M.bits_per_spike_per_neuron(pred, y, m, bin_size_ms=bs),
-        "fano_model": M.condition_fano_factor(pred, c, m, bin_size_ms=bs, poisson_model=True),
+        "fano_model": M.condition_fano_factor(sample, c, m, bin_size_ms=bs, poisson_model=True),
         "fano_data": M.condition_fano_factor(y, c, m, bin_size_ms=bs),
     }
     ok = np.isfinite(per["fano_model"]) & np.isfinite(per["fano_data"]) & (per["fano_model"] > 0) & (per["fano_data"] > 0)
@@ -125,12 +152,15 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     for k in ("fano_model", "fano_data"):
         v = per[k][np.isfinite(per[k])]
         out[f"{k}_median"] = float(np.median(v)) if v.size else float("nan")
+    if has_sample:
+        out["psth_corr_sample"] = M.psth_corr(sample, y, m)
+        out["bits_per_spike_sample"] = M.bits_per_spike(sample, y, m, bin_size_ms=bs)
     out["L_trial"] = float("nan")
     if trial_term is not None:
         import torch
 
         with torch.no_grad():
-            out["L_trial"] = float(trial_term(torch.as_tensor(pred, dtype=torch.float32),
+            out["L_trial"] = float(trial_term(torch.as_tensor(sample, dtype=torch.float32),
                                               torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(m)))
     return out, per
 
@@ -166,13 +196,15 @@ def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: i
 # --------------------------------------------------------------------------- running a model
 
 
-def predict_rates(module, tensors: Mapping[str, Any], batch_size: int = 0, seed: Optional[int] = None) -> np.ndarray:
-    """Run ``module.model`` on ``tensors["inputs"]`` as validation does -> ``[K, T, N]`` float64.
+def predict_rates(module, tensors: Mapping[str, Any], batch_size: int = 0, seed: Optional[int] = None,
+                  noise: bool = True) -> np.ndarray:
+    """Run ``module.model`` on ``tensors["inputs"]`` -> ``[K, T, N]`` float64 rates of the
+    recorded units: one noise draw (``noise=False``: the noise-free forward pass).
 
-    State noise on, drawn from one generator seeded with ``seed`` (default
+    The noise is drawn from one generator seeded with ``seed`` (default
     ``module.val_seed``) across the batches of
     :class:`~eirnn.data.datamodule.TrialBatchLoader` (``batch_size`` 0 = one batch), so
-    on the run's validation tensors this reproduces the logged validation metrics.
+    on the run's validation tensors the default reproduces the logged validation metrics.
     """
     import torch
 
@@ -186,9 +218,34 @@ def predict_rates(module, tensors: Mapping[str, Any], batch_size: int = 0, seed:
     out = []
     with torch.no_grad():
         for batch in TrialBatchLoader(dict(tensors), batch_size, shuffle=False):
-            r = model(batch["inputs"].to(device), noise=True, generator=gen).rates[..., : model.n_recorded]
+            r = model(batch["inputs"].to(device), noise=noise, generator=gen).rates[..., : model.n_recorded]
             out.append(r.float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
+
+
+#: Noise draws averaged into a model's predicted (expected) rate (module docstring).
+DEFAULT_NOISE_DRAWS = 10
+
+
+def predict_expected_rates(module, tensors: Mapping[str, Any], batch_size: int = 0,
+                           noise_draws: int = DEFAULT_NOISE_DRAWS) -> Tuple[np.ndarray, np.ndarray]:
+    """A model's predicted rate and one sample of it (see "Predicted rates" above).
+
+    Returns ``(expected, sample)``, both ``[K, T, N]``: ``expected`` = the mean of
+    ``noise_draws`` draws (seeds ``val_seed + s``, ``s = 0 .. S-1``; ``S = 0``: the
+    noise-free pass), ``sample`` = the ``val_seed`` draw (the one training-time validation
+    scores).
+    """
+    s = int(noise_draws)
+    if s < 0:
+        raise ValueError(f"noise_draws must be >= 0, got {noise_draws}")
+    sample = predict_rates(module, tensors, batch_size)
+    if s == 0:
+        return predict_rates(module, tensors, batch_size, noise=False), sample
+    total = sample.copy()
+    for k in range(1, s):
+        total += predict_rates(module, tensors, batch_size, seed=int(module.val_seed) + k)
+    return total / s, sample
 
 
 def _resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
@@ -267,7 +324,7 @@ def trial_term_from_config(loss_cfg: Mapping[str, Any] | None, bin_size_ms: floa
 
 def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = DEFAULT_BASELINES,
                      ceiling_splits: int = 50, seed: int = 0, baseline_kwargs: Optional[Mapping[str, dict]] = None,
-                     trial_term=None) -> Dict[str, Any]:
+                     trial_term=None, noise_draws: int = DEFAULT_NOISE_DRAWS) -> Dict[str, Any]:
     """Score trained modules and baselines on the validation trials of ``dm``.
 
     Args:
@@ -277,6 +334,7 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         baselines: names in :data:`eirnn.baselines.BASELINES`.
         ceiling_splits, seed: of the noise ceiling (and the baselines' inner folds).
         trial_term: ``L_trial`` callable for every predictor (default: the first module's).
+        noise_draws: draws averaged into a model's predicted rate (:func:`predict_expected_rates`).
 
     Returns:
         the ``evaluation.json`` dict (without run-specific fields).
@@ -305,11 +363,11 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
 
     result: Dict[str, Any] = {"sets": {}, "baselines": info, "train_fit": {}}
     for set_name, (trials, tensors) in sets.items():
-        preds = {name: predict_rates(mod, tensors, dm.batch_size) for name, mod in modules.items()}
-        preds.update({name: b.predict(trials) for name, b in fitted.items()})
+        preds = {name: predict_expected_rates(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
+        preds.update({name: (b.predict(trials), None) for name, b in fitted.items()})
         scores, per_neuron = {}, {}
-        for name, pred in preds.items():
-            scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term)
+        for name, (pred, sample) in preds.items():
+            scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term, sample=sample)
         ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials))
         result["sets"][set_name] = {
             "n_trials": trials.n_trials, "scores": scores, "ceiling": ceil,
@@ -318,9 +376,10 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
     from eirnn.metrics import psth_corr
 
     for name, mod in modules.items():
-        p = predict_rates(mod, dm.tensors("train"), dm.batch_size)
+        p, _ = predict_expected_rates(mod, dm.tensors("train"), dm.batch_size, min(int(noise_draws), 1))
         result["train_fit"][name] = {"psth_corr": psth_corr(p, train.rates, train.mask)}
     result["is_excitatory"] = exc.tolist()
+    result["noise_draws"] = int(noise_draws)
     return result
 
 
@@ -343,7 +402,8 @@ def data_info(dm) -> Dict[str, Any]:
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Sequence[str] = DEFAULT_BASELINES,
                  extra_runs: Optional[Mapping[str, str | Path]] = None, ceiling_splits: int = 50, seed: int = 0,
-                 write: bool = True, baseline_kwargs: Optional[Mapping[str, dict]] = None) -> Dict[str, Any]:
+                 write: bool = True, baseline_kwargs: Optional[Mapping[str, dict]] = None,
+                 noise_draws: int = DEFAULT_NOISE_DRAWS) -> Dict[str, Any]:
     """Evaluate one run folder (see the module docstring); returns the ``evaluation.json`` dict.
 
     ``extra_runs`` = ``{name: RUN_DIR or (RUN_DIR, checkpoint)}`` of other runs trained on
@@ -372,7 +432,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
         ock = _resolve_checkpoint(other, rule)
         modules[name], oep = load_module(ocfg, dm, ock)
         ckpts[name] = {"path": str(ock), "epoch": oep}
-    result = evaluate_modules(dm, modules, baselines, ceiling_splits, seed, baseline_kwargs)
+    result = evaluate_modules(dm, modules, baselines, ceiling_splits, seed, baseline_kwargs, noise_draws=noise_draws)
     result.update({"run_dir": str(run_dir), "checkpoints": ckpts, "checkpoint_rule": checkpoint, "data": data_info(dm)})
     metrics_json = run_dir / "metrics.json"
     if metrics_json.exists():
@@ -462,6 +522,9 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         title = {"val": "Validation trials", "val_all": "All recorded trials of the validation fold (filtered ones included)"}
         lines += ["", f"## {title.get(set_name, set_name)} (n = {s['n_trials']})", ""]
         lines += table_rows(s["scores"], s.get("ceiling"))
+    lines += ["", f"Models are scored on their expected rate given the trial's inputs (mean of "
+              f"{result.get('noise_draws', DEFAULT_NOISE_DRAWS)} noise draws; 0 = noise-free), the Fano factor and "
+              "L_trial on one draw."]
     lines += ["", "psth_corr: the lab's metric (PSTH over all scored trials). Conditions: location x identity x "
               "reward x salience. bits/spike: single-trial Poisson, vs each neuron's mean rate. Fano within 2x: "
               "fraction of neurons. Noise ceiling: split-half reliability of the scored trials with the "
@@ -521,6 +584,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                         help="also score another run trained on the same data (repeatable)")
     parser.add_argument("--ceiling-splits", type=int, default=50, help="random half splits of the noise ceiling")
     parser.add_argument("--seed", type=int, default=0, help="seed of the ceiling splits and baseline inner folds")
+    parser.add_argument("--noise-draws", type=int, default=DEFAULT_NOISE_DRAWS,
+                        help="noise draws averaged into a model's predicted rate (0: noise-free pass; default %(default)s)")
     args = parser.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = [b for b in args.baselines.split(",") if b.strip()]
@@ -539,7 +604,10 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         run_dir = Path(args.run_dir)
         if not run_dir.is_dir():
             raise EvaluationError(f"{run_dir}: no such run folder")
-        result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed)
+        if args.noise_draws < 0:
+            raise EvaluationError(f"--noise-draws must be >= 0, got {args.noise_draws}")
+        result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed,
+                              noise_draws=args.noise_draws)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
