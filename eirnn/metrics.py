@@ -218,6 +218,10 @@ def bits_per_spike(
         LL0  = sum_valid k log lam0 - lam0 - lgamma(k + 1)
         bits/spike = (LL - LL0) / (sum_valid k * ln 2)
 
+    ``model`` is the predictor's rate (sp/s) for each trial; :mod:`eirnn.evaluate` passes
+    every predictor's *expected* rate given the trial's inputs (for a model with state
+    noise, the mean over noise draws), so predictors are scored alike.
+
     Returns:
         float (NaN if there are no spikes).
     """
