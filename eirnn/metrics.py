@@ -34,6 +34,7 @@ __all__ = [
     "split_half_ceiling",
     "psth_noise_ceiling",
     "condition_fano_factor",
+    "count_windows",
     "fraction_within_factor",
     "mean_by_type",
 ]
@@ -549,26 +550,48 @@ def psth_noise_ceiling(
     }
 
 
+def count_windows(counts: np.ndarray, mask: np.ndarray, count_bins: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Sum ``[B, T, N]`` counts over consecutive non-overlapping windows of ``count_bins`` bins.
+
+    Window ``w`` covers bins ``w * count_bins .. (w + 1) * count_bins - 1`` (a last partial
+    window is dropped); it is valid for ``(b, n)`` only when all of its bins are. Returns
+    ``(window_counts [B, W, N], window_valid [B, W, N])``; ``count_bins = 1`` returns the inputs.
+    """
+    k = int(count_bins)
+    if k < 1:
+        raise ValueError(f"count_bins must be >= 1, got {count_bins}")
+    if k == 1:
+        return counts, mask
+    b, t, n = counts.shape
+    w = t // k
+    c = np.where(mask, counts, 0.0)[:, : w * k].reshape(b, w, k, n).sum(axis=2)
+    v = mask[:, : w * k].reshape(b, w, k, n).all(axis=2)
+    return c, v
+
+
 def condition_fano_factor(
     rates: Any,
     conditions: Any,
     mask: Any = None,
     bin_size_ms: float = 25.0,
     poisson_model: bool = False,
+    count_bins: int = 1,
 ) -> np.ndarray:
     """Per-neuron Fano factor of spike counts across the trials of each condition.
 
-    Counts ``c = rates * dt``. For each condition ``k`` and ``(t, n)`` with ``>= 2``
-    valid trials of ``k`` and a positive mean count::
+    Counts ``c = rates * dt`` summed over windows of ``count_bins`` bins
+    (:func:`count_windows`; 1 = single bins). For each condition ``k`` and window ``(w, n)``
+    with ``>= 2`` valid trials of ``k`` and a positive mean count::
 
-        data:            F[k, t, n] = var_b(c) / mean_b(c)                 (ddof = 1)
-        poisson_model:   F[k, t, n] = (var_b(c) + mean_b(c)) / mean_b(c)   (rates are
+        data:            F[k, w, n] = var_b(c) / mean_b(c)                 (ddof = 1)
+        poisson_model:   F[k, w, n] = (var_b(c) + mean_b(c)) / mean_b(c)   (rates are
                          Poisson intensities: law of total variance, as in
-                         :func:`model_fano_factor`)
+                         :func:`model_fano_factor`; a window's count is Poisson with the
+                         summed intensity)
 
-    ``F_n`` = mean of ``F[k, t, n]`` over those ``(k, t)``. Within-condition (not across
+    ``F_n`` = mean of ``F[k, w, n]`` over those ``(k, w)``. Within-condition (not across
     all trials) so that condition differences in the mean are not counted as
-    variability. NaN where no ``(k, t)`` qualifies.
+    variability. NaN where no ``(k, w)`` qualifies.
 
     Returns:
         ``[N]`` float array.
@@ -577,7 +600,7 @@ def condition_fano_factor(
     cond = _np(conditions, dtype=None).reshape(-1)
     if cond.shape[0] != x.shape[0]:
         raise ValueError(f"conditions has {cond.shape[0]} entries for {x.shape[0]} trials")
-    c = x * (bin_size_ms / 1000.0)
+    c, m = count_windows(x * (bin_size_ms / 1000.0), m, count_bins)
     total = np.zeros(x.shape[2])
     count = np.zeros(x.shape[2])
     for k in np.unique(cond):

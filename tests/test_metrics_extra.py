@@ -108,6 +108,34 @@ def test_condition_fano_factor_against_numpy():
         assert ffm[n] == pytest.approx(np.mean(vals_m))
 
 
+def test_condition_fano_factor_count_windows_against_numpy():
+    """count_bins=k: counts summed over non-overlapping k-bin windows (a partial last window
+    dropped; a window with a masked bin invalid), then the same within-condition formula."""
+    rng = np.random.default_rng(7)
+    counts = rng.poisson(1.5, (8, 7, 2)).astype(float)
+    mask = np.ones(counts.shape, bool)
+    mask[0, 1, 0] = False  # invalidates window 0 of trial 0, neuron 0
+    cond = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    ff = M.condition_fano_factor(counts / DT, cond, mask, bin_size_ms=25.0, count_bins=3)
+    for n in range(2):
+        vals = []
+        for c in (0, 1):
+            for w in range(2):  # bins 0-2 and 3-5; bin 6 dropped
+                rows = [b for b in np.flatnonzero(cond == c) if mask[b, 3 * w:3 * w + 3, n].all()]
+                x = counts[rows, 3 * w:3 * w + 3, n].sum(axis=1)
+                if len(x) >= 2 and x.mean() > 0:
+                    vals.append(np.var(x, ddof=1) / x.mean())
+        assert ff[n] == pytest.approx(np.mean(vals))
+    wc, wv = M.count_windows(counts, mask, 3)
+    assert wc.shape == (8, 2, 2) and not wv[0, 0, 0] and wv[0, 0, 1]
+    assert wc[2, 1, 1] == counts[2, 3:6, 1].sum()
+    with pytest.raises(ValueError):
+        M.count_windows(counts, mask, 0)
+    # a Poisson rate model: the window count is Poisson with the summed rate -> F = 1 exactly
+    lam = np.full((6, 8, 1), 4.0)
+    np.testing.assert_allclose(M.condition_fano_factor(lam, np.zeros(6), count_bins=4, poisson_model=True), 1.0)
+
+
 def test_condition_fano_factor_poisson_is_one_and_ignores_condition_means():
     rng = np.random.default_rng(6)
     cond = np.repeat(np.arange(4), 150)
