@@ -23,6 +23,13 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
     return format(v, spec)
 
 
+def _fmt_term(v: float | None) -> str:
+    """A loss term for the console: fixed point, or scientific when fixed point would hide it."""
+    if v is not None and not (isinstance(v, float) and math.isnan(v)) and v != 0 and not 1e-3 <= abs(v) < 1e5:
+        return format(v, ".3e")
+    return _fmt(v)
+
+
 class EpochProgressBar(ProgressBar):
     """One progress bar over epochs, a short line every ``print_every`` epochs.
 
@@ -73,11 +80,12 @@ class EpochProgressBar(ProgressBar):
         epoch = trainer.current_epoch + 1
         if self.print_every > 0 and epoch % self.print_every == 0:
             terms = " | ".join(
-                f"{k.split('/')[-1]} {_fmt(v)}" for k, v in rec.items() if k.startswith("train/") and k != "train/loss"
+                f"{k.split('/')[-1]} {_fmt_term(v)}" for k, v in rec.items() if k.startswith("train/") and k != "train/loss"
             )
             self._bar.write(
-                f"Epoch {epoch:4d} | train_loss {_fmt(rec.get('train/loss'))} | {terms} | {self.short} "
-                f"{_fmt(rec.get(self.monitor))} | lr {_fmt(rec.get('lr'), '.1e')} | {time.perf_counter() - self._t0:.1f}s",
+                f"Epoch {epoch:4d} | train_loss {_fmt_term(rec.get('train/loss'))} | {terms} | {self.short} "
+                f"{_fmt(rec.get(self.monitor))} | lr {_fmt(rec.get('lr'), '.1e')} | "
+                f"elapsed {time.perf_counter() - self._t0:.1f}s",
                 file=sys.stdout,
             )
 

@@ -158,8 +158,9 @@ class FitModule(L.LightningModule):
             if k in stats:
                 log[f"balance/{k.replace('main', 'neuron').replace('aux', 'trial')}"] = stats[k]
         self.log_dict(log, on_step=False, on_epoch=True, batch_size=bs)
-        for k, v in log.items():  # epoch means for the history (no host sync here)
-            self._train_sums[k] = self._train_sums.get(k, 0.0) + v
+        for k, v in log.items():  # epoch means for the history (no host sync here); float64 so that
+            # one huge step (a transient blow-up) does not swallow the later ones in round-off
+            self._train_sums[k] = self._train_sums.get(k, 0.0) + v.double()
         self._train_count += 1
 
     def on_train_epoch_start(self) -> None:
