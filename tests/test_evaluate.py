@@ -37,11 +37,14 @@ def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
     logged = json.loads((run_dir / "metrics.json").read_text())["best"]
     val = res["sets"]["val"]
     model = val["scores"]["model"]
-    # same trials, same checkpoint, same validation noise seed -> the same number
-    assert model["psth_corr"] == pytest.approx(logged["val/psth_corr"], abs=1e-5)
-    assert model["psth_corr_E"] == pytest.approx(logged["val/psth_corr_E"], abs=1e-5)
-    assert model["bits_per_spike"] == pytest.approx(logged["val/bits_per_spike"], abs=1e-4)
+    # same trials, same checkpoint, same validation noise seed -> the same number for the sample
+    assert model["psth_corr_sample"] == pytest.approx(logged["val/psth_corr"], abs=1e-5)
+    assert model["bits_per_spike_sample"] == pytest.approx(logged["val/bits_per_spike"], abs=1e-4)
     assert model["L_trial"] == pytest.approx(logged["val/L_trial"], rel=1e-3)
+    # the predicted rate is the mean over noise draws: close to, but not the same as, one draw
+    assert model["psth_corr"] == pytest.approx(logged["val/psth_corr"], abs=0.05)
+    assert model["psth_corr"] != model["psth_corr_sample"]
+    assert res["noise_draws"] == 10
     assert set(val["scores"]) == {"model", "train_mean", "condition_mean", "glm"}
     for name, s in val["scores"].items():
         for k in ("psth_corr", "psth_corr_E", "psth_corr_I", "condition_psth_corr", "condition_psth_r2",
@@ -72,6 +75,27 @@ def test_last_checkpoint_and_compare(run_dir):
     assert set(s) == {"model", "again"}
     assert res["checkpoints"]["model"]["path"].endswith("last.ckpt")
     assert res["checkpoints"]["again"]["path"].endswith("best.ckpt")
+
+
+def test_predicted_rate_is_the_mean_over_noise_draws(run_dir):
+    """predict_expected_rates: S draws with seeds val_seed + s, averaged; S = 0 is the noise-free
+    pass; the sample is the val_seed draw."""
+    from eirnn.evaluate import load_config, load_module, predict_expected_rates, predict_rates
+    from eirnn.train import build_datamodule
+
+    cfg = load_config(run_dir)
+    dm = build_datamodule(cfg)
+    module, _ = load_module(cfg, dm, run_dir / "checkpoints" / "last.ckpt")
+    val = dm.tensors("val")
+    draws = [predict_rates(module, val, seed=module.val_seed + k) for k in range(3)]
+    mean, sample = predict_expected_rates(module, val, noise_draws=3)
+    np.testing.assert_allclose(mean, np.mean(draws, axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(sample, draws[0])
+    assert not np.allclose(draws[0], draws[1])  # the noise is real
+    free, _ = predict_expected_rates(module, val, noise_draws=0)
+    np.testing.assert_array_equal(free, predict_rates(module, val, noise=False))
+    with pytest.raises(ValueError):
+        predict_expected_rates(module, val, noise_draws=-1)
 
 
 def test_score_prediction_perfect_and_by_type():
@@ -108,35 +132,84 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     assert "unknown" in capsys.readouterr().err
 
 
+def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
+    """data=sc_mat alone selects the real-data training defaults (conf/loss/sc_mat.yaml,
+    conf/trainer/sc_mat.yaml); experiment=sc_default is the same configuration; the
+    command line still wins; the synthetic default keeps the package defaults."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    want = yaml.safe_load((REPO / "conf" / "loss" / "sc_mat.yaml").read_text())["neuron"]
+    epochs = yaml.safe_load((REPO / "conf" / "trainer" / "sc_mat.yaml").read_text())["max_epochs"]
+    real = compose(["data=sc_mat", "data.path=/x.mat"], tmp_path)
+    for key, value in want.items():
+        assert real.loss.neuron[key] == value, key
+    assert real.trainer.max_epochs == epochs and real.loss.trial.enabled
+    alias = compose(["experiment=sc_default", "data.path=/x.mat"], tmp_path)
+    drop = ("task_name", "hydra", "paths")
+    plain = lambda c: {k: v for k, v in OmegaConf.to_container(c).items() if k not in drop}  # noqa: E731
+    assert plain(alias) == plain(real)
+    cli = compose(["data=sc_mat", "data.path=/x.mat", "loss.neuron.kind=correlation", "trainer.max_epochs=7"], tmp_path)
+    assert cli.loss.neuron.kind == "correlation" and cli.trainer.max_epochs == 7
+    other = compose(["data=sc_mat", "data.path=/x.mat", "loss=poisson_neuron"], tmp_path)
+    assert other.loss.neuron.kind == "poisson"
+    syn = compose([], tmp_path)
+    default_loss = yaml.safe_load((REPO / "conf" / "loss" / "default.yaml").read_text())["neuron"]
+    assert syn.loss.neuron.kind == default_loss["kind"] and syn.data.path is None
+    assert syn.trainer.max_epochs == yaml.safe_load((REPO / "conf" / "trainer" / "default.yaml").read_text())["max_epochs"]
+
+
+def _export_without_eye(session, path):
+    """A v7.3 export whose eye channels are absent (the datasets deleted)."""
+    import h5py
+
+    from eirnn.data import save_mat
+
+    save_mat(session, path, version="7.3")
+    with h5py.File(path, "a") as f:
+        del f["input_eye_x"], f["input_eye_y"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["v73_zero_eye", "v5_other_shapes"])
+@pytest.mark.parametrize("variant", ["v73_zero_eye", "v73_no_eye_other_shapes", "v5_other_shapes"])
 def test_real_data_config_runs_unchanged_on_other_exports(compose, tmp_path, variant):
-    """data=sc_mat (with its filters) + experiment=sc_default load, train and evaluate on
-    exports with other trial / bin / neuron counts and absent or all-zero eye data."""
+    """The default real-data configuration (data=sc_mat, its filters and training defaults,
+    nothing else) loads, trains and evaluates unchanged on exports with other trial / bin /
+    neuron counts and absent or all-zero eye data."""
     import dataclasses
 
-    from eirnn.data import make_synthetic_session, save_mat
+    from eirnn.data import load_session, make_synthetic_session, save_mat
     from eirnn.train import train
 
+    path = tmp_path / f"{variant}.mat"
     if variant == "v73_zero_eye":
         s = make_synthetic_session(seed=5, n_trials=70, n_time=36, n_exc=5, n_inh=2, n_hidden_exc=4, n_hidden_inh=2)
         s = dataclasses.replace(s, eye_raw=np.zeros_like(s.eye_raw), eye_norm=None)
-        version = "7.3"
+        save_mat(s, path, version="7.3")
+    elif variant == "v73_no_eye_other_shapes":
+        s = make_synthetic_session(seed=7, n_trials=64, n_time=44, n_exc=2, n_inh=3, n_hidden_exc=3, n_hidden_inh=2,
+                                   bin_size_ms=50.0)
+        _export_without_eye(s, path)
     else:
         s = make_synthetic_session(seed=6, n_trials=90, n_time=50, n_exc=3, n_inh=4, n_hidden_exc=3, n_hidden_inh=2,
                                    bin_size_ms=20.0)
-        version = "5"
-    path = tmp_path / f"{variant}.mat"
-    save_mat(s, path, version=version)
+        save_mat(s, path, version="5")
+    from eirnn.data.session import INPUT_CHANNELS
+
+    loaded = load_session(path)
+    eye = loaded.inputs[..., [INPUT_CHANNELS.index("eye_x"), INPUT_CHANNELS.index("eye_y")]]
+    if variant != "v5_other_shapes":  # absent or all-zero eye data -> exact zeros, never NaN
+        assert np.array_equal(eye, np.zeros_like(eye))
     out = tmp_path / "run"
-    cfg = compose(["data=sc_mat", f"data.path={path}", "experiment=sc_default", "trainer.max_epochs=2",
-                   "logger=none", "callbacks.figures=null"], out)
+    cfg = compose(["data=sc_mat", f"data.path={path}", "trainer.max_epochs=2", "logger=none",
+                   "callbacks.figures=null"], out)
     from omegaconf import OmegaConf
 
     (out / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
     summary = train(cfg)
     assert summary["epochs_trained"] == 2
-    res = evaluate_run(out, baselines=("train_mean",), ceiling_splits=2)
+    res = evaluate_run(out, baselines=("train_mean",), ceiling_splits=2, noise_draws=2)
     assert res["data"]["n_neurons"] == s.n_neurons and res["data"]["n_trials_loaded"] == s.n_trials
     assert np.isfinite(res["sets"]["val"]["scores"]["model"]["psth_corr"])
+    assert np.isfinite(res["sets"]["val"]["scores"]["model"]["bits_per_spike"])
