@@ -58,7 +58,7 @@ DEFAULT_SESSION = REPO.parent / "shared" / "data" / "rnn_export_Newton_08_14_202
 # The lab's best configuration, one full-batch step per epoch (the package default is now 32
 # trials per step; the timings in experiments/speed.md are full-batch epochs): + loss defaults
 # (Sinkhorn, param balancing). --override data.batch_size=32 times the default instead.
-BEST = ["model.input_embedding=attention", "model.learnable_h0=true", "data.batch_size=0"]
+BEST = ["loss=default", "model.input_embedding=attention", "model.learnable_h0=true", "data.batch_size=0"]
 SYNTH_SAME_SHAPE = ["data=synthetic", "data.synthetic.n_trials=538", "+data.synthetic.n_exc=31",
                     "+data.synthetic.n_inh=10", "+data.synthetic.n_time=219"]
 SMOKE = ["data=synthetic", "data.synthetic.n_trials=40", "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2",
@@ -413,7 +413,8 @@ def _rows_b(fit: Fit, table: Table, rows: set[str], repeats: int):
         grad_out = torch.randn(inp.shape, generator=g)
 
         def kernel():
-            r, _ = FusedRecurrence.apply(*args, False)
+            x, w, dec, sc, bs, h = args
+            r, _ = FusedRecurrence.apply(x, None, None, None, w, dec, sc, bs, h, False, True)
             torch.autograd.grad(r, args, grad_out)
 
         def loop():

@@ -89,7 +89,7 @@ def test_fused_recurrence_only_requested_gradients():
 
 def test_fused_recurrence_is_one_autograd_node():
     inp, w_t, decay, scale, base, h0 = _rec_args(2, 50, 3)
-    r, _ = recurrence(inp, w_t, decay, scale, base, h0, time_major=True)
+    r, _ = recurrence(inp, w_t, decay, scale, base, h0, time_major=True)  # the node's own output
     assert type(r.grad_fn).__name__ == "FusedRecurrenceBackward"
     assert FusedRecurrence is not None
 

@@ -212,31 +212,35 @@ class EIRNN(nn.Module):
         w_t = (self.W_rec * alpha[:, None]).T  # r @ w_t == alpha * (W_rec r)
         scale, base = self.rate_scale, self.rate_baseline
         if self.recurrence_impl == "fused":
-            # Time-major drive [T, B, n] in one product: alpha * (W_in e + b) = e (alpha W_in)^T + alpha b.
+            # The drive alpha * (W_in e + b) = e (alpha W_in)^T + alpha b, time-major [T, B, n] or, for
+            # an input tensor seen before, once per distinct input row [U, n] with the row index inv [T, B].
             T = u.shape[1]
             u_tm = u.transpose(0, 1).contiguous()  # [T, B, C]
             w_in_t = (self.W_in * alpha[:, None]).T  # [d, n]
+            rows = u_tm.view(T * B, -1)
+            inv = None
             if hasattr(self.embedding, "pool_factors"):  # attention: W_in folded into the value maps
                 qa, qb, vab = self.embedding.pool_factors()
-                rows = u_tm.view(T * B, -1)
                 seen = self._repeated_inputs.lookup(rows, u)  # same tensor as before: its distinct rows
-                if seen is None:
-                    inp = attention_pool(rows, qa, qb, vab @ w_in_t, alpha * self.bias)
-                else:  # identical values, evaluated once per distinct input row
-                    uniq, inverse = seen
-                    inp = attention_pool(uniq, qa, qb, vab @ w_in_t, alpha * self.bias).index_select(0, inverse)
-                inp = inp.view(T, B, self.n_units)
+                if seen is not None:
+                    rows, inv = seen[0], seen[1].view(T, B)
+                drive = attention_pool(rows, qa, qb, vab @ w_in_t, alpha * self.bias)
             else:
-                e = self.embedding(u_tm)  # [T, B, d]
-                inp = torch.addmm(alpha * self.bias, e.reshape(T * B, -1), w_in_t).view(T, B, self.n_units)
+                drive = torch.addmm(alpha * self.bias, self.embedding(rows), w_in_t)
+            if inv is None:
+                drive = drive.view(T, B, self.n_units)
+            xi = coef = None
             if noise and self.noise_scale > 0:
                 # drawn [B, T, n] as in the autograd path: same noise for the same generator state
-                xi = self._noise(noise_sample, (B, T, self.n_units), generator, inp)
-                inp = torch.addcmul(inp, xi.transpose(0, 1), self.noise_scale * alpha.sqrt())
+                xi = self._noise(noise_sample, (B, T, self.n_units), generator, drive)
+                coef = self.noise_scale * alpha.sqrt()
+            h0 = self.h0.to(drive.dtype)
+            need = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (drive, w_t, decay, scale, base, h0, coef))
             rates_tm, states_tm = FusedRecurrence.apply(
-                inp, w_t, decay, scale, base, self.h0.to(inp.dtype), bool(return_states)
-            )
-            rates_t = rates_tm.transpose(0, 1)  # [B, T, n] view of time-major storage
+                drive, inv, xi, coef, w_t, decay, scale, base, h0, bool(return_states), need
+            )  # time-major [T, B, n]
+            rates_t = rates_tm.transpose(0, 1)  # [B, T, n] views
             states_t = None if states_tm is None else states_tm.transpose(0, 1)
         else:
             # Everything that does not depend on the state is computed before the loop.

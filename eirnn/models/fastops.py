@@ -15,16 +15,35 @@ Backward (``ge = dL/de``)::
     dqa  = sum_n g_s * u,   dqb = sum_n g_s,   dvab = [w * u | w]^T @ ge
     du   = sum_h (g_s * qa + g_wu * w)
 
-PyTorch's generic softmax over a last dimension of ~14 entries is slow on CPU (a few
-times slower than ``exp`` of the same tensor); here it is computed in place in a few
-vectorised passes, and the two value products are one matrix product.
+The element-wise work is done channel-major, on ``[H, C, N]`` arrays with the ``N`` time
+points contiguous: PyTorch's softmax and reductions over a last dimension of ~14 channels
+are slow on CPU (a few times slower than ``exp`` of the same tensor), whereas reductions
+over ``C`` of ``[H, C, N]`` run along contiguous rows of ``N`` values. The two value
+products are one matrix product ``[2HC, N]^T @ [2HC, d]``. :func:`attention_pool_vjp` runs
+the backward for several cotangents of the same forward at once (``dvab`` for all of them
+in one product; used by the parameter-space balancer, see
+:func:`eirnn.models.recurrence.output_vjp`).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionPool", "attention_pool"]
+__all__ = ["AttentionPool", "attention_pool", "attention_pool_vjp", "attention_node"]
+
+
+def _bc(t: Tensor, shape) -> Tensor:
+    return t.expand(shape)  # explicit expand: faster element-wise kernels than implicit broadcasting
+
+
+def _sum_channels(x: Tensor) -> Tensor:
+    """``x.sum(1, keepdim=True)`` for ``[H, C, N]``, summed in channel order for every ``n`` (so a
+    time point's value does not depend on ``N`` or its position: the drive of a repeated input row
+    is bitwise the same whether evaluated once or in place)."""
+    out = x[:, 0].clone()
+    for c in range(1, x.shape[1]):
+        out.add_(x[:, c])
+    return out.unsqueeze(1)
 
 
 class AttentionPool(torch.autograd.Function):
@@ -34,47 +53,93 @@ class AttentionPool(torch.autograd.Function):
     def forward(ctx, u, qa, qb, vab, bias=None):
         N, C = u.shape
         H = qa.shape[0]
+        shp = (H, C, N)
         with torch.no_grad():
-            ww = u.new_empty((N, 2, H, C))  # [:, 0] = w * u, [:, 1] = w
-            ub = u.unsqueeze(1)  # [N, 1, C]
-            w = ww[:, 1]
-            torch.mul(ub, qa, out=w)
-            w.add_(qb)
-            w.sub_(w.amax(-1, keepdim=True))
+            ut = u.t().contiguous()  # [C, N]
+            ww = u.new_empty((2, H, C, N))  # [0] = w * u, [1] = w (channel-major)
+            w = ww[1]
+            torch.mul(_bc(ut.unsqueeze(0), shp), _bc(qa.unsqueeze(-1), shp), out=w)
+            w.add_(_bc(qb.unsqueeze(-1), shp))
+            w.sub_(_bc(w.amax(1, keepdim=True), shp))
             w.exp_()
-            w.div_(w.sum(-1, keepdim=True))
-            torch.mul(w, ub, out=ww[:, 0])
-            wwf = ww.view(N, 2 * H * C)
-            e = wwf @ vab if bias is None else torch.addmm(bias, wwf, vab)
-        ctx.save_for_backward(u, ww, vab, qa)
+            w.div_(_bc(_sum_channels(w), shp))
+            torch.mul(w, _bc(ut.unsqueeze(0), shp), out=ww[0])
+            wwf = ww.view(2 * H * C, N)
+            e = wwf.t() @ vab if bias is None else torch.addmm(bias, wwf.t(), vab)
+        ctx.save_for_backward(ut, ww, vab, qa)
+        ctx.has_bias = bias is not None
+        ctx.vjp_inputs = (u, qa, qb, vab, bias)  # for attention_pool_vjp
         return e
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, ge):
-        u, ww, vab, qa = ctx.saved_tensors
-        N, _, H, C = ww.shape
-        need_u, need_qa, need_qb, need_vab = ctx.needs_input_grad[:4]
-        has_bias = len(ctx.needs_input_grad) > 4
-        need_bias = has_bias and ctx.needs_input_grad[4]
-        g_vab = ww.view(N, 2 * H * C).t() @ ge if need_vab else None
-        g_u = g_qa = g_qb = None
-        if need_u or need_qa or need_qb:
-            gww = (ge @ vab.t()).view(N, 2, H, C)
-            ub = u.unsqueeze(1)
-            w = ww[:, 1]
-            g_wu = gww[:, 0]
-            if need_u:
-                g_u = (g_wu * w).sum(1)  # the direct path u -> w * u
-            g_w = gww[:, 1].addcmul_(g_wu, ub)  # dL/dw (in place in gww)
-            g_s = g_w.sub_((g_w * w).sum(-1, keepdim=True)).mul_(w)
-            g_qb = g_s.sum(0) if need_qb else None
-            g_qa = (g_s * ub).sum(0) if need_qa else None
-            if need_u:
-                g_u.add_((g_s * qa).sum(1))  # the path u -> s
-        if not has_bias:
-            return g_u, g_qa, g_qb, g_vab
-        return g_u, g_qa, g_qb, g_vab, (ge.sum(0) if need_bias else None)
+        needs = tuple(ctx.needs_input_grad[:4]) + (ctx.has_bias and ctx.needs_input_grad[4],)
+        grads = _backward(ctx.saved_tensors, ge.unsqueeze(1), needs)
+        out = tuple(None if g is None else g[0] for g in grads)
+        return out[: len(ctx.needs_input_grad)]
+
+
+def _backward(saved, ge: Tensor, needs) -> list[Tensor | None]:
+    """Gradients for ``K`` cotangents ``ge`` ``[N, K, d]`` (any strides): per input of the forward,
+    a tensor with a leading ``K`` axis (``None`` when not needed)."""
+    ut, ww, vab, qa = saved
+    _, H, C, N = ww.shape
+    K, d = ge.shape[1], ge.shape[2]
+    need_u, need_qa, need_qb, need_vab, need_bias = needs
+    shp = (H, C, N)
+    wwf = ww.view(2 * H * C, N)
+    g_u = g_qa = g_qb = g_vab = g_bias = None
+    if need_vab:  # [2HC, N] @ [N, K d]: every cotangent in one product
+        gef = ge.reshape(N, K * d)
+        g_vab = (wwf @ gef).view(2 * H * C, K, d).transpose(0, 1)
+    if need_bias:
+        g_bias = ge.sum(0)
+    if need_u or need_qa or need_qb:
+        w = ww[1]
+        ub = _bc(ut.unsqueeze(0), shp)
+        lists = {"u": [], "qa": [], "qb": []}
+        for k in range(K):
+            gww = torch.mm(vab, ge[:, k].t()).view(2, H, C, N)
+            g_wu = gww[0]
+            g_w = gww[1].addcmul_(g_wu, ub)  # dL/dw
+            g_s = g_w.sub_(_bc((g_w * w).sum(1, keepdim=True), shp)).mul_(w)
+            if need_qb:
+                lists["qb"].append(g_s.sum(-1))
+            if need_qa:
+                lists["qa"].append(torch.bmm(g_s.transpose(0, 1), ut.unsqueeze(-1)).squeeze(-1).t())  # sum_n g_s * u
+            if need_u:  # sum_h (g_s * qa + g_wu * w); g_wu still holds dL/d(w u)
+                gu = (g_wu.mul_(w).add_(g_s.mul_(_bc(qa.unsqueeze(-1), shp)))).sum(0)  # [C, N]
+                lists["u"].append(gu.t())
+        g_u = torch.stack(lists["u"]) if need_u else None
+        g_qa = torch.stack(lists["qa"]) if need_qa else None
+        g_qb = torch.stack(lists["qb"]) if need_qb else None
+    return [g_u, g_qa, g_qb, g_vab, g_bias]
+
+
+def attention_node(e: Tensor):
+    """The :class:`AttentionPool` node whose output ``e`` is (directly or through one ``view``), else ``None``."""
+    node = e.grad_fn
+    if node is not None and type(node).__name__ == "ViewBackward0":
+        node = node.next_functions[0][0]
+    if node is None or type(node).__name__ != "AttentionPoolBackward" or not hasattr(node, "vjp_inputs"):
+        return None
+    return node
+
+
+def attention_pool_vjp(node, ge: Tensor):
+    """Backward of :class:`AttentionPool` for ``K`` cotangents at once.
+
+    ``node``: the forward's autograd node (:func:`attention_node`); ``ge`` ``[N, K, d]`` (any
+    strides). Returns ``(inputs, grads)``: the forward's inputs that need a gradient and, per
+    cotangent, the list of their gradients.
+    """
+    tensors = node.vjp_inputs
+    needs = tuple(bool(t is not None and t.requires_grad) for t in tensors)
+    with torch.no_grad():
+        grads = _backward(node.saved_tensors, ge, needs)
+    names = [i for i, g in enumerate(grads) if g is not None]
+    return [tensors[i] for i in names], [[grads[i][k] for i in names] for k in range(ge.shape[1])]
 
 
 def attention_pool(u: Tensor, qa: Tensor, qb: Tensor, vab: Tensor, bias: Tensor | None = None) -> Tensor:

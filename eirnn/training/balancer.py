@@ -11,8 +11,15 @@ through the norms). ``L_extra`` (weight and activity regularisation) is added un
 
 Modes (``loss.balance.mode``):
 
-* ``param``  -- norms of the gradients w.r.t. the *parameters* (seed 001). Needs one
-  backward pass through the recurrence per loss (two in all).
+* ``param``  -- norms of the gradients w.r.t. the *parameters* (seed 001). Needs the
+  gradient of each loss separately. When ``outputs`` (the tensor both losses are computed
+  from) is the rates of a fused recurrence (:class:`~eirnn.models.recurrence.FusedRecurrence`)
+  or a view of them, both vector-Jacobian products go through the recurrence in ONE reverse
+  sweep carrying the two cotangents ``dL_neuron/d outputs`` and ``dL_trial/d outputs``
+  (:func:`~eirnn.models.recurrence.output_vjp`: each step one ``[2B, n] x [n, n]`` product,
+  ``softplus'`` evaluated once); upstream of the recurrence (drive, weight factors) autograd
+  runs once per loss. Same gradients as two backward passes, up to float round-off. Otherwise
+  two autograd passes.
 * ``output`` -- norms of the gradients w.r.t. the *model rates* (the network output,
   as in audiocraft's Balancer). The two output gradients are cheap (they do not
   traverse the recurrence); their balanced sum is back-propagated once.
@@ -34,6 +41,21 @@ MODES = ("param", "output", "fixed", "off")
 def _global_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     sq = [g.pow(2).sum() for g in grads if g is not None]
     return torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
+
+
+def _param_grads_one_sweep(params, main, aux, outputs, retain: bool):
+    """``(grad main, grad aux)`` w.r.t. ``params`` with one reverse sweep through the recurrence
+    (see the module docstring), or ``None`` when ``outputs`` does not come from one.
+
+    ``main`` and ``aux`` must depend on the parameters only through ``outputs`` (as in output mode)."""
+    from eirnn.models.recurrence import output_vjp, supports_output_vjp
+
+    if outputs is None or not supports_output_vjp(outputs, 2):
+        return None
+    go = [torch.autograd.grad(loss, outputs, retain_graph=True, allow_unused=True)[0] for loss in (main, aux)]
+    inputs, per_k = output_vjp(outputs, go)
+    return [torch.autograd.grad(inputs, params, grad_outputs=grads, retain_graph=retain or k == 0, allow_unused=True)
+            for k, grads in enumerate(per_k)]
 
 
 class GradientBalancer:
@@ -87,8 +109,12 @@ class GradientBalancer:
             grads = torch.autograd.grad(total, params, allow_unused=True)
             stats["weight"] = w
         elif mode == "param":
-            g_main = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
-            g_aux = torch.autograd.grad(aux, params, retain_graph=extra is not None, allow_unused=True)
+            pair = _param_grads_one_sweep(params, main, aux, outputs, retain=extra is not None)
+            if pair is not None:
+                g_main, g_aux = pair
+            else:
+                g_main = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
+                g_aux = torch.autograd.grad(aux, params, retain_graph=extra is not None, allow_unused=True)
             n_main, n_aux = _global_norm(g_main), _global_norm(g_aux)
             w = self.weight(n_main, n_aux)
             g_extra = torch.autograd.grad(extra, params, allow_unused=True) if extra is not None else [None] * len(params)
