@@ -138,6 +138,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as err:
         raise UserError(str(err)) from err
     dm = build_datamodule(cfg)
+    if n_members > 1 and str(cfg.module.get("_target_", "")).startswith("eirnn.tasks."):
+        from eirnn.tasks import ensemble as ens  # task RNNs: same interface; member k gets seed + k's own data
+
+        dm = ens.build_datamodule(cfg, dm, n_members)
     log.info("data: %s", dm.describe() if hasattr(dm, "describe") else dm.summary())
     if n_members > 1:  # K seeds as one batched model (eirnn/training/ensemble.py)
         model, module = ens.build_ensemble(cfg, dm, n_members)

@@ -64,6 +64,55 @@ def test_recurrence_matches_the_readme_update_rule():
     assert out.output.shape == (2, 15, 1)
 
 
+def test_fused_recurrence_matches_the_autograd_loop_values_and_gradients():
+    """impl=fused (hand-written backward) vs impl=autograd (plain loop): outputs, states, dL/dI, dL/dw."""
+    torch.manual_seed(0)
+    u = torch.zeros(3, 40, 1, dtype=torch.float64)
+    u[:, 5:12] = 2.0                                   # a pulse: the input term is skipped elsewhere
+    u[1, 20:23] = -1.0
+    res = {}
+    for impl in ("fused", "autograd"):
+        m = SystemARNN(n_units=16, tau=5.0, h0="random", seed=7, impl=impl).double()
+        out = m(u, return_states=True)
+        (out.output * torch.linspace(-1, 1, 40, dtype=torch.float64)[None, :, None]).sum().backward()
+        res[impl] = (out.output.detach(), out.states, m.I.grad, m.w.grad)
+    for a, b in zip(res["fused"], res["autograd"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert res["fused"][1].requires_grad is False      # states come back without gradient
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_tanh_rnn_gradcheck_all_inputs(batched):
+    from eirnn.tasks.tanh_recurrence import tanh_rnn
+
+    g = torch.Generator().manual_seed(1)
+    lead, wl = ((2, 3), (2,)) if batched else ((3,), ())
+    kw = dict(dtype=torch.float64)
+    u = torch.randn(6, *lead, 2, generator=g, **kw)
+    u[1:3] = 0.0
+    args = (u, torch.randn(*wl, 2, 5, generator=g, **kw), 0.4 * torch.randn(*wl, 5, 5, generator=g, **kw),
+            torch.randn(*wl, 5, 2, generator=g, **kw), torch.randn(*((2, 1, 5) if batched else (5,)), generator=g, **kw))
+    args = tuple(a.requires_grad_() for a in args)
+    assert torch.autograd.gradcheck(lambda *a: tanh_rnn(*a, 0.75)[0], args)
+
+
+def test_ensemble_model_runs_each_member_as_its_single_model():
+    from eirnn.tasks.ensemble import SystemAEnsembleRNN
+
+    members = [SystemARNN(n_units=12, tau=5.0, h0="random", seed=s) for s in (3, 4, 5)]
+    ens = SystemAEnsembleRNN(members)
+    assert ens.G.shape == (3, 12, 12) and ens.I.shape == (3, 12, 1) and ens.seeds == [3, 4, 5]
+    x = torch.randn(3, 2, 30, 1)
+    out = ens(x, return_states=True)
+    for k, m in enumerate(members):
+        ref = m(x[k], return_states=True)
+        torch.testing.assert_close(out.output[k], ref.output.detach())
+        torch.testing.assert_close(out.states[k], ref.states)
+        assert torch.equal(ens.member(k).I, m.I) and torch.equal(ens.member_state_dict(k)["G"], m.G)
+    with pytest.raises(ValueError, match="share n_units"):
+        SystemAEnsembleRNN([SystemARNN(n_units=12, seed=1), SystemARNN(n_units=13, seed=2)])
+
+
 def test_zero_state_stays_silent_without_input():
     m = SystemARNN(n_units=20, tau=10.0, seed=1)
     assert float(m(torch.zeros(1, 50, 1)).output.detach().abs().max()) == 0.0
@@ -229,3 +278,48 @@ def test_analysis_cli_reports_a_bad_folder(tmp_path, capsys):
     assert cli_main(run, [str(tmp_path)]) == 2   # exists, but holds no runs
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not found" in err[0] and "no run folders" in err[1]
+
+
+def test_ensemble_member_equals_the_single_run_and_is_analysed(compose, tmp_path):
+    """ensemble.size=2 with seed=1: member 1 is the single run with seed=2 (own trials, batch order,
+    weights), up to float round-off; the analysis reads the members like a --multirun."""
+    from eirnn.analysis.system_a import analyze_sweep
+
+    extra = ["trainer.max_epochs=2", "logger=none"]
+    _train(compose, tmp_path / "ens", ["seed=1", "ensemble.size=2"] + extra)
+    _train(compose, tmp_path / "single", ["seed=2"] + extra)
+    a = torch.load(tmp_path / "ens" / "members" / "m1" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "single" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert torch.equal(a["state_dict"]["model.G"], b["state_dict"]["model.G"])
+    for name in ("model.I", "model.w"):
+        torch.testing.assert_close(a["state_dict"][name], b["state_dict"][name], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a["state_dict"]["model.I"],
+                              torch.load(tmp_path / "ens" / "members" / "m0" / "checkpoints" / "last.ckpt",
+                                         weights_only=True)["state_dict"]["model.I"])
+    ha, hb = a["eirnn_task"]["history"], b["eirnn_task"]["history"]
+    assert len(ha) == len(hb) == 2
+    for x, y in zip(ha, hb):
+        for key in ("val/loss", "train/loss", "grad_norm/I", "grad_norm/w"):
+            assert x[key] == pytest.approx(y[key], rel=1e-5), key
+    assert len(a["eirnn_task"]["step_log"]) == len(b["eirnn_task"]["step_log"]) == 4
+    summary = json.loads((tmp_path / "ens" / "ensemble_metrics.json").read_text())
+    assert summary["seeds"] == [1, 2] and summary["members"][1]["final_val/loss"] == pytest.approx(hb[-1]["val/loss"], rel=1e-5)
+    for f in ("loss.png", "grad_norms.png", "metrics.json", "training_log.json", "checkpoints/best.ckpt"):
+        assert (tmp_path / "ens" / "members" / "m1" / f).is_file(), f
+    assert (tmp_path / "ens" / "members_loss.png").is_file()
+    rows = analyze_sweep(tmp_path / "ens")
+    assert [r["seed"] for r in rows] == [1, 2] and rows[1]["run_dir"].endswith("m1")
+
+
+def test_ensemble_refuses_what_it_cannot_do_per_member(compose, tmp_path):
+    from eirnn.train import UserError
+
+    with pytest.raises(UserError, match="early stopping"):
+        _train(compose, tmp_path / "a", ["ensemble.size=2", "logger=none", "+callbacks.early_stopping._target_="
+                                         "lightning.pytorch.callbacks.EarlyStopping", "+callbacks.early_stopping.monitor=val/loss"])
+    with pytest.raises(UserError, match="plateau"):
+        _train(compose, tmp_path / "b", ["ensemble.size=2", "logger=none", "scheduler=plateau"])
+    with pytest.raises(UserError, match="System A"):
+        from eirnn.train import train
+
+        train(compose(["experiment=context_switch_sanity", "ensemble.size=2", "logger=none"], tmp_path / "c"))

@@ -151,7 +151,8 @@ def _plt():
     return plt
 
 
-def plot_losses(steps: Sequence[dict], history: Sequence[dict], path: Path) -> Path:
+def plot_losses(steps: Sequence[dict], history: Sequence[dict], path: Path,
+                title: str = "training and validation loss") -> Path:
     """Training loss per step (thin) and per epoch, validation loss per epoch -> PNG."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -165,33 +166,79 @@ def plot_losses(steps: Sequence[dict], history: Sequence[dict], path: Path) -> P
         xs = [h["epoch"] + 1 for h in history]
     if history:
         if "train/loss" in history[0]:
-            ax.plot(xs, [h.get("train/loss", np.nan) for h in history], "o-", color="C0", label="train (epoch mean)")
+            ax.plot(xs, [h.get("train/loss", np.nan) for h in history], "o-", ms=3, lw=1.2, color="C0", label="train (epoch mean)")
         if "val/loss" in history[0]:
-            ax.plot(xs, [h.get("val/loss", np.nan) for h in history], "s-", color="C3", label="validation")
+            ax.plot(xs, [h.get("val/loss", np.nan) for h in history], "s-", ms=3, lw=1.2, color="C3", label="validation (epoch)")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("masked MSE")
-    ax.legend(frameon=False)
-    ax.set_title("loss")
+    ax.grid(alpha=0.3, which="both", lw=0.4)
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_grad_norms(steps: Sequence[dict], path: Path) -> Path:
-    """Per-step gradient norm of every trainable parameter (``grad_norm/*`` keys) -> PNG."""
+def _epoch_means(steps: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """(step at the end of each epoch, mean of ``key`` over the epoch's steps)."""
+    by: dict[int, list] = {}
+    for r in steps:
+        if key in r and "epoch" in r:
+            by.setdefault(int(r["epoch"]), []).append((r["step"], r[key]))
+    xs = [max(s for s, _ in v) for _, v in sorted(by.items())]
+    ys = [float(np.nanmean([y for _, y in v])) for _, v in sorted(by.items())]
+    return xs, ys
+
+
+def plot_grad_norms(steps: Sequence[dict], path: Path, title: str = "gradient magnitudes") -> Path:
+    """Per-step gradient norm of every trainable parameter (``grad_norm/*`` keys; thin lines) and its
+    mean over each epoch (markers, when there are several epochs) -> PNG."""
     plt = _plt()
     keys = sorted({k for r in steps for k in r if k.startswith("grad_norm/")})
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     s = [r["step"] for r in steps]
     for i, k in enumerate(keys):
-        ax.plot(s, [r.get(k, np.nan) for r in steps], lw=0.8, color=f"C{i}", label=k.split("/", 1)[1])
+        name = k.split("/", 1)[1]
+        ax.plot(s, [r.get(k, np.nan) for r in steps], lw=0.6, alpha=0.45, color=f"C{i}")
+        xs, ys = _epoch_means(steps, k)
+        many = len(xs) > 1
+        ax.plot(xs if many else [], ys if many else [], "o-", ms=3, lw=1.5, color=f"C{i}",
+                label=f"|dL/d{name}|" + (" (epoch mean; thin: per step)" if many else ""))
+        if not many:
+            ax.plot([], [], color=f"C{i}", label=f"|dL/d{name}| per step")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("|gradient| (before clipping)")
-    ax.legend(frameon=False, ncol=2)
-    ax.set_title("gradient magnitudes")
+    ax.set_ylabel("gradient norm (before clipping)")
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, which="both", lw=0.4)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_member_losses(histories: Sequence[Sequence[dict]], seeds: Sequence[int], path: Path,
+                       key: str = "val/loss") -> Path:
+    """Every ensemble member's ``key`` per epoch (one line per member, colour = seed; log scale) -> PNG."""
+    plt = _plt()
+    from matplotlib.colors import Normalize
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    norm = Normalize(min(seeds), max(max(seeds), min(seeds) + 1))
+    cmap = plt.cm.viridis
+    for hist, seed in zip(histories, seeds):
+        ax.plot([h["epoch"] + 1 for h in hist], [h.get(key, np.nan) for h in hist], lw=1, alpha=0.85,
+                color=cmap(norm(seed)))
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3, which="both", lw=0.4)
+    ax.set_title(f"{len(seeds)} ensemble members: {key} per epoch")
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label="seed")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

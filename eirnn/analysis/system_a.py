@@ -2,7 +2,7 @@
 
 ``python -m eirnn.analysis.system_a SWEEP_DIR [--checkpoint last|best] [--pr readme|squared]
 [--n-pcs K] [--out DIR]`` where SWEEP_DIR is a ``--multirun`` folder of ``experiment=system_a*``
-(one sub-folder per seed) or a single run folder.
+(one sub-folder per seed), an ``ensemble.size=K`` run (its ``members/m{k}/``) or a single run folder.
 
 For every model (its task parameters come from its checkpoint):
 
@@ -24,8 +24,10 @@ go to the CSV, the figure shows the chosen one.  See
 :func:`eirnn.analysis.common.participation_ratio`.
 
 Writes ``system_a_summary.csv``, ``system_a_summary.json``, ``performance.png`` (precision
-against the three quantities: weight correlation blue, input PR green, output PR red) and one
-``evaluation/seed_<s>.png`` per model (output vs target at the test durations).
+against the three quantities: weight correlation blue, input PR green, output PR red; with the
+``--pr`` formula), the same figure with the other PR formula (``performance_squared.png`` or
+``performance_readme.png``) and one ``evaluation/seed_<s>.png`` per model (output vs target at
+the test durations).
 """
 from __future__ import annotations
 
@@ -44,16 +46,24 @@ from eirnn.tasks.system_a import SystemADataModule
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
-    """Run folders under ``sweep_dir`` (those with a ``checkpoints/`` folder), or ``sweep_dir`` itself."""
+    """The model folders under ``sweep_dir``: run folders (with ``checkpoints/``) of a ``--multirun``,
+    the members (``members/m{k}/``) of an ``ensemble.size=K`` run, or ``sweep_dir`` itself."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise AnalysisError(f"{root}: sweep folder not found")
-    if (root / "checkpoints").is_dir():
+    if (root / "checkpoints").is_dir() and not (root / "members").is_dir():
         return [root]
-    runs = sorted({p.parent.parent for p in root.rglob("checkpoints/*.ckpt")},
-                  key=lambda p: (len(p.parts), int(p.name) if p.name.isdigit() else 0, str(p)))
+    found = {p.parent.parent for p in root.rglob("checkpoints/*.ckpt")}
+    runs = [r for r in found if not (r / "members").is_dir()]  # an ensemble run: its members are the models
+
+    def order(p: Path):
+        digits = p.name.lstrip("m")
+        return (len(p.parts), str(p.parent), int(digits) if digits.isdigit() else 0, p.name)
+
+    runs.sort(key=order)
     if not runs:
-        raise AnalysisError(f"{root}: no run folders with checkpoints/ (expected a --multirun folder of experiment=system_a)")
+        raise AnalysisError(f"{root}: no run folders with checkpoints/ (expected a --multirun folder of "
+                            f"experiment=system_a or an ensemble.size=K run)")
     return runs
 
 
@@ -105,13 +115,17 @@ def model_quantities(model, dm: SystemADataModule, n_pcs: Optional[int] = None, 
     return row
 
 
-def _plot_eval(path: Path, arrays: dict, durations, dt: float, title: str) -> None:
+def _plot_eval(path: Path, arrays: dict, durations, dt: float, title: str, prec: Optional[dict] = None,
+               cost_onset: Optional[float] = None) -> None:
     plt = _plt()
     t = np.arange(arrays["output"].shape[1]) * dt
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    if cost_onset is not None:
+        ax.axvspan(cost_onset, t[-1], color="0.92", zorder=0, label="cost period")
     for i, d in enumerate(durations):
         tg = np.where(arrays["target"][i] > 0, arrays["target"][i], np.nan)
-        ax.plot(t, arrays["output"][i], color=f"C{i}", lw=1, label=f"output, {d:g} ms")
+        mse = "" if not prec or float(d) not in prec else f" (precision {prec[float(d)]:.3g})"
+        ax.plot(t, arrays["output"][i], color=f"C{i}", lw=1, label=f"output, {d:g} ms pulse{mse}")
         ax.plot(t, tg, color=f"C{i}", lw=2, ls="--", alpha=0.7)
         ax.plot(t, arrays["inputs"][i] * 0.1, color=f"C{i}", lw=0.8, alpha=0.5)
     ax.set(xlabel="time (ms)", ylabel="output", title=title + "  (dashed: target; thin: input x 0.1)")
@@ -121,27 +135,45 @@ def _plot_eval(path: Path, arrays: dict, durations, dt: float, title: str) -> No
     plt.close(fig)
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log-scale y ticks written as plain numbers (0.05, 0.1, 0.2, ...), not 5x10^-2."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    lo, hi = ax.get_ylim()
+    if hi / lo < 30:  # within ~1.5 decades: also label 2x and 5x
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(fmt)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_performance(path: Path, rows: list[dict], pr: str = "readme") -> None:
     """Precision (mean over durations) against weight correlation, input PR, output PR."""
     plt = _plt()
     y = np.array([r["precision_mean"] for r in rows])
-    specs = (("weight_corr", "input-output weight correlation", "tab:blue"),
-             (f"I_PR_{pr}", f"input PR (spontaneous PCs, {pr})", "tab:green"),
-             (f"w_PR_{pr}", f"output PR (memory PCs, {pr})", "tab:red"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    specs = (("weight_corr", "input-output weight correlation  I.w / (|I| |w|)", "tab:blue"),
+             (f"I_PR_{pr}", f"input PR on spontaneous-activity PCs ({pr})", "tab:green"),
+             (f"w_PR_{pr}", f"output PR on memory-period PCs ({pr})", "tab:red"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharey=True)
     for ax, (key, label, color) in zip(axes, specs):
-        x = np.array([r[key] for r in rows])
-        ax.scatter(x, y, color=color, s=25)
+        x = np.array([r[key] for r in rows], dtype=float)
+        ax.scatter(x, y, color=color, s=30, edgecolor="k", lw=0.4, zorder=3)
         for r, xi, yi in zip(rows, x, y):
-            ax.annotate(str(r["seed"]), (xi, yi), fontsize=6, alpha=0.6)
+            if np.isfinite(xi) and np.isfinite(yi):
+                ax.annotate(str(r["seed"]), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                            color="0.3")
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.sum() >= 3 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
-            ax.set_title(f"Pearson r = {np.corrcoef(x[ok], y[ok])[0, 1]:.2f}", fontsize=9)
-        ax.set_xlabel(label)
-    axes[0].set_ylabel("precision (MSE, lower = better)")
-    if np.all(y > 0):
+            ax.set_title(f"Pearson r = {np.corrcoef(x[ok], y[ok])[0, 1]:.2f} (n = {int(ok.sum())})", fontsize=10)
+        ax.set_xlabel(label, fontsize=9)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    axes[0].set_ylabel("precision: MSE where target > 0\n(mean over test durations; lower = better)")
+    if np.all(y[np.isfinite(y)] > 0):
         axes[0].set_yscale("log")
-    fig.suptitle(f"System A: {len(rows)} models")
+        _plain_log_ticks(axes[0])
+    fig.suptitle(f"System A: {len(rows)} models (labels: seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -169,7 +201,9 @@ def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, c
         row = {"seed": seed, "run_dir": str(run), "checkpoint": ckpt.name, "epochs": len(hist),
                "final_val_loss": hist[-1].get("val/loss", math.nan), **q}
         rows.append(row)
-        _plot_eval(out / "evaluation" / f"seed_{seed}.png", arrays, dm.eval_durations, dm.dt, f"seed {seed}")
+        prec = {float(d): q[f"precision_{d:g}"] for d in dm.eval_durations}
+        _plot_eval(out / "evaluation" / f"seed_{seed}.png", arrays, dm.eval_durations, dm.dt, f"seed {seed}", prec,
+                   dm.params["cost_onset"])
     rows.sort(key=lambda r: r["seed"])
     keys = list(rows[0].keys())
     with open(out / "system_a_summary.csv", "w", newline="") as f:
@@ -178,12 +212,14 @@ def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, c
         wr.writerows(rows)
     write_json(out / "system_a_summary.json", {"n_models": len(rows), "pr": pr, "n_pcs": n_pcs, "models": rows})
     plot_performance(out / "performance.png", rows, pr)
+    other = "squared" if pr == "readme" else "readme"
+    plot_performance(out / f"performance_{other}.png", rows, other)
     return rows
 
 
 def run(argv: list[str]) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m eirnn.analysis.system_a", description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweep_dir", help="--multirun folder of experiment=system_a (or one run folder)")
+    ap.add_argument("sweep_dir", help="--multirun folder or ensemble.size=K run of experiment=system_a (or one run)")
     ap.add_argument("--checkpoint", default="last", choices=("last", "best"),
                     help="last = the model after all epochs (default), best = lowest val/loss")
     ap.add_argument("--pr", default="readme", choices=("readme", "squared"), help="PR shown in the figure")

@@ -35,9 +35,11 @@ class TrainingCurves(L.Callback):
         if not steps and not history:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        plot_losses(steps, history, self.dir / self.loss_file)
+        size = getattr(pl_module, "size", None) if hasattr(pl_module, "member_history") else None
+        what = f", mean over {size} ensemble members (each: members/m{{k}}/)" if size else ""
+        plot_losses(steps, history, self.dir / self.loss_file, title="training and validation loss" + what)
         if steps:
-            plot_grad_norms(steps, self.dir / self.grads_file)
+            plot_grad_norms(steps, self.dir / self.grads_file, title="gradient magnitudes" + what)
 
 
 class RunAnalysis(L.Callback):

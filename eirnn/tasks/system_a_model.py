@@ -10,10 +10,12 @@ Shapes: ``G`` [N, N] fixed, entries ~ N(0, 1/N) (a buffer: in the ``state_dict``
 trained); ``I`` [N, n_inputs] and ``w`` [N, n_outputs] trained; ``h0`` [N] fixed buffer (zero,
 or ~ N(0, h0_std^2) with ``h0="random"``).
 
-The recurrence is written for speed on a CPU: the input drive ``a u I^T`` is computed for all
-steps at once, and each step is one ``add`` and one ``addmm`` (``(1-a) h + a drive_t + (a g_G) tanh(h) G^T``)
-plus one ``tanh`` and the readout ``tanh(h) w`` (a matrix-vector product).  Only the rates
-``tanh(h)`` are kept for the backward pass.
+The recurrence runs in one autograd node with a hand-written backward through time
+(:func:`eirnn.tasks.tanh_recurrence.tanh_rnn`, ``impl="fused"``, the default): per step one
+in-place ``addmm`` (``(1-a) h + tanh(h) (a g_G G^T)``), the input term ``u (a I^T)`` only on
+steps with a non-zero input, one ``tanh``; the readout ``tanh(h) w`` is one product after the
+loop.  Only the rates ``tanh(h)`` are kept for the backward pass.  ``impl="autograd"`` is the
+same computation as a plain autograd loop (the reference of the tests).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ import torch
 from torch import nn
 
 from eirnn.tasks.lowrank import TaskOutput
+from eirnn.tasks.tanh_recurrence import tanh_rnn
+
+IMPLS = ("fused", "autograd")
 
 
 class SystemARNN(nn.Module):
@@ -34,27 +39,31 @@ class SystemARNN(nn.Module):
         h0_std: std of the random initial state. init_std_input: std of I's entries (1.0).
         init_std_readout: std of w's entries (null = 1/sqrt(N), an O(1) initial output).
         seed: seeds G, h0 and the initial I and w.
+        impl: ``fused`` (one autograd node, default) | ``autograd`` (plain loop; same maths).
     """
 
     def __init__(self, n_units: int = 500, n_inputs: int = 1, n_outputs: int = 1, tau: float = 100.0,
                  dt: Optional[float] = None, input_dt: Optional[float] = None, g_G: float = 1.5, h0: str = "zero",
                  h0_std: float = 1.0, init_std_input: float = 1.0, init_std_readout: Optional[float] = None,
-                 seed: int = 0):
+                 seed: int = 0, impl: str = "fused"):
         super().__init__()
         dt = float(dt if dt is not None else (input_dt if input_dt is not None else 1.0))
         if input_dt is not None and abs(float(input_dt) - dt) > 1e-9 * dt:
             raise ValueError(f"dt={dt} must equal the data's time step {input_dt} (one Euler step per sample)")
         if int(n_units) < 1 or float(tau) <= 0 or dt <= 0 or dt > float(tau):
             raise ValueError(f"need n_units >= 1 and 0 < dt <= tau (got n_units={n_units}, dt={dt}, tau={tau})")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if h0 not in ("zero", "random"):
             raise ValueError(f"h0 must be 'zero' or 'random', got {h0!r}")
         n = int(n_units)
         std_w = float(init_std_readout) if init_std_readout is not None else n ** -0.5
         self.config = dict(n_units=n, n_inputs=int(n_inputs), n_outputs=int(n_outputs), tau=float(tau), dt=dt,
                            input_dt=dt, g_G=float(g_G), h0=h0, h0_std=float(h0_std),
-                           init_std_input=float(init_std_input), init_std_readout=std_w, seed=int(seed))
+                           init_std_input=float(init_std_input), init_std_readout=std_w, seed=int(seed), impl=impl)
         self.n_units, self.tau, self.dt, self.g_G = n, float(tau), dt, float(g_G)
         self.alpha = dt / self.tau
+        self.impl = impl
         gen = torch.Generator().manual_seed(int(seed))
         self.register_buffer("G", torch.randn(n, n, generator=gen) / n ** 0.5)
         h0_vec = torch.randn(n, generator=gen) * float(h0_std)
@@ -65,8 +74,17 @@ class SystemARNN(nn.Module):
     def forward(self, inputs: torch.Tensor, return_states: bool = False, h0: Optional[torch.Tensor] = None) -> TaskOutput:
         """``inputs`` [B, T, n_inputs] -> output [B, T, n_outputs] (and h [B, T, N] on request)."""
         a = self.alpha
-        bsz = inputs.shape[0]
-        h = (self.h0 if h0 is None else h0).to(inputs.dtype).expand(bsz, self.n_units)
+        h0 = (self.h0 if h0 is None else h0).to(inputs.dtype)
+        if self.impl == "fused":
+            y, x = tanh_rnn(inputs.transpose(0, 1), (a * self.I).t(), (a * self.g_G) * self.G.t(), self.w, h0,
+                            1.0 - a, return_states)
+            return TaskOutput(y.transpose(0, 1), None if x is None else x.transpose(0, 1))
+        return self._forward_autograd(inputs, return_states, h0)
+
+    def _forward_autograd(self, inputs: torch.Tensor, return_states: bool, h0: torch.Tensor) -> TaskOutput:
+        """The same recurrence as a plain autograd loop (``impl="autograd"``)."""
+        a = self.alpha
+        h = h0.expand(inputs.shape[0], self.n_units)
         drive = (a * inputs) @ self.I.t()                       # [B, T, N]
         rec = (a * self.g_G) * self.G.t()                        # [N, N]
         outs, states = [], []

@@ -1,0 +1,532 @@
+"""``K`` System A models trained at once as one batched model:
+``python -m eirnn.train experiment=system_a_small ensemble.size=20`` (seeds ``seed .. seed+K-1``).
+
+Member ``k`` is the single run with ``seed = seed + k``, batched:
+
+- its data module is built from the config with ``seed + k`` (so with ``data.seed: ${seed}``
+  it has its own trials and its own batch order, as the single run);
+- its network is built as that single run's :class:`~eirnn.tasks.system_a_model.SystemARNN`,
+  then the ``K`` networks are stacked (:class:`SystemAEnsembleRNN`: ``G`` [K, N, N], ``h0``
+  [K, N], ``I`` [K, N, n_in], ``w`` [K, N, n_out]) and run as one recurrence with ``bmm``
+  (:func:`eirnn.tasks.tanh_recurrence.tanh_rnn`);
+- one step (:meth:`SystemAEnsembleModule.training_step`)::
+
+      y[k]    = member k's output on member k's batch          [K, B, T, n_out]
+      L[k]    = sum(mask_k (y[k] - target_k)^2) / sum(mask_k)  masked MSE per member
+      backward of sum_k L[k]     -> slice k of every gradient is member k's own gradient
+      clip each member's gradient to norm grad_clip (if > 0), Adam step
+
+  Adam is element-wise, so member ``k``'s update is the single run's (up to float round-off).
+
+Per member: training loss and gradient norms per step, validation metrics per epoch, the
+best (lowest ``val/loss``) and last weights.  Files (:class:`EnsembleArtifacts`)::
+
+    <run>/members/m{k}/checkpoints/last.ckpt, best.ckpt    single-model task checkpoints
+    <run>/members/m{k}/loss.png, grad_norms.png, metrics.json, training_log.json
+    <run>/ensemble_metrics.json, members_loss.png           all members
+    <run>/checkpoints/last.ckpt                             the whole ensemble (resume with ckpt_path)
+
+``python -m eirnn.analysis.system_a <run>`` analyses the members like the runs of a
+``--multirun``.  Not supported with an ensemble (one-line errors): early stopping, the plateau
+scheduler (both would act on all members at once), task modules other than System A.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from eirnn.tasks.lowrank import TaskOutput
+from eirnn.tasks.module import SystemAModule, _get
+from eirnn.tasks.system_a_model import SystemARNN
+from eirnn.tasks.tanh_recurrence import tanh_rnn
+
+__all__ = ["SystemAEnsembleRNN", "EnsembleTaskDataModule", "SystemAEnsembleModule", "EnsembleArtifacts",
+           "member_masked_mse", "build_datamodule", "build_ensemble", "ensemble_callbacks", "ensemble_report_lines"]
+
+_SAME = ("n_units", "n_inputs", "n_outputs", "tau", "dt", "g_G", "h0", "impl")
+
+
+# ----------------------------------------------------------------------------- model
+class SystemAEnsembleRNN(nn.Module):
+    """``K`` :class:`SystemARNN` stacked; ``forward(inputs [K, B, T, n_in]) -> output [K, B, T, n_out]``.
+
+    Member ``k`` computes exactly ``members[k](inputs[k])`` (the same equations; ``bmm`` instead
+    of ``mm``).  ``impl="autograd"`` members run the batched plain autograd loop.
+    """
+
+    def __init__(self, members: Sequence[SystemARNN]):
+        super().__init__()
+        members = list(members)
+        if not members or not all(isinstance(m, SystemARNN) for m in members):
+            raise ValueError("SystemAEnsembleRNN needs one or more SystemARNN members")
+        ref = members[0].config
+        for m in members[1:]:
+            diff = [k for k in _SAME if m.config[k] != ref[k]]
+            if diff:
+                raise ValueError(f"ensemble members must share {', '.join(diff)}")
+        self.size = len(members)
+        self.member_configs = [dict(m.config) for m in members]
+        self.seeds = [int(c["seed"]) for c in self.member_configs]
+        self.n_units, self.tau, self.dt, self.g_G = members[0].n_units, members[0].tau, members[0].dt, members[0].g_G
+        self.alpha, self.impl = members[0].alpha, members[0].impl
+        self.config = {"members": self.member_configs}
+        self.register_buffer("G", torch.stack([m.G.detach() for m in members]).clone())
+        self.register_buffer("h0", torch.stack([m.h0.detach() for m in members]).clone())
+        self.I = nn.Parameter(torch.stack([m.I.detach() for m in members]).clone())
+        self.w = nn.Parameter(torch.stack([m.w.detach() for m in members]).clone())
+
+    def forward(self, inputs: torch.Tensor, return_states: bool = False) -> TaskOutput:
+        """``inputs`` [K, B, T, n_in] -> output [K, B, T, n_out] (and h [K, B, T, N] on request)."""
+        if inputs.dim() != 4 or inputs.shape[0] != self.size:
+            raise ValueError(f"inputs must be [K={self.size}, B, T, n_inputs], got {tuple(inputs.shape)}")
+        a = self.alpha
+        h0 = self.h0.to(inputs.dtype)[:, None, :]  # [K, 1, N]
+        if self.impl == "fused":
+            y, x = tanh_rnn(inputs.permute(2, 0, 1, 3), (a * self.I).transpose(1, 2),
+                            (a * self.g_G) * self.G.transpose(1, 2), self.w, h0, 1.0 - a, return_states)
+            return TaskOutput(y.permute(1, 2, 0, 3), None if x is None else x.permute(1, 2, 0, 3))
+        h = h0.expand(self.size, inputs.shape[1], self.n_units)
+        drive = (a * inputs) @ self.I.transpose(1, 2)            # [K, B, T, N]
+        rec = (a * self.g_G) * self.G.transpose(1, 2)
+        r, outs, states = torch.tanh(h), [], []
+        for d_t in drive.unbind(2):
+            h = torch.baddbmm(torch.add(d_t, h, alpha=1.0 - a), r, rec)
+            r = torch.tanh(h)
+            outs.append(torch.bmm(r, self.w))
+            if return_states:
+                states.append(h)
+        return TaskOutput(torch.stack(outs, 2), torch.stack(states, 2) if return_states else None)
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s weights as a :class:`SystemARNN` state dict (copies)."""
+        return {"G": self.G[k].detach().clone(), "h0": self.h0[k].detach().clone(),
+                "I": self.I[k].detach().clone(), "w": self.w[k].detach().clone()}
+
+    def member(self, k: int) -> SystemARNN:
+        """A standalone :class:`SystemARNN` holding member ``k``'s current weights."""
+        m = SystemARNN(**self.member_configs[k])
+        m.load_state_dict(self.member_state_dict(k))
+        return m
+
+    def n_parameters(self) -> dict[str, int]:
+        return {"trainable": int(sum(p.numel() for p in self.parameters() if p.requires_grad)),
+                "fixed": int(sum(b.numel() for b in self.buffers()))}
+
+    def describe(self) -> str:
+        c = self.n_parameters()
+        return (f"SystemAEnsembleRNN: {self.size} x SystemARNN N={self.n_units} tau={self.tau:g} ms dt={self.dt:g} ms "
+                f"g_G={self.g_G:g} (seeds {self.seeds[0]}..{self.seeds[-1]}); trainable params {c['trainable']} "
+                f"({c['trainable'] // self.size} per member), fixed {c['fixed']}")
+
+
+# ----------------------------------------------------------------------------- data
+class _StackedLoader:
+    """Zips the members' batch loaders; every tensor of a batch gets a leading member dimension."""
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+        lengths = {len(ld) for ld in loaders}
+        if len(lengths) != 1:
+            raise ValueError(f"ensemble members must have the same number of batches, got {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self):
+        for batches in zip(*self.loaders):
+            yield {key: torch.stack([b[key] for b in batches]) for key in batches[0]}
+
+
+class EnsembleTaskDataModule(L.LightningDataModule):
+    """The ``K`` members' task data modules; batches are stacked ``[K, B, ...]`` (member ``k``'s own
+    trials and batch order, exactly those of its single run)."""
+
+    def __init__(self, members: Sequence[Any]):
+        super().__init__()
+        self.members = list(members)
+        first = self.members[0]
+        for m in self.members[1:]:
+            if (m.n_train, m.n_val, m.batch_size, m.dt) != (first.n_train, first.n_val, first.batch_size, first.dt):
+                raise ValueError("ensemble members' data must share n_train, n_val, batch_size and dt")
+        self.n_inputs, self.n_outputs = first.n_inputs, first.n_outputs
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for m in self.members:
+            m.setup(stage)
+
+    def _attach(self) -> None:
+        for m in self.members:  # the members' shuffling follows the trainer's epoch, as in a single run
+            m.trainer = self.trainer
+
+    def train_dataloader(self) -> _StackedLoader:
+        self._attach()
+        return _StackedLoader([m.train_dataloader() for m in self.members])
+
+    def val_dataloader(self) -> _StackedLoader:
+        self._attach()
+        return _StackedLoader([m.val_dataloader() for m in self.members])
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return self.members[0].model_kwargs()
+
+    def module_kwargs(self) -> dict[str, Any]:
+        confs = [m.module_kwargs()["task_config"] for m in self.members]
+        return {"task_config": confs[0], "member_task_configs": confs}
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.members[0].summary(), "members": len(self.members), "seeds": [m.seed for m in self.members]}
+
+    def describe(self) -> str:
+        seeds = [m.seed for m in self.members]
+        return (self.members[0].describe() + f"\n  x {len(self.members)} ensemble members, each with its own trials "
+                f"and batch order (data seeds {seeds[0]}..{seeds[-1]})")
+
+
+# ----------------------------------------------------------------------------- module
+def member_masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[K]``: ``sum(mask_k (y_k - target_k)^2) / sum(mask_k)`` over each member's batch; tensors [K, B, T, n]."""
+    m = mask.to(output.dtype)
+    dims = tuple(range(1, output.dim()))
+    return ((output - target) ** 2 * m).sum(dims) / m.sum(dims).clamp_min(1.0)
+
+
+class SystemAEnsembleModule(SystemAModule):
+    """:class:`~eirnn.tasks.module.SystemAModule` for a :class:`SystemAEnsembleRNN`; see the module docstring.
+
+    The logged ``val/loss`` and ``val/rmse`` (and ``train/loss``, ``grad_norm/*``) are means over
+    the members; ``val/loss/m{k}``, ``val/loss_std`` and ``member/grad_norm/*/m{k}`` per member.
+    Per member it keeps ``member_history`` (one record per epoch, the single run's
+    ``training_log.json``), ``member_step_log``, ``member_best`` (the best record) and
+    ``member_best_state``.
+    """
+
+    def __init__(self, model: SystemAEnsembleRNN, optim: Optional[Mapping[str, Any]] = None,
+                 scheduler: Optional[Mapping[str, Any]] = None, monitor: Optional[str] = None,
+                 mode: Optional[str] = None, task_config: Optional[Mapping[str, Any]] = None, max_epochs: int = 100,
+                 member_task_configs: Optional[Sequence[Mapping[str, Any]]] = None):
+        if not isinstance(model, SystemAEnsembleRNN):
+            raise TypeError(f"SystemAEnsembleModule needs a SystemAEnsembleRNN, got {type(model).__name__}")
+        super().__init__(model, optim, scheduler, monitor, mode, task_config, max_epochs)
+        if str(_get(self.sched_cfg, "name", "none")).lower() == "plateau":
+            raise ValueError("scheduler=plateau is not supported with ensemble.size > 1 (one plateau state would "
+                             "drive every member); use scheduler=none or cosine")
+        K = self.size = model.size
+        confs = list(member_task_configs) if member_task_configs is not None else [self.task_config] * K
+        if len(confs) != K:
+            raise ValueError(f"{len(confs)} member task configs for {K} members")
+        self.member_task_configs = [dict(c) for c in confs]
+        self.member_history: list[list[dict]] = [[] for _ in range(K)]
+        self.member_step_log: list[list[dict]] = [[] for _ in range(K)]
+        self.member_best: list[dict] = [{} for _ in range(K)]
+        self.member_best_state: list[Optional[dict]] = [None] * K
+        self.improved_members: list[int] = []
+        self._msum: Optional[np.ndarray] = None  # [K, keys] sums of the epoch's per-step values
+        self._mkeys: list[str] = []
+
+    # ------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["eirnn_task_ensemble"] = {
+            "members": list(self.model.member_configs), "task": list(self.member_task_configs),
+            "history": list(self.history), "best_val": dict(self.best_val), "step_log": list(self.step_log),
+            "member_history": self.member_history, "member_step_log": self.member_step_log,
+            "member_best": self.member_best, "member_best_state": self.member_best_state}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        st = checkpoint.get("eirnn_task_ensemble", {})
+        self.history = list(st.get("history", []))
+        self.best_val = dict(st.get("best_val", {}))
+        self.step_log = list(st.get("step_log", []))
+        self.last_val = dict(self.history[-1]) if self.history else {}
+        for key in ("member_history", "member_step_log", "member_best", "member_best_state"):
+            if key in st:
+                setattr(self, key, list(st[key]))
+
+    # ------------------------------------------------------------------ step
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        K = self.size
+        out = self.model(batch["inputs"]).output
+        losses = member_masked_mse(out, batch["target"], batch["mask"])
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(losses.sum())
+        params = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+        norms = {n: p.grad.detach().reshape(K, -1).norm(dim=1) for n, p in params}
+        clip = float(_get(self.optim_cfg, "grad_clip", 1.0))
+        if clip > 0:
+            from eirnn.training.ensemble import clip_member_grad_norms_
+
+            clip_member_grad_norms_([p for _, p in params], clip, K)
+        opt.step()
+        loss_k = losses.detach().tolist()
+        norm_k = {f"grad_norm/{n}": v.tolist() for n, v in norms.items()}
+        step, epoch = int(self.global_step), int(self.current_epoch)
+        mean = {"train/loss": float(np.mean(loss_k)), **{k: float(np.mean(v)) for k, v in norm_k.items()}}
+        self.log("train/loss", mean["train/loss"], on_step=False, on_epoch=True,
+                 batch_size=int(batch["inputs"].shape[1]))
+        self.log_dict({k: v for k, v in mean.items() if k != "train/loss"}, on_step=True, on_epoch=False)
+        self.log_dict({f"member/{k}/m{i}": v[i] for k, v in norm_k.items() for i in range(K)},
+                      on_step=True, on_epoch=False)
+        self.step_log.append({"step": step, "epoch": epoch, **mean})
+        self._mkeys = ["train/loss", *norm_k]
+        cols = [loss_k, *norm_k.values()]
+        for i in range(K):
+            self.member_step_log[i].append({"step": step, "epoch": epoch, **{k: c[i] for k, c in zip(self._mkeys, cols)}})
+        row = np.array(cols, dtype=float).T  # [K, keys]
+        self._msum = row if self._msum is None else self._msum + row
+        for k, v in mean.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._msum = None
+
+    # ------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(batch["inputs"]).output
+        self._val_outputs.append({"output": out.detach(), "target": batch["target"], "mask": batch["mask"]})
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        v = {k: torch.cat([o[k] for o in self._val_outputs], 1) for k in self._val_outputs[0]}  # [K, B, T, n]
+        self._val_outputs = []
+        member_vals = [self.compute_val_metrics({k: t[i] for k, t in v.items()}) for i in range(self.size)]
+        if self.trainer.sanity_checking:
+            return
+        K, epoch = self.size, int(self.current_epoch)
+        vals: dict[str, float] = {}
+        for key in member_vals[0]:
+            col = np.array([mv[key] for mv in member_vals], dtype=float)
+            vals[key] = float(np.nanmean(col)) if np.isfinite(col).any() else math.nan
+        per = np.array([mv.get(self.monitor, math.nan) for mv in member_vals], dtype=float)
+        vals[f"{self.monitor}_std"] = float(np.nanstd(per)) if np.isfinite(per).any() else math.nan
+        for i in range(K):
+            vals[f"{self.monitor}/m{i}"] = float(per[i])
+        lr = float(self.optimizers().param_groups[0]["lr"])
+        self.log_dict({k: x for k, x in vals.items() if not math.isnan(x) and k != self.monitor})
+        if self.monitor in vals:
+            self.log(self.monitor, vals[self.monitor], prog_bar=True)
+        self.log("lr", lr)
+        now = time.perf_counter()
+        epoch_time = now - self._epoch_t0
+        self._epoch_t0 = now
+        record = {"epoch": epoch, "lr": lr, "epoch_time_s": epoch_time, **vals}
+        for k, s in self._sums.items():
+            record[k] = s / max(self._count, 1)
+        self.history.append(record)
+        self.last_val = record
+        self.best_val = self._better(record, self.best_val)
+        # per member: the single run's history record and best
+        keys = self._mkeys if self._msum is not None else []
+        means = self._msum / max(self._count, 1) if self._msum is not None else np.zeros((K, 0))
+        self.improved_members = []
+        for i in range(K):
+            rec = {"epoch": epoch, "lr": lr, "epoch_time_s": epoch_time, **member_vals[i],
+                   **{k: float(means[i, j]) for j, k in enumerate(keys)}}
+            self.member_history[i].append(rec)
+            best = self._better(rec, self.member_best[i])
+            if best is rec:
+                self.member_best[i] = rec
+                self.member_best_state[i] = self.model.member_state_dict(i)
+                self.improved_members.append(i)
+
+    def _better(self, rec: dict, best: dict) -> dict:
+        """``rec`` if it beats ``best`` on the monitored metric (or ``best`` is empty), else ``best``."""
+        cur, old = rec.get(self.monitor, math.nan), best.get(self.monitor) if best else None
+        better = old is None or (not math.isnan(cur) and (cur > old if self.mode == "max" else cur < old))
+        return rec if (not best or better) else best
+
+    # ------------------------------------------------------------ summary
+    def member_checkpoint(self, k: int, which: str = "last") -> Optional[dict]:
+        """Member ``k`` as a single-run task checkpoint (what :func:`eirnn.analysis.common.load_checkpoint` reads)."""
+        state = self.model.member_state_dict(k) if which == "last" else self.member_best_state[k]
+        if state is None:
+            return None
+        info = {"model": {"target": f"{SystemARNN.__module__}.{SystemARNN.__qualname__}",
+                          "kwargs": dict(self.model.member_configs[k])},
+                "task": self.member_task_configs[k], "history": list(self.member_history[k]),
+                "best_val": dict(self.member_best[k]), "step_log": list(self.member_step_log[k]),
+                "ensemble_member": k}
+        return {"state_dict": {f"model.{n}": t for n, t in state.items()}, "eirnn_task": info,
+                "epoch": int(self.current_epoch), "global_step": int(self.global_step)}
+
+    def ensemble_summary(self) -> dict[str, Any]:
+        """Per-member best / final monitored metric and their mean, std, min, max (``ensemble_metrics.json``)."""
+        mon = self.monitor
+        members = []
+        for k in range(self.size):
+            best, hist = self.member_best[k], self.member_history[k]
+            members.append({"member": k, "seed": self.model.seeds[k], f"best_{mon}": best.get(mon),
+                            "best_epoch": best.get("epoch"), f"final_{mon}": hist[-1].get(mon) if hist else None,
+                            "dir": f"members/m{k}"})
+        out: dict[str, Any] = {"size": self.size, "seeds": list(self.model.seeds), "monitor": mon, "mode": self.mode,
+                               "members": members, "all_stopped": False}
+        for which in ("best", "final"):
+            col = np.array([np.nan if m[f"{which}_{mon}"] is None else m[f"{which}_{mon}"] for m in members], float)
+            fin = col[np.isfinite(col)]
+            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
+                out[f"{which}_{mon}_{stat}"] = float(fn(fin)) if fin.size else None
+        return out
+
+
+# ----------------------------------------------------------------------------- files
+class EnsembleArtifacts(L.Callback):
+    """Per member: ``members/m{k}/checkpoints/last.ckpt`` after every validation, ``best.ckpt`` when
+    it improved; at the end ``loss.png``, ``grad_norms.png``, ``metrics.json``, ``training_log.json``
+    per member, ``members_loss.png`` and ``ensemble_metrics.json`` for all."""
+
+    def __init__(self, output_dir: str, filename: str = "ensemble_metrics.json"):
+        super().__init__()
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / filename
+
+    def member_dir(self, k: int) -> Path:
+        return self.output_dir / "members" / f"m{k}"
+
+    def _save(self, pl_module: SystemAEnsembleModule, k: int, which: str) -> None:
+        ckpt = pl_module.member_checkpoint(k, which)
+        if ckpt is None:
+            return
+        folder = self.member_dir(k) / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{which}.ckpt.tmp"
+        torch.save(ckpt, tmp)
+        tmp.replace(folder / f"{which}.ckpt")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: SystemAEnsembleModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        for k in range(pl_module.size):
+            self._save(pl_module, k, "last")
+            if k in pl_module.improved_members:
+                self._save(pl_module, k, "best")
+
+    def write_summary(self, pl_module: SystemAEnsembleModule) -> dict:
+        from eirnn.training.callbacks import write_json_atomic
+
+        summary = pl_module.ensemble_summary()
+        write_json_atomic(self.path, summary)
+        return summary
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: SystemAEnsembleModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from eirnn.analysis.common import plot_grad_norms, plot_losses, plot_member_losses
+        from eirnn.training.callbacks import write_json_atomic
+
+        for k in range(pl_module.size):
+            d = self.member_dir(k)
+            d.mkdir(parents=True, exist_ok=True)
+            steps, hist = pl_module.member_step_log[k], pl_module.member_history[k]
+            seed = pl_module.model.seeds[k]
+            if steps or hist:
+                plot_losses(steps, hist, d / "loss.png", title=f"seed {seed}: loss")
+            if steps:
+                plot_grad_norms(steps, d / "grad_norms.png", title=f"seed {seed}: gradient magnitudes")
+            write_json_atomic(d / "metrics.json", {"member": k, "seed": seed, "best": dict(pl_module.member_best[k]),
+                                                   "final": dict(hist[-1]) if hist else {},
+                                                   "epochs_trained": len(hist)})
+            write_json_atomic(d / "training_log.json", hist)
+        if pl_module.member_history[0]:
+            plot_member_losses(pl_module.member_history, pl_module.model.seeds, self.output_dir / "members_loss.png")
+        self.write_summary(pl_module)
+
+
+# ----------------------------------------------------------------------------- wiring (eirnn.train)
+_SUPPORTED = "eirnn.tasks.module.SystemAModule"
+
+
+def build_datamodule(cfg, dm0, size: int) -> EnsembleTaskDataModule:
+    """The ensemble's data: ``dm0`` (built from ``cfg``, seed ``cfg.seed``) and the data modules of
+    the configs with ``seed + k``, k = 1 .. size-1 (:func:`eirnn.train.build_datamodule`)."""
+    from eirnn.train import UserError, build_datamodule as build_one
+
+    target = str(cfg.module.get("_target_", ""))
+    if target != _SUPPORTED:
+        raise UserError(f"ensemble.size > 1 for task RNNs supports System A (module={_SUPPORTED}), not {target}")
+    members = [dm0] + [build_one(_with_seed(cfg, int(cfg.seed) + k)) for k in range(1, size)]
+    try:
+        return EnsembleTaskDataModule(members)
+    except ValueError as err:
+        raise UserError(f"ensemble: {err}") from err
+
+
+def _with_seed(cfg, seed: int):
+    import copy
+
+    from omegaconf import open_dict
+
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.seed = seed
+    return c
+
+
+def build_ensemble(cfg, dm: EnsembleTaskDataModule, size: int):
+    """``(SystemAEnsembleRNN, SystemAEnsembleModule)``: member ``k`` is built as the single run with
+    ``seed + k`` (:func:`eirnn.train.build_model` on its own data module)."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from eirnn.train import UserError, build_model, build_module
+
+    if not isinstance(dm, EnsembleTaskDataModule) or len(dm.members) != size:
+        raise UserError("task ensembles need the data of eirnn.tasks.ensemble.build_datamodule")
+    if cfg.get("export"):
+        raise UserError("export=true is not supported with ensemble.size > 1")
+    members = [build_model(_with_seed(cfg, int(cfg.seed) + k), dm.members[k]) for k in range(size)]
+    try:
+        model = SystemAEnsembleRNN(members)
+    except ValueError as err:
+        raise UserError(f"ensemble: {err}") from err
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.module._target_ = f"{SystemAEnsembleModule.__module__}.{SystemAEnsembleModule.__name__}"
+    try:
+        module = build_module(c, model, dm)
+    except Exception as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        if isinstance(cause, ValueError):
+            raise UserError(f"ensemble: {cause}") from err
+        raise
+    return model, module
+
+
+def ensemble_callbacks(callbacks: list, module: SystemAEnsembleModule, output_dir: str) -> list:
+    """Adds :class:`EnsembleArtifacts`; early stopping (it would stop every member at once) is refused."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from eirnn.tasks.callbacks import RunAnalysis
+
+    if any(isinstance(cb, EarlyStopping) for cb in callbacks):
+        raise ValueError("early stopping is not supported with ensemble.size > 1 for task RNNs "
+                         "(set callbacks.early_stopping=null)")
+    out = [cb for cb in callbacks if not isinstance(cb, RunAnalysis)]
+    out.append(EnsembleArtifacts(str(output_dir)))
+    return out
+
+
+def ensemble_report_lines(summary: Mapping[str, Any], output_dir: str | Path) -> list[str]:
+    """Console lines: members, best monitored metric mean +- std (range), where the files are."""
+    mon = summary["monitor"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4g}"
+
+    return [
+        f"ensemble: {summary['size']} members (seeds {summary['seeds'][0]}..{summary['seeds'][-1]})",
+        f"  best {mon} per member: mean {f(summary[f'best_{mon}_mean'])} +- {f(summary[f'best_{mon}_std'])} "
+        f"(min {f(summary[f'best_{mon}_min'])}, max {f(summary[f'best_{mon}_max'])}); final mean "
+        f"{f(summary[f'final_{mon}_mean'])}",
+        f"  {Path(output_dir) / 'members'}/m{{k}}/: checkpoints/, loss.png, grad_norms.png; "
+        f"analysis: python -m eirnn.analysis.system_a {output_dir}",
+    ]

@@ -1,0 +1,173 @@
+"""System A's tanh recurrence and readout as one autograd node with a hand-written backward.
+
+Recurrence (time-major; ``K`` is an optional leading batch of independent models)::
+
+    x[-1] = h0                                    [K, B, N]  (or [K, N] / [N], broadcast)
+    r[t]  = tanh(x[t])
+    x[t]  = decay * x[t-1] + r[t-1] @ rec + u[t] @ inw        t = 0 .. T-1
+    y[t]  = r[t] @ wout
+
+with ``u`` [T, K, B, n_in] the inputs, ``inw`` [K, n_in, N] (``= (dt/tau) I^T``), ``rec``
+[K, N, N] (``= (dt/tau) g_G G^T``), ``decay = 1 - dt/tau`` (a Python float) and ``wout``
+[K, N, n_out] (``= w``).  Without the ``K`` dimension (2-D weights, ``u`` [T, B, n_in]) the
+same equations run with ``mm`` instead of ``bmm``.  This is exactly README 004's update
+``h <- h + a (-h + g_G tanh(h) G^T + u I^T)``, ``y = tanh(h) w`` (``a = dt / tau``),
+regrouped as ``(1 - a) h + tanh(h) (a g_G G^T) + u (a I^T)``.
+
+Backward through time (``gy[t] = dL/dy[t]``, ``gx[T] = 0``)::
+
+    gr[t]   = gy[t] @ wout^T + gx[t+1] @ rec^T            dL/dr[t]
+    gx[t]   = (1 - r[t]^2) * gr[t] + decay * gx[t+1]      dL/dx[t]
+    dL/dinw  = sum_t u[t]^T gx[t]          dL/du[t] = gx[t] @ inw^T
+    dL/drec  = sum_t r[t-1]^T gx[t]        dL/dwout = sum_t r[t]^T gy[t]
+    dL/dh0   = (1 - r[-1]^2) * (gx[0] @ rec^T) + decay * gx[0]   (summed over broadcast dims)
+
+The weights are made row-major once per call (MKL's NN product is ~10% faster than NT on
+these shapes).  Cost: per step of the forward one in-place ``addmm``/``baddbmm`` (``decay x + r rec``), one
+``tanh`` written into the stored rates, and the input term only on steps where some input
+is non-zero (adding an exact zero changes nothing; System A's pulse is on for ~2% of the
+steps).  The readout is one matrix product over all steps after the loop.  Per step of the
+backward: one ``bmm`` for ``gy wout^T``, one ``baddbmm`` for ``gx rec^T``, ``tanh_backward``
+and an ``add``.  Only the rates ``r`` [T+1, K, B, N] are stored (and the states ``x`` when
+asked for; they are returned without gradient).  Without gradients (``torch.no_grad`` or no
+input needing one) nothing of size T is kept except the outputs.
+
+:func:`tanh_rnn` is the entry point.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["TanhRNNFunction", "tanh_rnn"]
+
+
+def _nonzero_steps(u: Tensor) -> list[bool]:
+    """``[T]`` host-side flags: does step ``t`` carry any non-zero input (computed once)."""
+    return (u.reshape(u.shape[0], -1) != 0).any(1).tolist()
+
+
+class TanhRNNFunction(torch.autograd.Function):
+    """``(u, inw, rec, wout, h0, decay, want_states) -> (y [T, (K,) B, n_out], x or None)``; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, u, inw, rec, wout, h0, decay: float, want_states: bool):
+        T = u.shape[0]
+        batched = rec.dim() == 3
+        lead = u.shape[1:-1]  # (K, B) or (B,)
+        n = rec.shape[-1]
+        steps = _nonzero_steps(u)
+        mm_ = (lambda x, a, b, beta=1.0: x.baddbmm_(a, b, beta=beta)) if batched else (
+            lambda x, a, b, beta=1.0: x.addmm_(a, b, beta=beta))
+        keep = any(ctx.needs_input_grad[:5])
+        rec_c = rec.contiguous()  # row-major weights: MKL's NN product is ~10% faster than NT here
+        with torch.no_grad():
+            x = h0.expand(*lead, n).clone()
+            X = u.new_empty((T, *lead, n)) if want_states else None
+            if keep:
+                R = u.new_empty((T + 1, *lead, n))
+                torch.tanh(x, out=R[0])
+                for t in range(T):
+                    mm_(x, R[t], rec_c, beta=decay)
+                    if steps[t]:
+                        mm_(x, u[t], inw)
+                    torch.tanh(x, out=R[t + 1])
+                    if X is not None:
+                        X[t].copy_(x)
+                Y = torch.matmul(R[1:], wout)
+            else:  # inference: stream, keep only the outputs (and states)
+                r = torch.tanh(x)
+                Y = u.new_empty((T, *lead, wout.shape[-1]))
+                bmm = torch.bmm if batched else torch.mm
+                for t in range(T):
+                    mm_(x, r, rec_c, beta=decay)
+                    if steps[t]:
+                        mm_(x, u[t], inw)
+                    torch.tanh(x, out=r)
+                    bmm(r, wout, out=Y[t])
+                    if X is not None:
+                        X[t].copy_(x)
+                R = None
+        if keep:
+            ctx.save_for_backward(u, inw, rec, wout, R)
+            ctx.decay, ctx.steps, ctx.batched = float(decay), steps, batched
+            ctx.h0_shape = h0.shape
+        if X is not None:
+            ctx.mark_non_differentiable(X)
+        ctx.set_materialize_grads(False)
+        return Y, X
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gY, gX):
+        u, inw, rec, wout, R = ctx.saved_tensors
+        need_u, need_inw, need_rec, need_wout, need_h0 = ctx.needs_input_grad[:5]
+        decay, steps, batched = ctx.decay, ctx.steps, ctx.batched
+        T = u.shape[0]
+        mT = (lambda a: a.transpose(-1, -2))
+        if gY is None:
+            gY = R.new_zeros((T, *R.shape[1:-1], wout.shape[-1]))
+        gY = gY.contiguous()  # e.g. an expanded gradient of .sum(): bmm would copy each slice per step
+        mm = torch.bmm if batched else torch.mm
+        mm_ = (lambda x, a, b, beta=1.0: x.baddbmm_(a, b, beta=beta)) if batched else (
+            lambda x, a, b, beta=1.0: x.addmm_(a, b, beta=beta))
+        recT, woutT, inwT = mT(rec).contiguous(), mT(wout).contiguous(), mT(inw)
+        gx_next = R.new_zeros(R.shape[1:])  # gx[t+1]
+        gx = torch.empty_like(gx_next)
+        gr = torch.empty_like(gx_next)
+        g_inw = torch.zeros_like(inw) if need_inw else None
+        g_rec = torch.zeros_like(rec) if need_rec else None
+        g_u = torch.zeros_like(u) if need_u else None
+        for t in range(T - 1, -1, -1):
+            mm(gY[t], woutT, out=gr)
+            if t < T - 1:
+                mm_(gr, gx_next, recT)
+            torch.ops.aten.tanh_backward.grad_input(gr, R[t + 1], grad_input=gx)
+            if t < T - 1:
+                gx.add_(gx_next, alpha=decay)
+            if need_inw and steps[t]:
+                mm_(g_inw, mT(u[t]), gx)
+            if need_u:
+                mm(gx, inwT, out=g_u[t])
+            if need_rec:
+                mm_(g_rec, mT(R[t]), gx)
+            gx, gx_next = gx_next, gx
+        # gx_next now holds gx[0]
+        g_wout = g_h0 = None
+        if need_wout:  # sum_t r[t]^T gy[t]
+            Rs = R[1:]
+            if batched:
+                g_wout = torch.stack([Rs[:, k].reshape(-1, Rs.shape[-1]).t() @ gY[:, k].reshape(-1, gY.shape[-1])
+                                      for k in range(Rs.shape[1])])
+            else:
+                g_wout = Rs.reshape(-1, Rs.shape[-1]).t() @ gY.reshape(-1, gY.shape[-1])
+        if need_h0:
+            gr0 = mm(gx_next, recT)
+            gh = torch.ops.aten.tanh_backward(gr0, R[0]).add_(gx_next, alpha=decay)
+            g_h0 = gh.sum_to_size(ctx.h0_shape) if tuple(ctx.h0_shape) != tuple(gh.shape) else gh
+        return g_u, g_inw, g_rec, g_wout, g_h0, None, None
+
+
+def tanh_rnn(u: Tensor, inw: Tensor, rec: Tensor, wout: Tensor, h0: Tensor, decay: float,
+             return_states: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """Run the recurrence of the module docstring (time-major tensors).
+
+    Args:
+        u: inputs ``[T, K, B, n_in]`` (or ``[T, B, n_in]`` with 2-D weights).
+        inw: ``[K, n_in, N]`` (``[n_in, N]``); rec: ``[K, N, N]`` (``[N, N]``); wout: ``[K, N, n_out]`` (``[N, n_out]``).
+        h0: initial state, broadcastable to ``[K, B, N]`` (``[B, N]``).
+        decay: ``1 - dt / tau``.
+        return_states: also return the states ``x`` ``[T, K, B, N]`` (no gradient flows through them).
+
+    Returns:
+        ``(y [T, (K,) B, n_out], x or None)``.
+    """
+    batched = rec.dim() == 3
+    if u.dim() != (4 if batched else 3):
+        raise ValueError(f"u must be {'4' if batched else '3'}-D for {rec.dim()}-D weights, got {tuple(u.shape)}")
+    dtype = u.dtype
+    u = u.contiguous()
+    args = [t.to(dtype) for t in (inw, rec, wout, h0)]
+    return TanhRNNFunction.apply(u, *args, float(decay), bool(return_states))
