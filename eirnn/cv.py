@@ -102,7 +102,7 @@ def run_fold(cfg: DictConfig, fold: int, out: Path) -> Dict[str, Any]:
         extra["model_best_ckpt"] = (fold_dir, "best")
     return evaluate_run(fold_dir, checkpoint=rule, baselines=[b for b in names if b in BASELINES],
                         extra_runs=extra, ceiling_splits=int(cfg.cv.ceiling_splits), seed=int(cfg.cv.seed),
-                        noise_draws=_noise_draws(cfg))
+                        noise_draws=_noise_draws(cfg), calibrate=bool(cfg.cv.get("calibrate", True)))
 
 
 def _noise_draws(cfg: DictConfig) -> int:
@@ -125,7 +125,8 @@ def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[
     OmegaConf.save(fcfg, fold_dir / "fold_config.yaml")
     dm = build_datamodule(fcfg)
     result = evaluate_modules(dm, {}, baselines, int(cfg.cv.ceiling_splits), int(cfg.cv.seed),
-                              trial_term=trial_term_from_config(fcfg.loss, dm.bin_size_ms))
+                              trial_term=trial_term_from_config(fcfg.loss, dm.bin_size_ms),
+                              calibrate=bool(cfg.cv.get("calibrate", True)))
     result.update({"run_dir": str(fold_dir), "checkpoints": {}, "checkpoint_rule": None, "data": data_info(dm)})
     write_outputs(fold_dir, result)
     return result
@@ -184,6 +185,9 @@ def aggregate(evaluations: Mapping[int, Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+_SPEC = {"L_trial": ".3g", "bits_per_spike": ".4f", "bits_per_spike_uncal": ".4f"}
+
+
 def _ms(st: Mapping[str, Any] | None, spec: str = ".3f") -> str:
     if not st or st.get("mean") is None:
         return "n/a"
@@ -204,13 +208,14 @@ def format_markdown(agg: Mapping[str, Any], title: str = "") -> str:
         lines.append("- fit to own training trials (psth_corr): " + ", ".join(f"{k} {_ms(v)}" for k, v in tf.items()))
     cols = [("psth_corr", "psth_corr"), ("psth_corr_E", "E"), ("psth_corr_I", "I"),
             ("condition_psth_corr", "cond. corr"), ("condition_psth_r2", "cond. R2"),
-            ("bits_per_spike", "bits/spike"), ("fano_within_2x", "FF within 2x"), ("L_trial", "L_trial")]
+            ("bits_per_spike", "bits/spike"), ("bits_per_spike_uncal", "bits/spike uncal."),
+            ("fano_within_2x", "FF within 2x"), ("L_trial", "L_trial")]
     for set_name, s in agg.get("sets", {}).items():
         head = {"val": "Validation folds", "val_all": "All recorded trials of each validation fold (filtered ones included)"}
         lines += ["", f"## {head.get(set_name, set_name)} (trials per fold: {s['n_trials']})", "",
                   "| predictor | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for p, sc in s["scores"].items():
-            lines.append(f"| {p} | " + " | ".join(_ms(sc.get(k), ".3g" if k == "L_trial" else ".3f") for k, _ in cols) + " |")
+            lines.append(f"| {p} | " + " | ".join(_ms(sc.get(k), _SPEC.get(k, ".3f")) for k, _ in cols) + " |")
         if s.get("ceiling"):
             lines.append("| noise ceiling | " + " | ".join(_ms(s["ceiling"].get(k)) if k in s["ceiling"] else ""
                                                          for k, _ in cols) + " |")

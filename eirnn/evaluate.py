@@ -36,8 +36,10 @@ every per-neuron metric also as its mean over E and over I neurons, suffix ``_E`
                             windows of ``FANO_WINDOW_MS``) is within a factor 2 of the
                             data's; ``fano_model_median`` / ``fano_data_median``
 ``L_trial``                 the run's Sinkhorn trial-matching loss on the scored trials
+``bits_per_spike_uncal``    bits/spike of the predicted rate before the calibration below
 ``*_sample``                ``psth_corr`` / ``bits_per_spike`` of the model's single noise
-                            draw (what training-time validation logs), models only
+                            draw, uncalibrated (what training-time validation logs),
+                            models only
 ==========================  ===========================================================
 
 Predicted rates (defined here, once, for every predictor). A predictor's rate for trial
@@ -54,6 +56,15 @@ baselines. ``psth_corr``, the condition PSTH metrics and ``bits_per_spike`` scor
 scored as if it were a prediction. The Fano factor and ``L_trial``, which are about
 trial-to-trial *variability*, score one sample of the model (the validation-seed draw);
 a baseline's sample is its prediction.
+
+Calibration (``calibrate``, default on; :mod:`eirnn.calibration`). ``bits_per_spike`` (and
+only it) scores every predictor's expected rate after its per-neuron affine map
+``max(a_n p + c_n, floor)``, ``a_n >= 0``, fitted by Poisson maximum likelihood on the
+*training* trials from the predictor's own predictions for them: the lab's correlation loss
+leaves each neuron's rate scale free, which a single-trial Poisson score punishes. The
+training mean and condition-mean PSTHs are their own optimum (``a = 1, c = 0``).
+``bits_per_spike_uncal`` keeps the value of the rates as predicted; every other metric
+scores the rates as predicted.
 
 Sets: ``val`` (the run's validation trials). For a cross-validation fold whose filters
 removed trials, also ``val_all``: every trial of the fold as recorded, filtered ones
@@ -116,8 +127,7 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
         trial_term: optional callable ``(rates, target, mask) -> scalar tensor``
             (``FitObjective.trial_term``) for ``L_trial``.
         sample: ``[K, T, N]`` one noise draw of a stochastic model (default ``pred``):
-            scored by the Fano factor and ``L_trial``, and as ``psth_corr_sample`` /
-            ``bits_per_spike_sample``.
+            scored by the Fano factor and ``L_trial``.
 
     Returns:
         ``(summary {metric: float}, per_neuron {metric: [N]})``.
@@ -127,7 +137,6 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     pred = np.asarray(pred, dtype=np.float64)
     if pred.shape != trials.rates.shape:
         raise ValueError(f"prediction {pred.shape} does not match the trials {trials.rates.shape}")
-    has_sample = sample is not None
     sample = pred if sample is None else np.asarray(sample, dtype=np.float64)
     if sample.shape != pred.shape:
         raise ValueError(f"sample {sample.shape} does not match the prediction {pred.shape}")
@@ -157,9 +166,6 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     for k in ("fano_model", "fano_data"):
         v = per[k][np.isfinite(per[k])]
         out[f"{k}_median"] = float(np.median(v)) if v.size else float("nan")
-    if has_sample:
-        out["psth_corr_sample"] = M.psth_corr(sample, y, m)
-        out["bits_per_spike_sample"] = M.bits_per_spike(sample, y, m, bin_size_ms=bs)
     out["L_trial"] = float("nan")
     if trial_term is not None:
         import torch
@@ -168,6 +174,18 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
             out["L_trial"] = float(trial_term(torch.as_tensor(sample, dtype=torch.float32),
                                               torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(m)))
     return out, per
+
+
+def _bits_scores(pred: np.ndarray, trials, exc: np.ndarray) -> Tuple[Dict[str, float], np.ndarray]:
+    """``bits_per_spike`` (pooled over all / E / I neurons) and its per-neuron values."""
+    from eirnn import metrics as M
+
+    y, m, bs = trials.rates, trials.mask, trials.bin_size_ms
+    out = {"bits_per_spike": M.bits_per_spike(pred, y, m, bin_size_ms=bs)}
+    for tag, sel in (("E", exc), ("I", ~exc)):
+        out[f"bits_per_spike_{tag}"] = (M.bits_per_spike(pred[..., sel], y[..., sel], m[..., sel], bin_size_ms=bs)
+                                        if sel.any() else float("nan"))
+    return out, M.bits_per_spike_per_neuron(pred, y, m, bin_size_ms=bs)
 
 
 def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0, reference=None
@@ -329,7 +347,8 @@ def trial_term_from_config(loss_cfg: Mapping[str, Any] | None, bin_size_ms: floa
 
 def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = DEFAULT_BASELINES,
                      ceiling_splits: int = 50, seed: int = 0, baseline_kwargs: Optional[Mapping[str, dict]] = None,
-                     trial_term=None, noise_draws: int = DEFAULT_NOISE_DRAWS) -> Dict[str, Any]:
+                     trial_term=None, noise_draws: int = DEFAULT_NOISE_DRAWS,
+                     calibrate: bool = True) -> Dict[str, Any]:
     """Score trained modules and baselines on the validation trials of ``dm``.
 
     Args:
@@ -340,6 +359,8 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         ceiling_splits, seed: of the noise ceiling (and the baselines' inner folds).
         trial_term: ``L_trial`` callable for every predictor (default: the first module's).
         noise_draws: draws averaged into a model's predicted rate (:func:`predict_expected_rates`).
+        calibrate: fit each predictor's per-neuron affine calibration on the training trials
+            and score the calibrated rates (module docstring).
 
     Returns:
         the ``evaluation.json`` dict (without run-specific fields).
@@ -366,25 +387,43 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         fitted[name] = b.fit(train)
         info[name] = {"description": b.describe(), **b.info()}
 
-    result: Dict[str, Any] = {"sets": {}, "baselines": info, "train_fit": {}}
+    result: Dict[str, Any] = {"sets": {}, "baselines": info, "train_fit": {}, "calibration": {}}
+    from eirnn.calibration import fit_affine_calibration
+    from eirnn.metrics import bits_per_spike, psth_corr
+
+    # each predictor's rates for the training trials: its fit to them and its calibration
+    calib = {}
+    for name in list(modules) + list(fitted):
+        if name in modules:
+            p_train, _ = predict_expected_rates(modules[name], dm.tensors("train"), dm.batch_size, noise_draws)
+            result["train_fit"][name] = {"psth_corr": psth_corr(p_train, train.rates, train.mask)}
+        else:
+            p_train = fitted[name].predict(train)
+        if calibrate:
+            calib[name] = fit_affine_calibration(p_train, train.rates, train.mask, bs)
+            result["calibration"][name] = calib[name].info()
     for set_name, (trials, tensors) in sets.items():
-        preds = {name: predict_expected_rates(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
-        preds.update({name: (b.predict(trials), None) for name, b in fitted.items()})
+        raw = {name: predict_expected_rates(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
+        raw.update({name: (b.predict(trials), None) for name, b in fitted.items()})
         scores, per_neuron = {}, {}
-        for name, (pred, sample) in preds.items():
+        for name, (pred, sample) in raw.items():
             scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term, sample=sample)
+            scores[name]["bits_per_spike_uncal"] = scores[name]["bits_per_spike"]
+            if name in calib:  # the single-trial score of the calibrated rates (module docstring)
+                sc, pn = _bits_scores(calib[name](pred), trials, exc)
+                scores[name].update(sc)
+                per_neuron[name]["bits_per_spike"] = pn
+            if sample is not None:  # the logged validation metrics: one draw, uncalibrated
+                scores[name]["psth_corr_sample"] = psth_corr(sample, trials.rates, trials.mask)
+                scores[name]["bits_per_spike_sample"] = bits_per_spike(sample, trials.rates, trials.mask, bs)
         ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials))
         result["sets"][set_name] = {
             "n_trials": trials.n_trials, "scores": scores, "ceiling": ceil,
             "per_neuron": {**per_neuron, "ceiling": ceil_pn},
         }
-    from eirnn.metrics import psth_corr
-
-    for name, mod in modules.items():
-        p, _ = predict_expected_rates(mod, dm.tensors("train"), dm.batch_size, min(int(noise_draws), 1))
-        result["train_fit"][name] = {"psth_corr": psth_corr(p, train.rates, train.mask)}
     result["is_excitatory"] = exc.tolist()
     result["noise_draws"] = int(noise_draws)
+    result["calibrated"] = bool(calibrate)
     return result
 
 
@@ -408,7 +447,7 @@ def data_info(dm) -> Dict[str, Any]:
 def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Sequence[str] = DEFAULT_BASELINES,
                  extra_runs: Optional[Mapping[str, str | Path]] = None, ceiling_splits: int = 50, seed: int = 0,
                  write: bool = True, baseline_kwargs: Optional[Mapping[str, dict]] = None,
-                 noise_draws: int = DEFAULT_NOISE_DRAWS) -> Dict[str, Any]:
+                 noise_draws: int = DEFAULT_NOISE_DRAWS, calibrate: bool = True) -> Dict[str, Any]:
     """Evaluate one run folder (see the module docstring); returns the ``evaluation.json`` dict.
 
     ``extra_runs`` = ``{name: RUN_DIR or (RUN_DIR, checkpoint)}`` of other runs trained on
@@ -437,7 +476,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
         ock = _resolve_checkpoint(other, rule)
         modules[name], oep = load_module(ocfg, dm, ock)
         ckpts[name] = {"path": str(ock), "epoch": oep}
-    result = evaluate_modules(dm, modules, baselines, ceiling_splits, seed, baseline_kwargs, noise_draws=noise_draws)
+    result = evaluate_modules(dm, modules, baselines, ceiling_splits, seed, baseline_kwargs, noise_draws=noise_draws,
+                              calibrate=calibrate)
     result.update({"run_dir": str(run_dir), "checkpoints": ckpts, "checkpoint_rule": checkpoint, "data": data_info(dm)})
     metrics_json = run_dir / "metrics.json"
     if metrics_json.exists():
@@ -493,7 +533,7 @@ def table_rows(scores: Mapping[str, Mapping[str, Any]], ceiling: Optional[Mappin
     lines = [TABLE_HEADER, "|" + "---|" * 7]
     for name, s in scores.items():
         lines.append(f"| {name} | {_cell(s, 'psth_corr')} | {_cell(s, 'condition_psth_corr')} | "
-                     f"{_cell(s, 'condition_psth_r2')} | {_cell(s, 'bits_per_spike')} | "
+                     f"{_cell(s, 'condition_psth_r2')} | {_cell(s, 'bits_per_spike', '.4f')} | "
                      f"{_cell(s, 'fano_within_2x', '.2f')} | {_f(s.get('L_trial'), '.3g')} |")
     if ceiling:
         lines.append(f"| noise ceiling (data) | {_cell(ceiling, 'psth_corr')} | {_cell(ceiling, 'condition_psth_corr')} | "
@@ -529,7 +569,10 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         lines += table_rows(s["scores"], s.get("ceiling"))
     lines += ["", f"Models are scored on their expected rate given the trial's inputs (mean of "
               f"{result.get('noise_draws', DEFAULT_NOISE_DRAWS)} noise draws; 0 = noise-free), the Fano factor and "
-              "L_trial on one draw."]
+              "L_trial on one draw"
+              + ("; bits/spike of every predictor after its per-neuron affine calibration on the training "
+                 "trials (eirnn.calibration; before it: `bits_per_spike_uncal` in evaluation.json)."
+                 if result.get("calibrated") else ".")]
     lines += ["", "psth_corr: the lab's metric (PSTH over all scored trials). Conditions: location x identity x "
               "reward x salience. bits/spike: single-trial Poisson, vs each neuron's mean rate. Fano within 2x: "
               f"fraction of neurons (counts in {FANO_WINDOW_MS:g} ms windows). Noise ceiling: split-half reliability of the scored trials with the "
@@ -591,6 +634,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the ceiling splits and baseline inner folds")
     parser.add_argument("--noise-draws", type=int, default=DEFAULT_NOISE_DRAWS,
                         help="noise draws averaged into a model's predicted rate (0: noise-free pass; default %(default)s)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="score the predictors' rates as they are (no per-neuron affine calibration)")
     args = parser.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = [b for b in args.baselines.split(",") if b.strip()]
@@ -612,7 +657,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         if args.noise_draws < 0:
             raise EvaluationError(f"--noise-draws must be >= 0, got {args.noise_draws}")
         result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed,
-                              noise_draws=args.noise_draws)
+                              noise_draws=args.noise_draws, calibrate=not args.no_calibration)
     except EvaluationError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -40,15 +40,23 @@ def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
     # same trials, same checkpoint, same validation noise seed -> the same number for the sample
     assert model["psth_corr_sample"] == pytest.approx(logged["val/psth_corr"], abs=1e-5)
     assert model["bits_per_spike_sample"] == pytest.approx(logged["val/bits_per_spike"], abs=1e-4)
-    assert model["L_trial"] == pytest.approx(logged["val/L_trial"], rel=1e-3)
     # the predicted rate is the mean over noise draws: close to, but not the same as, one draw
     assert model["psth_corr"] == pytest.approx(logged["val/psth_corr"], abs=0.05)
     assert model["psth_corr"] != model["psth_corr_sample"]
-    assert res["noise_draws"] == 10
+    assert res["noise_draws"] == 10 and res["calibrated"]
+    # calibration (fitted on the training trials) changes bits/spike only
+    raw = evaluate_run(run_dir, baselines=(), ceiling_splits=2, write=False, calibrate=False)["sets"]["val"]["scores"]
+    for k in ("psth_corr", "condition_psth_r2", "fano_within_2x", "L_trial"):
+        assert raw["model"][k] == pytest.approx(model[k], abs=1e-9, nan_ok=True), k
+    assert raw["model"]["bits_per_spike"] == pytest.approx(model["bits_per_spike_uncal"], abs=1e-9)
+    assert model["bits_per_spike"] != model["bits_per_spike_uncal"]
+    assert model["L_trial"] == pytest.approx(logged["val/L_trial"], rel=1e-3)  # the logged draw
+    cal = res["calibration"]["model"]
+    assert len(cal["gain"]) == len(res["is_excitatory"]) and min(cal["gain"]) >= 0
     assert set(val["scores"]) == {"model", "train_mean", "condition_mean", "glm"}
     for name, s in val["scores"].items():
         for k in ("psth_corr", "psth_corr_E", "psth_corr_I", "condition_psth_corr", "condition_psth_r2",
-                  "bits_per_spike", "bits_per_spike_E", "fano_within_2x", "L_trial"):
+                  "bits_per_spike", "bits_per_spike_E", "bits_per_spike_uncal", "fano_within_2x", "L_trial"):
             assert k in s, (name, k)
     assert 0.0 < val["ceiling"]["psth_corr"] <= 1.0
     assert val["n_trials"] == res["data"]["n_val"] == 32
