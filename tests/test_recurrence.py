@@ -227,7 +227,12 @@ def test_sinkhorn_unrolled_matches_autograd_float32_wide_costs():
     torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-9)
     g1 = torch.autograd.grad((p1 * cost).sum(), cost)[0]
     g2 = torch.autograd.grad((p2 * cost).sum(), cost)[0]
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6 * float(g2.abs().max()))
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5 * float(g2.abs().max()))
+    # both float32 gradients are as close to the float64 one (round-off of the unrolled iterations)
+    c64 = cost.detach().double().requires_grad_()
+    g64 = torch.autograd.grad((_sinkhorn_autograd(c64, 0.1, 20) * c64).sum(), c64)[0]
+    err_fused, err_autograd = (g1.double() - g64).abs().max(), (g2.double() - g64).abs().max()
+    assert err_fused <= 1.5 * err_autograd + 1e-9 * float(g64.abs().max())
 
 
 def test_sinkhorn_unrolled_matches_autograd_float64_batched_zero_mass():

@@ -75,11 +75,13 @@ def masked_psth(rates: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, T
     Returns:
         ``(psth [T, N], valid [T, N] bool)``; ``psth`` is 0 where not valid.
     """
+    from .maskcache import mask_counts  # counts cached per mask tensor (performance only)
+
     mask = check_rates(rates, None, mask)
-    x = torch.where(mask, rates, 0.0)
-    count = mask.sum(dim=0, dtype=torch.int32)  # (an int32 count of a bool tensor is ~4x faster than int64)
-    psth = x.sum(dim=0) / count.clamp_min(1).to(rates.dtype)
-    return psth, count > 0
+    all_valid, denom, valid = mask_counts(mask, 0)
+    x = rates if all_valid else torch.where(mask, rates, 0.0)  # every entry valid: the same sums, no copy
+    psth = x.sum(dim=0) / denom.to(rates.dtype)
+    return psth, valid
 
 
 def _masked_center(x: Tensor, valid: Tensor, dim: int) -> Tuple[Tensor, Tensor]:

@@ -32,6 +32,9 @@ hand-written backward is the exact reverse of the unrolled updates: with
 arguments clamped at the underflow limit of the dtype (``exp(-87)`` in float32):
 below it PyTorch's CPU ``exp`` takes a slow path (10-40x), and the clamped terms are
 below the float resolution of every sum they enter; the plan is exactly 0 there.
+The softmaxes of the backward are not recomputed: the forward keeps each half-iteration's
+``E = exp(L + f - M)`` (``M`` the stabilising maximum of its log-sum-exp), and
+``S = E * exp(M - lse)`` (2 x n_iters matrices of memory instead of 2 x n_iters exponentials).
 With ``tol`` set, the iterations are recorded by autograd step by step (as POT does,
 the early stop needs the host).
 """
@@ -61,18 +64,13 @@ def _exp_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) + 0.5
 
 
-def _lse_(w: Tensor, dim: int, floor: float) -> Tensor:
-    """``logsumexp`` of ``w`` over ``dim``; overwrites ``w`` with ``exp(w - max)``."""
+def _lse_m_(w: Tensor, dim: int, floor: float) -> tuple[Tensor, Tensor]:
+    """``logsumexp`` of ``w`` over ``dim`` and the stabilising maximum ``M`` (keepdim); overwrites
+    ``w`` with ``exp(max(w - M, floor))``."""
     m = w.amax(dim, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     w.sub_(m).clamp_min_(floor).exp_()
-    return m.squeeze(dim) + w.sum(dim).log()
-
-
-def _softmax_from(log_k: Tensor, add: Tensor, sub: Tensor, floor: float) -> Tensor:
-    """``exp(log_k + add - sub)`` with broadcasting (the argument clamped at ``floor``)."""
-    w = log_k + add
-    return w.sub_(sub).clamp_min_(floor).exp_()
+    return m.squeeze(dim) + w.sum(dim).log(), m
 
 
 class SinkhornUnrolled(torch.autograd.Function):
@@ -80,6 +78,10 @@ class SinkhornUnrolled(torch.autograd.Function):
 
     ``n_iters`` log-domain updates from ``f = g = 0`` (see :func:`sinkhorn_log`), then
     ``P = exp(log_k + f + g)``. Gradient w.r.t. ``log_k`` only (the marginals are constants).
+
+    The forward keeps, for each half-iteration, the exponentials ``E = exp(L + f - M)`` of its
+    log-sum-exp (``M`` the stabilising maximum); the backward's softmax is then
+    ``S = E * exp(M - lse)`` (a scaling instead of a second exponential of every entry).
     """
 
     @staticmethod
@@ -87,43 +89,39 @@ class SinkhornUnrolled(torch.autograd.Function):
         floor = _exp_floor(log_k.dtype)
         with torch.no_grad():
             f = torch.zeros(log_k.shape[:-1], dtype=log_k.dtype, device=log_k.device)
-            work = torch.empty_like(log_k)
-            fs, lse_gs, lse_fs = [f], [], []
+            exps, maxs, lses = [], [], []  # per half-iteration: E, M (keepdim), lse (keepdim)
             for _ in range(n_iters):
-                torch.add(log_k, f.unsqueeze(-1), out=work)
-                lse_g = _lse_(work, -2, floor)
+                work = torch.add(log_k, f.unsqueeze(-1))
+                lse_g, m_g = _lse_m_(work, -2, floor)
                 g = log_b - lse_g
-                torch.add(log_k, g.unsqueeze(-2), out=work)
-                lse_f = _lse_(work, -1, floor)
+                exps.append(work), maxs.append(m_g), lses.append(lse_g.unsqueeze(-2))
+                work = torch.add(log_k, g.unsqueeze(-2))
+                lse_f, m_f = _lse_m_(work, -1, floor)
                 f = log_a - lse_f
-                fs.append(f)
-                lse_gs.append(lse_g)
-                lse_fs.append(lse_f)
+                exps.append(work), maxs.append(m_f), lses.append(lse_f.unsqueeze(-1))
             z = log_k + f.unsqueeze(-1)
             z.add_(g.unsqueeze(-2))
             plan = torch.where(z >= floor, z.clamp_min(floor).exp_(), torch.zeros_like(z))
-        ctx.save_for_backward(log_k, plan, torch.stack(fs), torch.stack(lse_gs), torch.stack(lse_fs), log_b)
+        ctx.save_for_backward(plan, *exps)
+        ctx.scales = [torch.exp(m - lse) for m, lse in zip(maxs, lses)]  # S = E * exp(M - lse)
         return plan
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_plan):
-        log_k, plan, fs, lse_gs, lse_fs, log_b = ctx.saved_tensors
-        floor = _exp_floor(log_k.dtype)
-        n_iters = lse_gs.shape[0]
+        plan, *exps = ctx.saved_tensors
+        scales = ctx.scales
+        n_iters = len(exps) // 2
         d_logk = d_plan * plan  # P = exp(L + f + g)
         df = d_logk.sum(-1)
         dg = d_logk.sum(-2)
         for k in range(n_iters - 1, -1, -1):
-            g_k = log_b - lse_gs[k]
-            # f_k = log a - LSE_j(L + g_k):  S^f = softmax over j
-            s = _softmax_from(log_k, g_k.unsqueeze(-2), lse_fs[k].unsqueeze(-1), floor)
-            s.mul_(df.neg().unsqueeze(-1))  # d lse^f = -df
+            # f_k = log a - LSE_j(L + g_k):  S^f = softmax over j;  d lse^f = -df
+            s = exps[2 * k + 1] * (scales[2 * k + 1] * df.neg().unsqueeze(-1))
             d_logk.add_(s)
             dg = dg + s.sum(-2)
             # g_k = log b - LSE_i(L + f_{k-1}):  S^g = softmax over i
-            s = _softmax_from(log_k, fs[k].unsqueeze(-1), lse_gs[k].unsqueeze(-2), floor)
-            s.mul_(dg.neg().unsqueeze(-2))
+            s = exps[2 * k] * (scales[2 * k] * dg.neg().unsqueeze(-2))
             d_logk.add_(s)
             df = s.sum(-1)  # d f_{k-1} (f_0 = 0 is a constant)
             dg = torch.zeros_like(dg)

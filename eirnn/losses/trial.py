@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .maskcache import TensorCache, mask_counts
 from .neuron import check_rates
 from .sinkhorn import sinkhorn_log
 
@@ -72,10 +73,15 @@ def population_trajectory(rates: Tensor, mask: Optional[Tensor] = None) -> Tuple
     Returns:
         ``(p [B, T], valid [B, T] bool)``, ``p`` is 0 where not valid.
     """
+    if mask is None:
+        check_rates(rates)
+        n = rates.new_full((), max(rates.shape[-1], 1))
+        return rates.sum(dim=-1) / n, torch.ones(rates.shape[:-1], dtype=torch.bool, device=rates.device)
     mask = check_rates(rates, None, mask)
-    x = torch.where(mask, rates, 0.0)
-    count = mask.sum(dim=-1, dtype=torch.int32)
-    return x.sum(dim=-1) / count.clamp_min(1).to(rates.dtype), count > 0
+    all_valid, denom, valid = mask_counts(mask, -1)
+    # with every entry valid, where(mask, x, 0) is x itself: same sums, no copy
+    x = rates if all_valid else torch.where(mask, rates, 0.0)
+    return x.sum(dim=-1) / denom.to(rates.dtype), valid
 
 
 def smooth_trajectory(p: Tensor, valid: Tensor, sigma_bins: float) -> Tensor:
@@ -83,7 +89,9 @@ def smooth_trajectory(p: Tensor, valid: Tensor, sigma_bins: float) -> Tensor:
 
     ``s[b, t] = sum_k g(k) v[b, t-k] p[b, t-k] / sum_k g(k) v[b, t-k]`` with
     ``g(k) = exp(-k^2 / (2 sigma^2))``, ``|k| <= ceil(4 sigma)``, evaluated at
-    valid bins (0 elsewhere). ``sigma_bins = 0`` returns ``p`` unchanged.
+    valid bins (0 elsewhere). ``sigma_bins = 0`` returns ``p`` unchanged. Both
+    convolutions are products with the banded ``[T, T]`` matrix ``G[u, t] = g(t - u)``
+    (a few MFLOP; faster on CPU than ``conv1d`` with one 9-tap channel).
 
     Args:
         p: ``[B, T]``; valid: bool ``[B, T]``; sigma_bins: width in bins.
@@ -95,15 +103,33 @@ def smooth_trajectory(p: Tensor, valid: Tensor, sigma_bins: float) -> Tensor:
         raise ValueError("smooth_sigma_bins must be >= 0")
     if sigma_bins == 0:
         return p
-    radius = max(1, int(math.ceil(4.0 * sigma_bins)))
-    k = torch.arange(-radius, radius + 1, dtype=p.dtype, device=p.device)
-    kernel = torch.exp(-0.5 * (k / sigma_bins) ** 2).view(1, 1, -1)
-    v = valid.to(p.dtype).unsqueeze(1)  # [B, 1, T]
-    x = torch.where(valid, p, torch.zeros_like(p)).unsqueeze(1)
-    num = F.conv1d(x, kernel, padding=radius).squeeze(1)
-    den = F.conv1d(v, kernel, padding=radius).squeeze(1)
+    num, den = _smooth_parts(p, valid, sigma_bins)
     # At a valid bin den >= g(0) = 1, so the clamp only acts on invalid bins.
     return torch.where(valid, num / den.clamp_min(1e-12), torch.zeros_like(p))
+
+
+def _gauss_band(T: int, sigma_bins: float, dtype, device) -> Tensor:
+    """``G[u, t] = exp(-(t - u)^2 / (2 sigma^2))`` for ``|t - u| <= ceil(4 sigma)``, else 0 (cached)."""
+    key = (int(T), float(sigma_bins), dtype, str(device))
+    band = _BANDS.get(key)
+    if band is None:
+        radius = max(1, int(math.ceil(4.0 * sigma_bins)))
+        k = torch.arange(T, dtype=torch.float64)
+        lag = k[None, :] - k[:, None]
+        band = torch.where(lag.abs() <= radius, torch.exp(-0.5 * (lag / sigma_bins) ** 2), torch.zeros(()))
+        band = _BANDS[key] = band.to(dtype=dtype, device=device)
+        if len(_BANDS) > 16:
+            _BANDS.pop(next(iter(_BANDS)))
+    return band
+
+
+def _smooth_parts(p: Tensor, valid: Tensor, sigma_bins: float, den: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Numerator and denominator of :func:`smooth_trajectory` (``den`` given: reused)."""
+    band = _gauss_band(p.shape[-1], sigma_bins, p.dtype, p.device)
+    num = torch.where(valid, p, torch.zeros_like(p)) @ band
+    if den is None:
+        den = valid.to(p.dtype) @ band
+    return num, den
 
 
 def zscore_across_trials(p: Tensor, valid: Tensor, std_floor: float = _STD_FLOOR) -> Tensor:
@@ -204,26 +230,80 @@ def trial_loss(
     Returns:
         scalar loss, or ``(loss, P)`` when ``return_plan``.
     """
+    if distance not in ("euclidean", "poisson"):
+        raise ValueError(f"distance must be 'euclidean' or 'poisson', got {distance!r}")
+    if smooth_sigma_bins < 0:
+        raise ValueError("smooth_sigma_bins must be >= 0")
+    mask_in = mask
     mask = check_rates(model_rates, target_rates, mask)
     target_rates = target_rates.to(model_rates.dtype)
-    pm, valid = population_trajectory(model_rates, mask)
-    pd, _ = population_trajectory(target_rates, mask)
-    pm = smooth_trajectory(pm, valid, smooth_sigma_bins)
-    pd = smooth_trajectory(pd, valid, smooth_sigma_bins)
+    data = _data_side(target_rates, mask, mask_in, distance, float(smooth_sigma_bins), float(bin_size_ms), float(eps))
+    pm, valid = population_trajectory(model_rates, mask_in)
+    if smooth_sigma_bins > 0:
+        num, den = _smooth_parts(pm, valid, smooth_sigma_bins, den=data["den"])
+        pm = torch.where(valid, num / den.clamp_min(1e-12), torch.zeros_like(pm))
 
     if distance == "euclidean":
-        cost = euclidean_trial_cost(
-            zscore_across_trials(pm, valid), valid, zscore_across_trials(pd, valid), valid
-        )
-    elif distance == "poisson":
-        dt = bin_size_ms / 1000.0
-        cost = poisson_trial_cost(pm * dt, valid, pd * dt, valid, eps=eps)
+        zm = torch.where(valid, zscore_across_trials(pm, valid), torch.zeros_like(pm))
+        wm = data["w"]
+        # = euclidean_trial_cost(zm, valid, zd, valid) with the data terms computed once
+        sq = zm.pow(2) @ data["w"].T + wm @ data["zd2_t"] - 2.0 * (zm @ data["zd_t"])
+        cost = (sq.clamp_min(0.0) + _SQRT_EPS).sqrt()
     else:
-        raise ValueError(f"distance must be 'euclidean' or 'poisson', got {distance!r}")
+        dt = bin_size_ms / 1000.0
+        # = poisson_trial_cost(pm * dt, valid, pd * dt, valid, eps) with the data terms computed once
+        m = torch.where(valid, pm * dt, torch.ones_like(pm)).clamp_min(eps)
+        wm = data["w"]
+        num = wm @ data["data_term_t"] + (wm * m) @ data["w"].T - (wm * torch.log(m)) @ data["wd_d_t"]
+        cost = num.clamp_min(0.0) / data["count"]
 
-    has_bins = valid.any(dim=1)  # [B]
-    n_valid = has_bins.sum().clamp_min(1).to(cost.dtype)
-    mass = torch.where(has_bins, 1.0 / n_valid, torch.full_like(n_valid, _MIN_MASS))
-    plan = sinkhorn_log(cost.detach() if detach_plan else cost, epsilon, n_iters, a=mass, b=mass)
+    plan = sinkhorn_log(cost.detach() if detach_plan else cost, epsilon, n_iters, a=data["mass"], b=data["mass"])
     loss = (plan * cost).sum()
     return (loss, plan) if return_plan else loss
+
+
+# --------------------------------------------------------------------------- caches
+
+_DATA = TensorCache()
+_BANDS: dict = {}
+
+
+def _data_side(target: Tensor, mask: Tensor, mask_in: Optional[Tensor], distance: str, sigma: float,
+               bin_size_ms: float, eps: float) -> dict:
+    """Everything :func:`trial_loss` computes from the recorded trials alone (cached)."""
+    keys = (target, mask_in) if mask_in is not None else (target,)
+    key = (distance, sigma, bin_size_ms, eps, target.dtype)
+    hit = _DATA.get(keys, key)
+    if hit is not None:
+        return hit
+    with torch.no_grad() if not target.requires_grad else _nullcontext():
+        pd, valid = population_trajectory(target, mask_in)
+        out: dict = {}
+        if sigma > 0:
+            num, den = _smooth_parts(pd, valid, sigma)
+            pd = torch.where(valid, num / den.clamp_min(1e-12), torch.zeros_like(pd))
+            out["den"] = den
+        w = valid.to(pd.dtype)
+        out["w"] = w
+        if distance == "euclidean":
+            zd = torch.where(valid, zscore_across_trials(pd, valid), torch.zeros_like(pd))
+            out["zd_t"], out["zd2_t"] = zd.T, zd.pow(2).T
+        else:
+            d = torch.where(valid, pd * (bin_size_ms / 1000.0), torch.ones_like(pd)).clamp_min(eps)
+            out["data_term_t"] = (w * (d * torch.log(d) - d)).T
+            out["wd_d_t"] = (w * d).T
+            out["count"] = (w @ w.T).clamp_min(1.0)
+        has_bins = valid.any(dim=1)  # [B]
+        n_valid = has_bins.sum().clamp_min(1).to(pd.dtype)
+        out["mass"] = torch.where(has_bins, 1.0 / n_valid, torch.full_like(n_valid, _MIN_MASS))
+    if target.requires_grad:
+        return out
+    return _DATA.put(keys, out, key)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
