@@ -295,13 +295,16 @@ def run(argv: list[str] | None = None) -> str:
                    help="extra Hydra override for every timed run (repeatable), e.g. data.filters=null")
     p.add_argument("--ensemble-size", type=int, default=None,
                    help="K of row e (epoch of a K-seed ensemble vs one model; default 20, smoke 3)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc malloc at its defaults (eirnn.train applies malloc_tuning=true)")
     p.add_argument("--out", default=None, help="also write the markdown to this file")
     args = p.parse_args(argv)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from eirnn.runtime import configure
+
+    runtime_note = configure(args.threads or "auto", malloc_tuning=not args.no_malloc_tuning)  # as eirnn.train does
     rows = {r.strip() for r in args.rows.split(",") if r.strip()}
     unknown = rows - set(ROW_IDS)
     if unknown:
@@ -365,7 +368,8 @@ def run(argv: list[str] | None = None) -> str:
                   "subprocess, synthetic default data, whole command")
 
     load1 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    md = _header(data_note, n_train, n_time, fit, load0, load1, time.perf_counter() - t_start, args) + "\n\n" + table.markdown()
+    md = _header(data_note, n_train, n_time, fit, load0, load1, time.perf_counter() - t_start, args, runtime_note) \
+        + "\n\n" + table.markdown()
     md += "\n\n" + _ratios(table)
     if getattr(table, "ensemble", None):
         k, t_k, t_1 = table.ensemble
@@ -446,7 +450,7 @@ def _row_d(fit: Fit, table: Table, repeats: int):
               measure(ours, repeats), measure(ref, repeats))
 
 
-def _header(data_note, n_train, n_time, fit, load0, load1, wall, args) -> str:
+def _header(data_note, n_train, n_time, fit, load0, load1, wall, args, runtime_note="") -> str:
     import lightning
     import torch
 
@@ -454,7 +458,7 @@ def _header(data_note, n_train, n_time, fit, load0, load1, wall, args) -> str:
     return "\n".join([
         f"### eirnn speed benchmark ({mode} mode)",
         "",
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores; {runtime_note or f'torch threads {torch.get_num_threads()}'}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}",
         f"- data: {data_note}; {n_train} training trials x {n_time} bins, {fit.n_rec} recorded + "
         f"{fit.model.n_units - fit.n_rec} hidden units; rows a and e (trainer.fit): "

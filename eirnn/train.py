@@ -130,6 +130,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = _output_dir(cfg)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
+    from eirnn.runtime import configure  # torch threads, glibc malloc tuning (speed only)
+
+    try:
+        log.info("run time: %s", configure(cfg.get("threads", "auto"), bool(cfg.get("malloc_tuning", True))))
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
     from eirnn.training import ensemble as ens
 
