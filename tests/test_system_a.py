@@ -96,21 +96,33 @@ def test_tanh_rnn_gradcheck_all_inputs(batched):
     assert torch.autograd.gradcheck(lambda *a: tanh_rnn(*a, 0.75)[0], args)
 
 
-def test_ensemble_model_runs_each_member_as_its_single_model():
+@pytest.mark.parametrize("strategy", ["bmm", "loop"])
+def test_ensemble_model_runs_each_member_as_its_single_model(strategy):
     from eirnn.tasks.ensemble import SystemAEnsembleRNN
 
     members = [SystemARNN(n_units=12, tau=5.0, h0="random", seed=s) for s in (3, 4, 5)]
-    ens = SystemAEnsembleRNN(members)
+    ens = SystemAEnsembleRNN(members, strategy)
     assert ens.G.shape == (3, 12, 12) and ens.I.shape == (3, 12, 1) and ens.seeds == [3, 4, 5]
     x = torch.randn(3, 2, 30, 1)
+    x[:, :, :10] = 0.0
     out = ens(x, return_states=True)
+    out.output.pow(2).sum().backward()
     for k, m in enumerate(members):
         ref = m(x[k], return_states=True)
+        ref.output.pow(2).sum().backward()
         torch.testing.assert_close(out.output[k], ref.output.detach())
         torch.testing.assert_close(out.states[k], ref.states)
+        torch.testing.assert_close(ens.I.grad[k], m.I.grad)
+        torch.testing.assert_close(ens.w.grad[k], m.w.grad)
         assert torch.equal(ens.member(k).I, m.I) and torch.equal(ens.member_state_dict(k)["G"], m.G)
+    assert ens.resolved_strategy(torch.device("cpu")) == strategy
+    assert SystemAEnsembleRNN(members).resolved_strategy(torch.device("cpu")) == "bmm"     # N < 256
+    big = [SystemARNN(n_units=256, tau=5.0, seed=s) for s in (1, 2)]
+    assert SystemAEnsembleRNN(big).resolved_strategy(torch.device("cpu")) == "loop"
     with pytest.raises(ValueError, match="share n_units"):
         SystemAEnsembleRNN([SystemARNN(n_units=12, seed=1), SystemARNN(n_units=13, seed=2)])
+    with pytest.raises(ValueError, match="strategy"):
+        SystemAEnsembleRNN(members, "threads")
 
 
 def test_zero_state_stays_silent_without_input():
@@ -170,6 +182,29 @@ def test_participation_ratio_hand_checked_cases():
     assert participation_ratio(E[:, 0] + E[:, 5], E, "squared", n_components=3) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         participation_ratio(v, E, "other")
+
+
+def test_participation_ratio_ignores_the_arbitrary_zero_variance_basis():
+    """Rates in a 2-D subspace of R^6: the 4 zero-variance eigenvectors can be rotated freely.
+    A PR over all 6 components changes with that rotation; over the 2 kept by
+    n_variance_components it does not."""
+    from eirnn.analysis.system_a import n_variance_components
+
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    rates = rng.normal(size=(400, 2)) * [2.0, 0.5] @ basis[:, :2].T
+    vals, vecs = pca(rates)
+    assert n_variance_components(vals) == 2
+    assert n_variance_components(np.array([4.0, 1.0, 1e-9, 1e-17])) == 2
+    assert n_variance_components(np.array([4.0, 1.0, 1e-9, 1e-17]), rtol=0) == 4
+    assert n_variance_components(vals, n_max=1) == 1
+    rot = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    other = vecs.copy()
+    other[:, 2:] = vecs[:, 2:] @ rot                     # another valid eigenbasis of the same covariance
+    v = rng.normal(size=6)
+    for kind in ("readme", "squared"):
+        assert participation_ratio(v, vecs, kind, 2) == pytest.approx(participation_ratio(v, other, kind, 2))
+    assert participation_ratio(v, vecs, "squared") != pytest.approx(participation_ratio(v, other, "squared"))
 
 
 def test_pca_sign_rule_order_and_alignment():
@@ -244,7 +279,7 @@ def test_sanity_training_through_hydra_and_sweep_analysis(compose, tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 2
     for col in ("precision_5", "precision_15", "precision_30", "precision_mean", "weight_corr",
-                "I_PR_readme", "w_PR_readme", "I_PR_squared", "w_PR_squared"):
+                "I_PR_readme", "w_PR_readme", "I_PR_squared", "w_PR_squared", "n_pcs_spont", "n_pcs_memory"):
         assert col in table[0] and math.isfinite(float(table[0][col])), col
     assert (sweep / "performance.png").is_file() and (sweep / "evaluation" / "seed_2.png").is_file()
     assert rows[0]["precision_mean"] != rows[1]["precision_mean"]   # independent models

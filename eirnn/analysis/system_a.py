@@ -1,7 +1,7 @@
 """Analysis of the System A models of a sweep (lab README 004).
 
 ``python -m eirnn.analysis.system_a SWEEP_DIR [--checkpoint last|best] [--pr readme|squared]
-[--n-pcs K] [--out DIR]`` where SWEEP_DIR is a ``--multirun`` folder of ``experiment=system_a*``
+[--n-pcs K] [--pc-rtol RTOL] [--out DIR]`` where SWEEP_DIR is a ``--multirun`` folder of ``experiment=system_a*``
 (one sub-folder per seed), an ``ensemble.size=K`` run (its ``members/m{k}/``) or a single run folder.
 
 For every model (its task parameters come from its checkpoint):
@@ -21,7 +21,11 @@ For every model (its task parameters come from its checkpoint):
 with ``PR = (sum_i c_i)^2 / sum_i c_i^2``, ``c_i = e_i . v`` exactly as README 004 states
 (``--pr readme``), and the conventional PR on the squared projections (``--pr squared``); both
 go to the CSV, the figure shows the chosen one.  See
-:func:`eirnn.analysis.common.participation_ratio`.
+:func:`eirnn.analysis.common.participation_ratio`.  The sums run over the components that carry
+variance, eigenvalue ``> 1e-6 x`` the largest (``--pc-rtol``; README 004 uses all of them): the
+remaining eigenvectors span a zero-variance subspace whose basis is arbitrary, and including
+them made the PRs change with the float round-off of the recurrence.  The CSV gives the counts
+(``n_pcs_spont``, ``n_pcs_memory``).
 
 Writes ``system_a_summary.csv``, ``system_a_summary.json``, ``performance.png`` (precision
 against the three quantities: weight correlation blue, input PR green, output PR red; with the
@@ -93,23 +97,47 @@ def spontaneous_rates(model, dm: SystemADataModule, seed: int = 0) -> np.ndarray
     return r[n_steps // 6:]
 
 
-def model_quantities(model, dm: SystemADataModule, n_pcs: Optional[int] = None, spont_seed: int = 0) -> dict[str, Any]:
-    """All per-model numbers of the module docstring (+ the arrays for the figures under ``_arrays``)."""
+PC_RTOL = 1e-6
+
+
+def n_variance_components(eigvals: np.ndarray, rtol: float = PC_RTOL, n_max: Optional[int] = None) -> int:
+    """How many principal components carry variance: eigenvalues ``> rtol * largest`` (all when
+    ``rtol <= 0``), at most ``n_max``.
+
+    The rest span a subspace of (numerically) zero variance in which any orthonormal basis is
+    an equally valid set of eigenvectors, so projections onto them -- and any participation
+    ratio that includes them -- are arbitrary (they changed with the float round-off of the
+    recurrence).  ``1e-6`` is about ten times float32's relative precision.
+    """
+    ev = np.asarray(eigvals, float)
+    n = int((ev > float(rtol) * ev[0]).sum()) if rtol > 0 and ev.size and ev[0] > 0 else int(ev.size)
+    return max(1, min(n, int(n_max))) if n_max is not None else max(1, n)
+
+
+def model_quantities(model, dm: SystemADataModule, n_pcs: Optional[int] = None, spont_seed: int = 0,
+                     pc_rtol: float = PC_RTOL) -> dict[str, Any]:
+    """All per-model numbers of the module docstring (+ the arrays for the figures under ``_arrays``).
+
+    The participation ratios use the first :func:`n_variance_components` components of each PCA
+    (``pc_rtol``; ``n_pcs`` caps the count).
+    """
     model = model.cpu().float().eval()
     prec, arrays = precision(model, dm)
     I = model.I.detach().double().numpy()[:, 0]
     w = model.w.detach().double().numpy()[:, 0]
     spont = spontaneous_rates(model, dm, spont_seed)
-    _, e_spont = eig_cov(np.cov(spont, rowvar=False))
+    v_spont, e_spont = eig_cov(np.cov(spont, rowvar=False))
     c0 = int(round(dm.params["cost_onset"] / dm.dt))
     covs = [np.cov(r[c0:], rowvar=False) for r in arrays["rates"]]
-    _, e_mem = eig_cov(np.mean(covs, 0))
+    v_mem, e_mem = eig_cov(np.mean(covs, 0))
+    k_spont, k_mem = n_variance_components(v_spont, pc_rtol, n_pcs), n_variance_components(v_mem, pc_rtol, n_pcs)
     row = {f"precision_{d:g}": v for d, v in prec.items()}
     row["precision_mean"] = float(np.mean(list(prec.values())))
     row["weight_corr"] = cosine(I, w)
     for kind in ("readme", "squared"):
-        row[f"I_PR_{kind}"] = participation_ratio(I, e_spont, kind, n_pcs)
-        row[f"w_PR_{kind}"] = participation_ratio(w, e_mem, kind, n_pcs)
+        row[f"I_PR_{kind}"] = participation_ratio(I, e_spont, kind, k_spont)
+        row[f"w_PR_{kind}"] = participation_ratio(w, e_mem, kind, k_mem)
+    row["n_pcs_spont"], row["n_pcs_memory"] = k_spont, k_mem
     row["spont_rate_std"] = float(spont.std())
     row["_arrays"] = arrays
     return row
@@ -180,7 +208,7 @@ def plot_performance(path: Path, rows: list[dict], pr: str = "readme") -> None:
 
 
 def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, checkpoint: str = "last",
-                  pr: str = "readme", n_pcs: Optional[int] = None) -> list[dict]:
+                  pr: str = "readme", n_pcs: Optional[int] = None, pc_rtol: float = PC_RTOL) -> list[dict]:
     """Analyse every run of ``sweep_dir``; returns the CSV rows."""
     if pr not in ("readme", "squared"):
         raise AnalysisError(f"--pr must be readme or squared, got {pr!r}")
@@ -194,7 +222,7 @@ def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, c
         dm = build_task(task)
         if not isinstance(dm, SystemADataModule):
             raise AnalysisError(f"{ckpt}: the run's task is {type(dm).__name__}, not System A")
-        q = model_quantities(model, dm, n_pcs)
+        q = model_quantities(model, dm, n_pcs, pc_rtol=pc_rtol)
         arrays = q.pop("_arrays")
         seed = int(model.config.get("seed", -1))
         hist = task.get("_history") or [{}]
@@ -210,7 +238,8 @@ def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, c
         wr = csv.DictWriter(f, fieldnames=keys)
         wr.writeheader()
         wr.writerows(rows)
-    write_json(out / "system_a_summary.json", {"n_models": len(rows), "pr": pr, "n_pcs": n_pcs, "models": rows})
+    write_json(out / "system_a_summary.json", {"n_models": len(rows), "pr": pr, "n_pcs": n_pcs, "pc_rtol": pc_rtol,
+                                                     "models": rows})
     plot_performance(out / "performance.png", rows, pr)
     other = "squared" if pr == "readme" else "readme"
     plot_performance(out / f"performance_{other}.png", rows, other)
@@ -223,10 +252,14 @@ def run(argv: list[str]) -> list[dict]:
     ap.add_argument("--checkpoint", default="last", choices=("last", "best"),
                     help="last = the model after all epochs (default), best = lowest val/loss")
     ap.add_argument("--pr", default="readme", choices=("readme", "squared"), help="PR shown in the figure")
-    ap.add_argument("--n-pcs", type=int, default=None, help="use only the first K principal components")
+    ap.add_argument("--n-pcs", type=int, default=None, help="use at most the first K principal components")
+    ap.add_argument("--pc-rtol", type=float, default=PC_RTOL,
+                    help="use the components with eigenvalue > RTOL x the largest (default 1e-6; 0 = all, as README 004)")
     ap.add_argument("--out", default=None, help="output folder (default SWEEP_DIR)")
     args = ap.parse_args(argv)
-    rows = analyze_sweep(args.sweep_dir, args.out, args.checkpoint, args.pr, args.n_pcs)
+    if args.pc_rtol < 0:
+        raise AnalysisError(f"--pc-rtol must be >= 0, got {args.pc_rtol}")
+    rows = analyze_sweep(args.sweep_dir, args.out, args.checkpoint, args.pr, args.n_pcs, args.pc_rtol)
     out = Path(args.out) if args.out else Path(args.sweep_dir)
     prec = np.array([r["precision_mean"] for r in rows])
     print(f"{len(rows)} models; mean precision {np.nanmean(prec):.4g} (min {np.nanmin(prec):.4g}, max {np.nanmax(prec):.4g}); "

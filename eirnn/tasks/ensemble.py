@@ -7,8 +7,9 @@ Member ``k`` is the single run with ``seed = seed + k``, batched:
   it has its own trials and its own batch order, as the single run);
 - its network is built as that single run's :class:`~eirnn.tasks.system_a_model.SystemARNN`,
   then the ``K`` networks are stacked (:class:`SystemAEnsembleRNN`: ``G`` [K, N, N], ``h0``
-  [K, N], ``I`` [K, N, n_in], ``w`` [K, N, n_out]) and run as one recurrence with ``bmm``
-  (:func:`eirnn.tasks.tanh_recurrence.tanh_rnn`);
+  [K, N], ``I`` [K, N, n_in], ``w`` [K, N, n_out]) and run in one forward, either as one
+  recurrence with ``bmm`` or member by member (``+ensemble.strategy=auto|bmm|loop``, see
+  :class:`SystemAEnsembleRNN`; :func:`eirnn.tasks.tanh_recurrence.tanh_rnn`);
 - one step (:meth:`SystemAEnsembleModule.training_step`)::
 
       y[k]    = member k's output on member k's batch          [K, B, T, n_out]
@@ -54,15 +55,30 @@ _SAME = ("n_units", "n_inputs", "n_outputs", "tau", "dt", "g_G", "h0", "impl")
 
 
 # ----------------------------------------------------------------------------- model
+STRATEGIES = ("auto", "bmm", "loop")
+
+
 class SystemAEnsembleRNN(nn.Module):
     """``K`` :class:`SystemARNN` stacked; ``forward(inputs [K, B, T, n_in]) -> output [K, B, T, n_out]``.
 
-    Member ``k`` computes exactly ``members[k](inputs[k])`` (the same equations; ``bmm`` instead
-    of ``mm``).  ``impl="autograd"`` members run the batched plain autograd loop.
+    Member ``k`` computes exactly ``members[k](inputs[k])`` (the same equations).  ``strategy``:
+
+    - ``bmm``: one recurrence over all members, a batched ``baddbmm`` per time step;
+    - ``loop``: the fused single-model recurrence once per member, inside the same forward
+      (the single model's own kernels, so bit-for-bit its arithmetic);
+    - ``auto`` (default): ``loop`` on a CPU when ``N >= 256``, else ``bmm``.  On one CPU core
+      ``bmm`` was 1.45x faster at K=20, N=100 (the products are small, the per-step overhead
+      is shared) and ``loop`` 1.2x faster at K=4, N=500 (compute-bound; one member's weights
+      stay in cache); see experiments/tasks.md.
+
+    ``impl="autograd"`` members run the batched plain autograd loop.
     """
 
-    def __init__(self, members: Sequence[SystemARNN]):
+    def __init__(self, members: Sequence[SystemARNN], strategy: str = "auto"):
         super().__init__()
+        if strategy not in STRATEGIES:
+            raise ValueError(f"ensemble strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
         members = list(members)
         if not members or not all(isinstance(m, SystemARNN) for m in members):
             raise ValueError("SystemAEnsembleRNN needs one or more SystemARNN members")
@@ -88,6 +104,12 @@ class SystemAEnsembleRNN(nn.Module):
             raise ValueError(f"inputs must be [K={self.size}, B, T, n_inputs], got {tuple(inputs.shape)}")
         a = self.alpha
         h0 = self.h0.to(inputs.dtype)[:, None, :]  # [K, 1, N]
+        if self.impl == "fused" and self.resolved_strategy(inputs.device) == "loop":
+            res = [tanh_rnn(inputs[k].transpose(0, 1), (a * self.I[k]).t(), (a * self.g_G) * self.G[k].t(), self.w[k],
+                            h0[k, 0], 1.0 - a, return_states) for k in range(self.size)]
+            y = torch.stack([r[0] for r in res], 1)                     # [T, K, B, n_out]
+            x = torch.stack([r[1] for r in res], 1) if return_states else None
+            return TaskOutput(y.permute(1, 2, 0, 3), None if x is None else x.permute(1, 2, 0, 3))
         if self.impl == "fused":
             y, x = tanh_rnn(inputs.permute(2, 0, 1, 3), (a * self.I).transpose(1, 2),
                             (a * self.g_G) * self.G.transpose(1, 2), self.w, h0, 1.0 - a, return_states)
@@ -103,6 +125,12 @@ class SystemAEnsembleRNN(nn.Module):
             if return_states:
                 states.append(h)
         return TaskOutput(torch.stack(outs, 2), torch.stack(states, 2) if return_states else None)
+
+    def resolved_strategy(self, device: torch.device) -> str:
+        """``bmm`` or ``loop`` (what ``auto`` means on ``device``; see the class docstring)."""
+        if self.strategy != "auto":
+            return self.strategy
+        return "loop" if torch.device(device).type == "cpu" and self.n_units >= 256 else "bmm"
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s weights as a :class:`SystemARNN` state dict (copies)."""
@@ -122,7 +150,8 @@ class SystemAEnsembleRNN(nn.Module):
     def describe(self) -> str:
         c = self.n_parameters()
         return (f"SystemAEnsembleRNN: {self.size} x SystemARNN N={self.n_units} tau={self.tau:g} ms dt={self.dt:g} ms "
-                f"g_G={self.g_G:g} (seeds {self.seeds[0]}..{self.seeds[-1]}); trainable params {c['trainable']} "
+                f"g_G={self.g_G:g} (seeds {self.seeds[0]}..{self.seeds[-1]}; strategy {self.strategy}, on a CPU "
+                f"{self.resolved_strategy(torch.device('cpu'))}); trainable params {c['trainable']} "
                 f"({c['trainable'] // self.size} per member), fixed {c['fixed']}")
 
 
@@ -483,9 +512,11 @@ def build_ensemble(cfg, dm: EnsembleTaskDataModule, size: int):
         raise UserError("task ensembles need the data of eirnn.tasks.ensemble.build_datamodule")
     if cfg.get("export"):
         raise UserError("export=true is not supported with ensemble.size > 1")
+    from omegaconf import OmegaConf
+
     members = [build_model(_with_seed(cfg, int(cfg.seed) + k), dm.members[k]) for k in range(size)]
     try:
-        model = SystemAEnsembleRNN(members)
+        model = SystemAEnsembleRNN(members, str(OmegaConf.select(cfg, "ensemble.strategy", default="auto") or "auto"))
     except ValueError as err:
         raise UserError(f"ensemble: {err}") from err
     c = copy.deepcopy(cfg)

@@ -22,8 +22,10 @@ Backward through time (``gy[t] = dL/dy[t]``, ``gx[T] = 0``)::
     dL/drec  = sum_t r[t-1]^T gx[t]        dL/dwout = sum_t r[t]^T gy[t]
     dL/dh0   = (1 - r[-1]^2) * (gx[0] @ rec^T) + decay * gx[0]   (summed over broadcast dims)
 
-The weights are made row-major once per call (MKL's NN product is ~10% faster than NT on
-these shapes).  Cost: per step of the forward one in-place ``addmm``/``baddbmm`` (``decay x + r rec``), one
+The recurrent weights of both passes are copied once per call into column-major storage
+(``rec`` forward, ``rec^T`` backward): batched ``baddbmm`` with such a second operand measured
+1.3-1.5x faster at K=4, N=500 on one core (no difference for 2-D products or at N=100).
+Cost: per step of the forward one in-place ``addmm``/``baddbmm`` (``decay x + r rec``), one
 ``tanh`` written into the stored rates, and the input term only on steps where some input
 is non-zero (adding an exact zero changes nothing; System A's pulse is on for ~2% of the
 steps).  The readout is one matrix product over all steps after the loop.  Per step of the
@@ -62,7 +64,7 @@ class TanhRNNFunction(torch.autograd.Function):
         mm_ = (lambda x, a, b, beta=1.0: x.baddbmm_(a, b, beta=beta)) if batched else (
             lambda x, a, b, beta=1.0: x.addmm_(a, b, beta=beta))
         keep = any(ctx.needs_input_grad[:5])
-        rec_c = rec.contiguous()  # row-major weights: MKL's NN product is ~10% faster than NT here
+        rec_c = rec.mT.contiguous().mT  # column-major storage: see the module docstring
         with torch.no_grad():
             x = h0.expand(*lead, n).clone()
             X = u.new_empty((T, *lead, n)) if want_states else None
@@ -113,7 +115,7 @@ class TanhRNNFunction(torch.autograd.Function):
         mm = torch.bmm if batched else torch.mm
         mm_ = (lambda x, a, b, beta=1.0: x.baddbmm_(a, b, beta=beta)) if batched else (
             lambda x, a, b, beta=1.0: x.addmm_(a, b, beta=beta))
-        recT, woutT, inwT = mT(rec).contiguous(), mT(wout).contiguous(), mT(inw)
+        recT, woutT, inwT = rec.contiguous().mT, mT(wout).contiguous(), mT(inw)  # recT column-major
         gx_next = R.new_zeros(R.shape[1:])  # gx[t+1]
         gx = torch.empty_like(gx_next)
         gr = torch.empty_like(gx_next)
