@@ -197,23 +197,25 @@ def plot_grad_norms(steps: Sequence[dict], path: Path, title: str = "gradient ma
     mean over each epoch (markers, when there are several epochs) -> PNG."""
     plt = _plt()
     keys = sorted({k for r in steps for k in r if k.startswith("grad_norm/")})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     s = [r["step"] for r in steps]
+    alpha = 0.45 if len(steps) <= 1000 else 0.3
+    many = False
     for i, k in enumerate(keys):
         name = k.split("/", 1)[1]
-        ax.plot(s, [r.get(k, np.nan) for r in steps], lw=0.6, alpha=0.45, color=f"C{i}")
+        ax.plot(s, [r.get(k, np.nan) for r in steps], lw=0.6, alpha=alpha, color=f"C{i}")
         xs, ys = _epoch_means(steps, k)
         many = len(xs) > 1
-        ax.plot(xs if many else [], ys if many else [], "o-", ms=3, lw=1.5, color=f"C{i}",
-                label=f"|dL/d{name}|" + (" (epoch mean; thin: per step)" if many else ""))
-        if not many:
-            ax.plot([], [], color=f"C{i}", label=f"|dL/d{name}| per step")
+        if many:
+            ax.plot(xs, ys, "o-", ms=3, lw=1.5, color=f"C{i}", label=f"|dL/d{name}|")
+        else:
+            ax.plot([], [], color=f"C{i}", lw=1.5, label=f"|dL/d{name}|")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("gradient norm (before clipping)")
-    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="both", lw=0.4)
-    ax.set_title(title)
+    ax.set_title(title + ("\n(thin: every step; dots: epoch mean)" if many else " (every step)"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
