@@ -358,3 +358,12 @@ def test_ensemble_refuses_what_it_cannot_do_per_member(compose, tmp_path):
         from eirnn.train import train
 
         train(compose(["experiment=context_switch_sanity", "ensemble.size=2", "logger=none"], tmp_path / "c"))
+
+
+def test_batch_timing_command_runs(capsys):
+    from eirnn.tasks.bench_system_a import main
+
+    main(["small", "--k", "2", "--steps", "20", "--reps", "1"])
+    main(["full", "--k", "2", "--steps", "10", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert "impl=fused" in out and "strategy=bmm" in out and "strategy=loop" in out and "500 units" in out
