@@ -85,16 +85,36 @@ def compose(overrides: list[str], output_dir: str):
     return cfg
 
 
-def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+class Timings(list):
+    """Wall-clock seconds per call (the list) and this process's CPU seconds per call (``.cpu``:
+    user + system time of all its threads; on a machine shared with other jobs it is the
+    steadier measure of the work done, with one thread close to the wall time of an idle core)."""
+
+    def __init__(self, wall=(), cpu=()):
+        super().__init__(wall)
+        self.cpu = list(cpu)
+
+
+def _cpu_s() -> float:
+    return time.process_time()
+
+
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timings:
+    """Wall-clock (and CPU) seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
-    out = []
+    out = Timings()
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_s(), time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
+        out.cpu.append(_cpu_s() - c0)
     return out
+
+
+def _after_first(t: Timings) -> Timings:
+    """The epochs after the first (a warm-up: first sightings of the input tensors, buffers)."""
+    return Timings(t[1:], t.cpu[1:])
 
 
 def cpu_model() -> str:
@@ -114,13 +134,16 @@ def _ms(x: float | None) -> str:
 class Table:
     def __init__(self):
         self.rows: list[dict] = []
-        self.ensemble: tuple[int, float, float] | None = None  # row e: (K, K-seed epoch, single epoch)
+        self.ensemble: tuple | None = None  # row e: (K, K-seed epoch, single epoch, their CPU times)
 
     def add(self, rid: str, what: str, ours: list[float] | None, ref: list[float] | None = None, note: str = ""):
         med = statistics.median(ours) if ours else None
         rmed = statistics.median(ref) if ref else None
+        cpu = statistics.median(ours.cpu) if getattr(ours, "cpu", None) else None
+        rcpu = statistics.median(ref.cpu) if getattr(ref, "cpu", None) else None
         self.rows.append(dict(id=rid, what=what, ours=med, ours_min=min(ours) if ours else None, ref=rmed,
-                              n=len(ours) if ours else 0, n_ref=len(ref) if ref else 0, note=note))
+                              cpu=cpu, ref_cpu=rcpu, n=len(ours) if ours else 0, n_ref=len(ref) if ref else 0,
+                              note=note))
         print(f"  [{rid}] ours {_ms(med)} ms, reference {_ms(rmed)} ms", file=sys.stderr, flush=True)
 
     def get(self, rid: str) -> float | None:
@@ -130,13 +153,15 @@ class Table:
         return next((r["ref"] for r in self.rows if r["id"] == rid), None)
 
     def markdown(self) -> str:
-        lines = ["| row | what | ours median (ms) | ours min (ms) | reference median (ms) | ratio ref/ours | repeats (ours, ref) |",
-                 "|---|---|---:|---:|---:|---:|---|"]
+        lines = ["| row | what | ours median (ms) | ours min (ms) | reference median (ms) | ratio ref/ours | "
+                 "ours CPU (ms) | reference CPU (ms) | CPU ratio | repeats (ours, ref) |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in self.rows:
             ratio = f"{r['ref'] / r['ours']:.1f}x" if r["ref"] and r["ours"] else "n/a"
+            cratio = f"{r['ref_cpu'] / r['cpu']:.1f}x" if r["ref_cpu"] and r["cpu"] else "n/a"
             what = r["what"] + (f" ({r['note']})" if r["note"] else "")
             lines.append(f"| {r['id']} | {what} | {_ms(r['ours'])} | {_ms(r['ours_min'])} | {_ms(r['ref'])} | {ratio} | "
-                         f"{r['n']}, {r['n_ref']} |")
+                         f"{_ms(r['cpu'])} | {_ms(r['ref_cpu'])} | {cratio} | {r['n']}, {r['n_ref']} |")
         return "\n".join(lines)
 
 
@@ -232,13 +257,14 @@ def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42,
 
     class EpochTimer(L.Callback):
         def __init__(self):
-            self.t0, self.times = 0.0, []
+            self.t0, self.c0, self.times = 0.0, 0.0, Timings()
 
         def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), _cpu_s()
 
         def on_validation_end(self, trainer, pl_module):
             self.times.append(time.perf_counter() - self.t0)
+            self.times.cpu.append(_cpu_s() - self.c0)
 
     tmp = tempfile.mkdtemp(prefix="eirnn_bench_fit_")
     cfg = compose(overrides + [f"seed={seed}", f"trainer.max_epochs={epochs}", "logger=none", "callbacks=none",
@@ -266,13 +292,17 @@ def data_overrides(path: str, smoke: bool = False) -> tuple[list[str], str]:
     return SYNTH_SAME_SHAPE, f"SYNTHETIC session of the real shape (real file {path} absent)"
 
 
-def _subprocess_time(args: list[str], repeats: int, env: dict) -> list[float]:
-    out = []
+def _subprocess_time(args: list[str], repeats: int, env: dict) -> Timings:
+    import resource
+
+    out = Timings()
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "eirnn.train", *args], cwd=str(REPO), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         out.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.cpu.append((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
         if proc.returncode != 0:
             raise RuntimeError(f"eirnn.train {' '.join(args)} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return out
@@ -328,7 +358,7 @@ def run(argv: list[str] | None = None) -> str:
         times, traj = lightning_epochs(overrides, epochs)
         ref = measure(lambda: (fit.ref_step("param"), fit.ref_validation()), max(1, min(repeats, epochs - 1)))
         note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj) else ""
-        table.add("a", "epoch via Hydra + Lightning trainer.fit (param balancing)", times[1:], ref, note)
+        table.add("a", "epoch via Hydra + Lightning trainer.fit (param balancing)", _after_first(times), ref, note)
     if "a2" in rows:
         table.add("a2", "epoch without Lightning (training step + validation)",
                   measure(lambda: (fit.step("param"), fit.validation()), repeats),
@@ -353,8 +383,9 @@ def run(argv: list[str] | None = None) -> str:
         t_1, _ = lightning_epochs(overrides, epochs)
         note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj_k) else ""
         table.add("e", f"epoch via trainer.fit of ONE model of K={k} seeds (ensemble.size={k}); "
-                       "reference column: the same epoch with ensemble.size=1", t_k[1:], t_1[1:], note)
-        table.ensemble = (k, statistics.median(t_k[1:]), statistics.median(t_1[1:]))
+                       "reference column: the same epoch with ensemble.size=1", _after_first(t_k), _after_first(t_1), note)
+        table.ensemble = (k, statistics.median(t_k[1:]), statistics.median(t_1[1:]),
+                          statistics.median(t_k.cpu[1:]), statistics.median(t_1.cpu[1:]))
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -372,10 +403,11 @@ def run(argv: list[str] | None = None) -> str:
         + "\n\n" + table.markdown()
     md += "\n\n" + _ratios(table)
     if getattr(table, "ensemble", None):
-        k, t_k, t_1 = table.ensemble
+        k, t_k, t_1, c_k, c_1 = table.ensemble
         md += (f"\n\nensemble (row e): K={k} seeds in one batched model: {t_k:.3f} s per epoch vs {t_1:.3f} s for one "
                f"model: **{t_k / t_1:.2f}x the time of one** (target <= 3x), {t_k / k:.3f} s per seed per epoch "
-               f"({k * t_1 / t_k:.2f}x the throughput of {k} sequential single runs)")
+               f"({k * t_1 / t_k:.2f}x the throughput of {k} sequential single runs); CPU time {c_k:.3f} s vs "
+               f"{c_1:.3f} s: {c_k / c_1:.2f}x")
     print(md, flush=True)
     if args.out:
         Path(args.out).write_text(md + "\n")
@@ -467,7 +499,8 @@ def _header(data_note, n_train, n_time, fit, load0, load1, wall, args, runtime_n
         f"balance.mode=param, ltrial_scale 0.5), seed 42",
         f"- load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f}; total benchmark wall time {wall:.0f} s",
         "- times are wall-clock medians over the stated repeats (after one warm-up call); reference = plain-PyTorch "
-        "lab-style code (benchmarks/reference.py) on the same data in the same process",
+        "lab-style code (benchmarks/reference.py) on the same data in the same process; CPU = this process's "
+        "user + system time per call (all threads), the steadier figure on a shared machine",
     ])
 
 
@@ -477,16 +510,19 @@ def _batch_note(cfg) -> str:
 
 
 def _ratios(table: Table) -> str:
-    lines = ["| balanced-step cost | ours | reference |", "|---|---:|---:|"]
+    lines = ["| balanced-step cost | ours | reference | ours (CPU time) | reference (CPU time) |", "|---|---:|---:|---:|---:|"]
+
+    def ratio(num, den, key):
+        a = next((r[key] for r in table.rows if r["id"] == num), None)
+        b = next((r[key] for r in table.rows if r["id"] == den), None)
+        return f"{a / b:.2f}" if a and b else "n/a"
+
     for num, den, label in (("c_param", "c_fixed", "param / fixed (single loss incl. L_trial)"),
                             ("c_output", "c_fixed", "output / fixed"),
                             ("c_param", "c_off", "param / off (L_neuron only)"),
                             ("c_output", "c_off", "output / off")):
-        o = (table.get(num), table.get(den))
-        r = (table.get_ref(num), table.get_ref(den))
-        fo = f"{o[0] / o[1]:.2f}" if all(o) else "n/a"
-        fr = f"{r[0] / r[1]:.2f}" if all(r) else "n/a"
-        lines.append(f"| {label} | {fo} | {fr} |")
+        lines.append(f"| {label} | {ratio(num, den, 'ours')} | {ratio(num, den, 'ref')} | "
+                     f"{ratio(num, den, 'cpu')} | {ratio(num, den, 'ref_cpu')} |")
     return "\n".join(lines)
 
 

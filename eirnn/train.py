@@ -300,4 +300,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from eirnn.fasthelp import fast_help  # --help without Hydra's per-group repository copies (same text)
+
+    _help = fast_help(sys.argv, CONFIG_DIR, "train")
+    if _help is not None:
+        print(_help)
+        sys.exit(0)
     main()
