@@ -3,8 +3,14 @@
 :func:`configure` is called once by ``python -m eirnn.train`` (config keys ``threads`` and
 ``malloc_tuning``) and by the benchmark (:mod:`benchmarks.run`).
 
-* ``threads``: ``auto`` keeps torch's choice (one intra-op thread per core, or
-  ``OMP_NUM_THREADS``); an integer ``N`` calls ``torch.set_num_threads(N)``.
+* ``threads``: an integer ``N`` calls ``torch.set_num_threads(N)``. ``auto``: with
+  ``OMP_NUM_THREADS`` set, torch's choice (that number); otherwise one thread per core
+  that is idle at start-up, ``round(cores - 1-minute load average)``, at least 1 and at most
+  torch's default. On a machine shared with other jobs, intra-op threads that have to wait
+  for a descheduled partner make every parallel region slow: measured on this project's
+  2-core machine at load ~4, one epoch of the default real-data fit took 1.9 s with 1
+  thread and 13.6 s with 2 (experiments/speed.md); on an idle machine 2 threads gain
+  ~10-15%.
 * ``malloc_tuning`` (glibc only): ``mallopt(M_MMAP_THRESHOLD, 32 MiB)`` and
   ``mallopt(M_TRIM_THRESHOLD, 2 GiB)``. A training step allocates and frees tens of
   buffers of 1-30 MB (states, rates, loss intermediates, gradients); by default glibc
@@ -23,7 +29,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["configure", "tune_malloc", "resolve_threads"]
+__all__ = ["configure", "tune_malloc", "resolve_threads", "auto_threads"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -70,15 +76,31 @@ def resolve_threads(threads) -> int | None:
     return n
 
 
+def auto_threads(default: int, cores: int | None = None, load: float | None = None) -> int:
+    """Threads for ``threads=auto`` without ``OMP_NUM_THREADS``: the idle cores, ``round(cores - load)``,
+    clipped to ``[1, default]``."""
+    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else (os.cpu_count() or 1))
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(int(default), int(round(cores - load))))
+
+
 def configure(threads="auto", malloc_tuning: bool = True) -> str:
     """Set torch's intra-op threads and (optionally) tune glibc malloc; returns a status line."""
     import torch
 
     n = resolve_threads(threads)
+    note = ""
+    if n is None and os.environ.get("OMP_NUM_THREADS"):
+        note = f" (auto: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+    elif n is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = auto_threads(torch.get_num_threads(), load=load)
+        note = f" (auto: 1-min load {load:.1f} on {os.cpu_count()} cores)"
     if n is not None:
         torch.set_num_threads(n)
-    parts = [f"torch threads {torch.get_num_threads()}"
-             + ("" if n is not None else f" (auto; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")]
+    parts = [f"torch threads {torch.get_num_threads()}{note}"]
     if malloc_tuning:
         parts.append(tune_malloc())
     return "; ".join(parts)

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from eirnn.runtime import configure, resolve_threads, tune_malloc
+from eirnn.runtime import auto_threads, configure, resolve_threads, tune_malloc
 
 
 def test_threads_option_values():
@@ -29,3 +29,10 @@ def test_malloc_tuning_is_applied_once():
     first = tune_malloc()
     assert first.startswith("malloc tuning: on")
     assert tune_malloc() == first
+
+
+def test_auto_threads_uses_idle_cores_only():
+    assert auto_threads(2, cores=2, load=0.1) == 2
+    assert auto_threads(2, cores=2, load=1.2) == 1  # one core busy with another job
+    assert auto_threads(2, cores=2, load=7.5) == 1  # never fewer than one
+    assert auto_threads(4, cores=16, load=0.0) == 4  # never more than torch's default
