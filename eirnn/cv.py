@@ -20,9 +20,12 @@ ceiling; and whether the model beats each baseline on every fold),
 ``cv.train_model=false`` trains nothing and scores only the fitted baselines and the noise
 ceiling (quick: what any model has to beat on these folds).
 
-``cv.checkpoint=last`` (default) scores the last checkpoint, chosen without looking at
-the scored fold; the ``best`` checkpoint (selected on that fold) is scored as well,
-as ``model_best_ckpt``, to show the size of that selection bias.
+``cv.checkpoint=last`` (default) scores the last checkpoint (the final epoch's weights,
+``callbacks.last_checkpoint``), chosen without looking at the scored fold; the ``best``
+checkpoint (selected on that fold) is scored as well, as ``model_best_ckpt``, to show the
+size of that selection bias. Caveat: the training config's early stopping and
+ReduceLROnPlateau still watch the fold's validation metric (when to stop, when to halve
+the learning rate), a milder use of the scored trials than choosing the checkpoint.
 """
 from __future__ import annotations
 

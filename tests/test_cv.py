@@ -143,3 +143,26 @@ def test_baselines_only_cv(tmp_path):
     assert set(s) == {"train_mean", "train_mean_smoothed"}
     assert not (tmp_path / "fold_0" / "checkpoints").exists()
     assert (tmp_path / "fold_0" / "evaluation.json").exists()
+
+
+def test_last_checkpoint_is_the_last_epoch_not_the_best(tmp_path):
+    """cv.checkpoint=last must score the final weights, chosen without the scored fold.
+    (Lightning 2.6's save_last writes last.ckpt only when a best checkpoint is saved, which
+    made last == best; conf/callbacks/default.yaml keeps a separate last_checkpoint.) With
+    optimized_mode=min on a rising metric, the best checkpoint stays at epoch 0."""
+    import torch
+
+    from conftest import compose_config
+    from eirnn.train import train
+
+    cfg = compose_config(["debug=fast", "data.synthetic.n_trials=80", "+data.synthetic.n_time=30",
+                          "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2", "model.n_hidden=4",
+                          "trainer.max_epochs=4", "callbacks.figures=null", "logger=none", "optimized_mode=min",
+                          "callbacks.early_stopping=null"], tmp_path)
+    train(cfg)
+    load = lambda n: torch.load(tmp_path / "checkpoints" / f"{n}.ckpt", map_location="cpu", weights_only=False)  # noqa: E731
+    last, best = load("last"), load("best")
+    assert last["epoch"] == 3 and len(last["eirnn"]["history"]) == 4
+    scores = [h["val/psth_corr"] for h in last["eirnn"]["history"]]
+    assert best["epoch"] == int(np.argmin(scores))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
