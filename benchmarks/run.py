@@ -4,6 +4,11 @@ Prints a markdown table of median wall-clock times (each measurement repeated; t
 median and the number of repeats are reported) for our code and for a plain-PyTorch
 reference written the way the lab wrote it (:mod:`benchmarks.reference`), measured in
 the same process on the same data, so that every figure is a ratio (reference / ours).
+Next to each wall time is the process's CPU time per call (user + system, all threads):
+on a machine shared with other jobs it is the steadier figure (with one thread it is close
+to the wall time the same work takes on an idle core). The run-time settings are those of
+``python -m eirnn.train`` (:func:`eirnn.runtime.configure`: ``--threads`` or ``auto``, malloc
+tuning unless ``--no-malloc-tuning``) and are printed in the header.
 
 Rows:
 
@@ -56,8 +61,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 DEFAULT_SESSION = REPO.parent / "shared" / "data" / "rnn_export_Newton_08_14_2025_SC.mat"
 # The lab's best configuration, one full-batch step per epoch (the package default is now 32
-# trials per step; the timings in experiments/speed.md are full-batch epochs): + loss defaults
-# (Sinkhorn, param balancing). --override data.batch_size=32 times the default instead.
+# trials per step; the timings in experiments/speed.md are full-batch epochs): the lab's loss
+# (conf/loss/default.yaml: correlation L_neuron, Sinkhorn L_trial, param balancing; data=sc_mat
+# alone now selects loss=sc_mat), attention embedding, learnable h0.
+# --override data.batch_size=32 times the default batch size instead.
 BEST = ["loss=default", "model.input_embedding=attention", "model.learnable_h0=true", "data.batch_size=0"]
 SYNTH_SAME_SHAPE = ["data=synthetic", "data.synthetic.n_trials=538", "+data.synthetic.n_exc=31",
                     "+data.synthetic.n_inh=10", "+data.synthetic.n_time=219"]

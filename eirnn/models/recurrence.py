@@ -9,36 +9,35 @@ scalars; ``x[-1] = h0`` ``[n]`` or ``[B, n]``)::
 The state-independent drive ``d[t]`` ``[B, n]`` (``alpha * (W_in e(u[t]) + b_in)``) is either
 dense, ``drive`` ``[T, B, n]``, or looked up, ``d[t] = drive[inv[t]]`` with ``drive`` ``[U, n]``
 and ``inv`` ``[T, B]`` (one row per distinct input vector, see
-:class:`~eirnn.models.fastops.RepeatedRows`); ``xi`` ``[B, T, n]`` is the state noise (as
-drawn) and ``c = sigma sqrt(alpha)`` ``[n]``. ``softplus`` is PyTorch's (``beta = 1``,
-linear above ``threshold = 20``). Rates are returned batch-major, ``[B, T, n]``
-(contiguous: the layout the losses read).
+:class:`~eirnn.models.fastops.RepeatedRows`); ``xi`` ``[B, T, n]`` is the state noise as drawn
+and ``c = sigma sqrt(alpha)`` ``[n]``. ``softplus`` is PyTorch's (``beta = 1``, linear above
+``threshold = 20``). Rates and states are returned time-major, ``[T, B, n]`` (the caller's
+``[B, T, n]`` is a transposed view).
 
-Backward through time for ``K`` cotangents at once (``G[k] = dL_k/dr`` ``[B, T, n]``,
-``gx[T] = 0``, ``sig = softplus'``, i.e. ``sigmoid(x)``, 1 above the threshold)::
+Backward through time for ``K`` cotangents at once (``G[t, :, k] = dL_k/dr[t]``, ``gx[T] = 0``,
+``sig = softplus'``, i.e. ``sigmoid(x)``, 1 above the threshold)::
 
-    gr[t] = G[:, t] + gx[t+1] @ w_t^T                                 # dL/dr[t], t = -1 .. T-1  (G[:, -1] = 0)
+    gr[t] = G[t] + gx[t+1] @ w_t^T                                    # dL/dr[t], t = -1 .. T-1  (G[-1] = 0)
     gx[t] = s * sig(x[t]) * gr[t] + decay * gx[t+1]                     # dL/dx[t]
 
-    dL/dd[t]   = gx[t]          (looked up: index_add into the drive rows)
-    dL/dw_t    = sum_t r[t-1]^T gx[t]
+    dL/dd[t]   = gx[t]          (looked up: summed into the drive rows, one index_add)
+    dL/dw_t    = sum_t r[t-1]^T gx[t]                                   # one [n, T B] @ [T B, K n] product
     dL/ddecay  = sum_{t,b} x[t-1] * gx[t],     dL/dc = sum_{t,b} xi[:, t] * gx[t]
     dL/ds      = sum_t <gr[t], softplus(x[t])>,   dL/db = sum_t sum gr[t]
     dL/dh0     = gx[-1] = s * sig(h0) * gr[-1] + decay * gx[0]   (summed over the batch when ``h0`` is ``[n]``)
 
-Every step works on one ``[B, K, n]`` slice (layout ``(b, k, j)``): ``gx[t+1] @ w_t^T`` is a
-single ``[B K, n] x [n, n]`` product for all ``K`` cotangents, ``sig(x[t])`` is evaluated once
-for all of them, and ``dL/dw_t`` is accumulated while ``gx[t]`` is in cache as one
-``[n, B] x [B, K n]`` product. Autograd's backward is the ``K = 1`` case.
-:func:`output_vjp` runs the sweep for several cotangents of the *same* forward (the two
-losses of the parameter-space balancer: one reverse pass instead of two, the same
-gradients up to float round-off).
+Every step works on one ``[B, K, n]`` slice (layout ``(b, k, j)``, ``dL/dx`` kept as
+``[T, B, K, n]``): ``gx[t+1] @ w_t^T`` is one ``[B K, n] x [n, n]`` product for all ``K``
+cotangents and ``s * sig(x[t])`` is evaluated once for all of them. Autograd's backward is
+the ``K = 1`` case; :func:`output_vjp` runs the sweep for several cotangents of the *same*
+forward (the two losses of the parameter-space balancer: one reverse pass instead of two, the
+same gradients up to float round-off), continuing through an attention-pooled drive
+(:func:`~eirnn.models.fastops.attention_pool_vjp`).
 
-Forward per step: a row lookup (``index_select``) or slice of the drive, ``addcmul`` of the
-noise, ``addmm``, ``addcmul`` of the decay, ``softplus``, ``addcmul`` of scale and shift,
-and the copy of ``r[t]`` into the batch-major result. States, ``softplus`` values and rates
-are kept for the backward (3 x ``[T+1, B, n]``, time-major); without a backward
-(validation) only two states are kept.
+Forward per step: the drive rows of the step (``index_select`` or a slice), ``addcmul`` of the
+noise, ``addmm``, ``addcmul`` of the decay, ``softplus``, scale and shift, written into
+buffers preallocated for the whole sequence. States, ``softplus`` values and rates are kept
+for the backward (3 x ``[T+1, B, n]``); without a backward (validation) only two states are kept.
 
 :func:`recurrence` is the entry point for a dense drive; :func:`recurrence_reference` is the
 same computation as a plain autograd loop (for tests and the ``autograd`` option).
@@ -138,7 +137,7 @@ def _sweep(ctx, G: Tensor | None, Gs: Tensor | None, needs: dict) -> dict[str, T
     X, SP, R, w_t, decay, scale, baseline, inv, xi, coef = ctx.saved_tensors
     Tp1, B, n = X.shape
     T = Tp1 - 1
-    if isinstance(G, _Scattered):
+    if isinstance(G, _ViewCotangents):
         G = G.dense(T, B, X)
     K = (G if G is not None else Gs).shape[2]
     need_w, need_decay, need_scale, need_base = needs["w_t"], needs["decay"], needs["scale"], needs["baseline"]
@@ -260,7 +259,7 @@ def _find_node(output: Tensor):
     return node
 
 
-class _Scattered:
+class _ViewCotangents:
     """``K`` cotangents of a view of the time-major rates ``[T, B, n]``, written into a reused
     time-major buffer ``G`` ``[T, B, K, n]`` (zero elsewhere), the layout of the sweep."""
 
@@ -275,7 +274,7 @@ class _Scattered:
         return G
 
 
-def _scattered(output: Tensor, node, cotangents) -> _Scattered | None:
+def _view_cotangents(output: Tensor, node, cotangents) -> _ViewCotangents | None:
     """``output`` (a view of the time-major rates ``[T, B, n]``) mapped onto the sweep's ``(t, b, k, j)``
     coordinates; ``None`` when its strides do not decompose into those axes (e.g. merged axes)."""
     _, base, (T, B, n) = node.rates_storage
@@ -302,13 +301,13 @@ def _scattered(output: Tensor, node, cotangents) -> _Scattered | None:
     if any(h >= s for h, s in zip(hi, sizes)):
         return None
     offset0 = start[0] * unit_g[0] + start[1] * unit_g[1] + start[2]
-    return _Scattered(cotangents, tuple(output.shape), tuple(strides), offset0, n, K)
+    return _ViewCotangents(cotangents, tuple(output.shape), tuple(strides), offset0, n, K)
 
 
 def supports_output_vjp(output: Tensor, K: int = 2) -> bool:
     """Whether :func:`output_vjp` applies to ``output`` (a view of the rates of a fused forward)."""
     node = _find_node(output) if output.requires_grad else None
-    return node is not None and _scattered(output, node, [None] * K) is not None
+    return node is not None and _view_cotangents(output, node, [None] * K) is not None
 
 
 def output_vjp(output: Tensor, cotangents: Sequence[Tensor | None]):
@@ -327,7 +326,7 @@ def output_vjp(output: Tensor, cotangents: Sequence[Tensor | None]):
     if node is None:
         return None
     K = len(cotangents)
-    G = _scattered(output, node, list(cotangents))
+    G = _view_cotangents(output, node, list(cotangents))
     if G is None:
         return None
     needs = dict(zip(("drive", "inv", "xi", "coef", "w_t", "decay", "scale", "baseline", "h0"),
