@@ -230,7 +230,8 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
 
     lines = [
         "=" * 72,
-        "TRAINING INTERRUPTED" if summary.get("interrupted") else "TRAINING COMPLETE",
+        "TRAINING INTERRUPTED" if summary.get("interrupted") else
+        "TRAINING DIVERGED" if summary.get("diverged") else "TRAINING COMPLETE",
         "=" * 72,
         f"epochs trained:      {summary.get('epochs_trained')}" + ("  (early stopped)" if summary.get("early_stopped") else ""),
     ]
@@ -256,6 +257,15 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
     ]
     if summary.get("report"):
         lines.append(f"  weights/, outputs/, metrics/, population/, figures/; see {summary['report']}")
+    if summary.get("skipped_steps"):
+        lines.append(f"skipped steps:       {summary['skipped_steps']} (non-finite gradient; weights left unchanged)")
+    no_metric = all(best.get(k) is None or (isinstance(best.get(k), float) and math.isnan(best[k]))
+                    for k in {monitor, "val/psth_corr"} & set(best) | {monitor})
+    if summary.get("diverged"):
+        lines.append(f"DIVERGED: {summary['diverged']}")
+    elif no_metric and summary.get("epochs_trained") is not None and not summary.get("interrupted"):
+        lines.append(f"DIVERGED: {monitor} was never finite (the network's rates overflowed); "
+                     "lower optim.lr or raise optim.warmup_steps")
     if summary.get("interrupted"):
         lines.append(f"INTERRUPTED by {summary['interrupted']}: state saved to {summary.get('interrupted_checkpoint')}")
         lines.append(f"  resume: same command + ckpt_path={summary.get('interrupted_checkpoint')} hydra.run.dir={out_dir}")

@@ -165,6 +165,8 @@ class MetricsWriter(L.Callback):
                                          or (trainer.should_stop and trainer.current_epoch < (trainer.max_epochs or 0)))
             ),
             "train_time_s": round(time.perf_counter() - self._t0, 2),
+            **({"skipped_steps": int(pl_module.skipped_steps)} if getattr(pl_module, "skipped_steps", 0) else {}),
+            **({"diverged": pl_module.diverged} if getattr(pl_module, "diverged", None) else {}),
         }
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -45,6 +45,7 @@ import torch
 
 from eirnn.models.ensemble import EnsembleEIRNN
 from eirnn.training.balancer import GradientBalancer
+from eirnn.training.lr_warmup import scaled_lr, warmup_factor
 from eirnn.training.module import MONITOR, FitModule, _cfg_get
 
 __all__ = ["EnsembleFitModule", "EnsembleArtifacts", "ensemble_backward", "member_grad_norms",
@@ -352,7 +353,9 @@ class EnsembleFitModule(FitModule):
         base = float(opt.param_groups[0]["lr"])
         factors = [lr / base if base > 0 else 0.0 for lr in lrs]
         old = [p.detach().clone() for p in params] if any(f != 1.0 for f in factors) else None
-        opt.step()
+        warm = warmup_factor(self.global_step, int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
+        with scaled_lr(opt.optimizer if hasattr(opt, "optimizer") else opt, warm):  # the same ramp for every member
+            opt.step()
         if old is not None:  # member k moves by f_k times Adam's step (f = 0: frozen, exactly)
             with torch.no_grad():
                 f = torch.tensor(factors, dtype=params[0].dtype, device=params[0].device)

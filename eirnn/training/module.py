@@ -8,7 +8,8 @@ One optimisation step (manual optimisation, one call of :meth:`FitModule.trainin
     L_trial  = objective.trial_term(rec, target, mask)      # unless disabled / warming up
     L_extra  = L_reg (+ L_activity)
     balancer.backward(...)                       # g = g_neuron + w g_trial + g_extra
-    clip_grad_norm(g, 1.0); optimizer.step()
+    skip the step if any gradient is not finite (stop after optim.max_skipped_steps in a row)
+    clip_grad_norm(g, 1.0); optimizer.step() at lr * min(1, (k+1)/optim.warmup_steps)   # eirnn/training/lr_warmup.py
 
 Validation runs the model on the validation trials with a fixed noise seed (so the
 metric depends on the weights only) and computes, over the whole validation set,
@@ -19,6 +20,7 @@ correlation with the teacher's true rates.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 from typing import Any, Mapping
@@ -30,9 +32,11 @@ import torch
 from eirnn import metrics as M
 from eirnn.losses import masked_psth
 from eirnn.training.balancer import GradientBalancer
+from eirnn.training.lr_warmup import grads_finite, scaled_lr, warmup_factor
 from eirnn.training.objective import FitObjective
 
 MONITOR = "val/psth_corr"
+log = logging.getLogger(__name__)
 
 
 def _cfg_get(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
@@ -49,7 +53,9 @@ class FitModule(L.LightningModule):
         model: the network (an :class:`~eirnn.models.EIRNN` or compatible module with
             ``n_recorded``, ``is_excitatory`` and ``regularized_weights()``).
         loss: the ``loss`` config (``neuron``, ``trial``, ``reg``, ``activity``, ``balance``).
-        optim: ``name`` (adam | adamw), ``lr``, ``weight_decay``, ``grad_clip``.
+        optim: ``name`` (adam | adamw), ``lr``, ``weight_decay``, ``grad_clip``, ``warmup_steps``
+            (linear lr ramp over the first optimiser steps), ``max_skipped_steps`` (non-finite
+            steps in a row before training stops as diverged).
         scheduler: ``name`` (none | plateau | cosine) and its settings.
         bin_size_ms: data bin width (for Poisson terms and bits/spike).
         val_seed: seed of the validation noise (default ``train_seed + 1000003``).
@@ -96,6 +102,9 @@ class FitModule(L.LightningModule):
         self._epoch_t0 = time.perf_counter()
         self._train_sums: dict[str, torch.Tensor] = {}
         self._train_count = 0
+        self.skipped_steps = 0          # steps skipped for a non-finite gradient (whole run)
+        self._skips_in_a_row = 0
+        self.diverged: str | None = None  # why training stopped as diverged, if it did
 
     # ------------------------------------------------------------- generators
     def _train_generator(self) -> torch.Generator:
@@ -113,6 +122,7 @@ class FitModule(L.LightningModule):
             "train_generator": self._train_generator().get_state(),
             "best_val": dict(self.best_val),
             "history": list(self.history),
+            "skipped_steps": self.skipped_steps,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -122,6 +132,7 @@ class FitModule(L.LightningModule):
             self._train_gen_state = state["train_generator"].cpu()
         self.best_val = dict(state.get("best_val", {}))
         self.history = list(state.get("history", []))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     # ------------------------------------------------------------------ step
     def forward(self, inputs: torch.Tensor, noise: bool = True, generator: torch.Generator | None = None):
@@ -140,11 +151,18 @@ class FitModule(L.LightningModule):
         l_extra = sum(extras.values())
 
         opt.zero_grad(set_to_none=True)
-        stats = self.balancer.backward(list(self.model.parameters()), l_neuron, l_trial, l_extra, outputs=rec)
+        params = list(self.model.parameters())
+        stats = self.balancer.backward(params, l_neuron, l_trial, l_extra, outputs=rec)
+        if not grads_finite(params):  # e.g. rates overflowed: no update, the weights stay finite
+            opt.zero_grad(set_to_none=True)
+            self._skip_step(float(l_neuron.detach()))
+            return
+        self._skips_in_a_row = 0
         clip = float(_cfg_get(self.optim_cfg, "grad_clip", 1.0))
         if clip > 0:
             self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-        opt.step()
+        with scaled_lr(opt.optimizer if hasattr(opt, "optimizer") else opt, self.lr_factor()):
+            opt.step()
 
         w = stats["weight"]
         total = l_neuron.detach() + l_extra.detach() + (w * l_trial.detach() if l_trial is not None else 0.0)
@@ -162,6 +180,22 @@ class FitModule(L.LightningModule):
             # one huge step (a transient blow-up) does not swallow the later ones in round-off
             self._train_sums[k] = self._train_sums.get(k, 0.0) + v.double()
         self._train_count += 1
+
+    def lr_factor(self) -> float:
+        """Warmup multiplier of the next optimiser step (:func:`~eirnn.training.lr_warmup.warmup_factor`)."""
+        return warmup_factor(self.global_step, int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
+
+    def _skip_step(self, l_neuron: float) -> None:
+        self.skipped_steps += 1
+        self._skips_in_a_row += 1
+        limit = int(_cfg_get(self.optim_cfg, "max_skipped_steps", 20))
+        if self._skips_in_a_row == 1:  # once per run of skips (the summary gives the total)
+            log.warning("epoch %d: non-finite gradient (L_neuron %.3g), step skipped; weights unchanged",
+                        self.current_epoch, l_neuron)
+        if limit > 0 and self._skips_in_a_row >= limit and self._trainer is not None:
+            self.diverged = (f"{self._skips_in_a_row} optimiser steps in a row had a non-finite gradient "
+                             f"(epoch {self.current_epoch}); lower optim.lr or raise optim.warmup_steps")
+            self.trainer.should_stop = True
 
     def on_train_epoch_start(self) -> None:
         self._train_sums, self._train_count = {}, 0
@@ -253,13 +287,15 @@ class FitModule(L.LightningModule):
             return
         self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
         self.log(MONITOR, vals[MONITOR], prog_bar=True)  # logged even when NaN: early stopping then stops
-        lr = self.optimizers().param_groups[0]["lr"]
+        lr = self.optimizers().param_groups[0]["lr"] * self.lr_factor()  # what the next step uses
         self.log("lr", lr)
         for k, v in self.model.time_constants.summary().items():
             self.log(f"time_constants/{k}", v)
         epoch_time = time.perf_counter() - self._epoch_t0
         self._epoch_t0 = time.perf_counter()
         record = {"epoch": int(self.current_epoch), "lr": float(lr), "epoch_time_s": float(epoch_time), **vals}
+        if self.skipped_steps:
+            record["train/skipped_steps"] = float(self.skipped_steps)
         for k, t in self._train_sums.items():
             record[k] = float(t) / max(self._train_count, 1)
         self.history.append(record)

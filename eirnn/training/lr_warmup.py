@@ -1,0 +1,50 @@
+"""Linear learning-rate warmup over the first optimiser steps, and the non-finite step guard.
+
+Adam's first updates move every parameter by about ``lr`` in the sign of its gradient,
+all at once: on the real SC session (``lr`` 5e-3, 32 trials per step) two or three such
+steps can push a softplus E-I network into runaway excitation (rates 1e4-1e7 sp/s,
+``L_neuron`` up to 1e18, then NaN gradients) for about half of the initialisation seeds
+(experiments/evaluation.md, "Early blow-up"). A linear ramp of the step size over the first
+``optim.warmup_steps`` optimiser steps removes it::
+
+    lr_k = lr_sched * min(1, (k + 1) / warmup_steps)        # k = 0, 1, ... optimiser steps
+
+``lr_sched`` is the learning rate the scheduler (if any) has set; the ramp multiplies it
+for one step only (:func:`scaled_lr`), so schedulers, checkpoints and ``ReduceLROnPlateau``
+see the unscaled value. ``warmup_steps <= 0`` switches the ramp off.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """``min(1, (step + 1) / warmup_steps)`` for optimiser step ``step`` (0-based); 1 if ``warmup_steps <= 0``."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (int(step) + 1) / float(warmup_steps))
+
+
+@contextmanager
+def scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """Multiply every parameter group's ``lr`` by ``factor`` inside the block, then restore it."""
+    if factor == 1.0:
+        yield
+        return
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = g["lr"] * factor
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
+
+def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every gradient in ``params`` is finite (one host synchronisation)."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
