@@ -258,7 +258,7 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
     if summary.get("report"):
         lines.append(f"  weights/, outputs/, metrics/, population/, figures/; see {summary['report']}")
     if summary.get("skipped_steps"):
-        lines.append(f"skipped steps:       {summary['skipped_steps']} (non-finite gradient; weights left unchanged)")
+        lines.append(f"skipped steps:       {summary['skipped_steps']} (non-finite gradient: those updates were undone)")
     no_metric = all(best.get(k) is None or (isinstance(best.get(k), float) and math.isnan(best[k]))
                     for k in {monitor, "val/psth_corr"} & set(best) | {monitor})
     if summary.get("diverged"):

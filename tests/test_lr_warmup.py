@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eirnn.training.lr_warmup import grads_finite, scaled_lr, warmup_factor
+from eirnn.training.lr_warmup import grads_finite, scaled_lr, step_unless_nonfinite, warmup_factor
 
 # one full-batch optimiser step per epoch (debug=fast), tiny network
 TINY = ["debug=fast", "data.synthetic.n_trials=60", "model.n_hidden=6", "logger=none", "callbacks.figures=null"]
@@ -39,6 +39,32 @@ def test_grads_finite():
     assert grads_finite([a, b])  # b has no gradient
     b.grad = torch.tensor([0.0, math.inf, 1.0])
     assert not grads_finite([a, b])
+
+
+def test_a_non_finite_step_is_undone_and_a_finite_one_is_plain_adam():
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))
+    ref = [torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())]
+    opt, opt_ref = torch.optim.Adam([a, b], lr=0.1), torch.optim.Adam(ref, lr=0.1)
+    grads = [torch.randn(3), torch.randn(2, 2)]
+    for p, g in zip([a, b], grads):
+        p.grad = g.clone()
+    for p, g in zip(ref, grads):
+        p.grad = g.clone()
+    assert bool(step_unless_nonfinite(opt, [a, b], opt.step))
+    opt_ref.step()
+    assert torch.equal(a, ref[0]) and torch.equal(b, ref[1])
+    before = [a.detach().clone(), b.detach().clone()]
+    moments = [opt.state[p]["exp_avg_sq"].clone() for p in (a, b)]
+    a.grad, b.grad = torch.randn(3), torch.tensor([[1.0, math.nan], [0.0, 1.0]])
+    assert not bool(step_unless_nonfinite(opt, [a, b], opt.step))
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])  # both undone, not only b
+    assert all(torch.equal(opt.state[p]["exp_avg_sq"], m) for p, m in zip((a, b), moments))
+    fresh = torch.nn.Parameter(torch.ones(2))  # a state created by an undone step goes back to zeros
+    opt2 = torch.optim.Adam([fresh], lr=0.1)
+    fresh.grad = torch.tensor([math.inf, 1.0])
+    step_unless_nonfinite(opt2, [fresh], opt2.step)
+    assert torch.equal(fresh, torch.ones(2)) and not opt2.state[fresh]["exp_avg"].any()
 
 
 def _initial_and_trained(compose, tmp_path, overrides):

@@ -12,11 +12,16 @@ steps can push a softplus E-I network into runaway excitation (rates 1e4-1e7 sp/
 ``lr_sched`` is the learning rate the scheduler (if any) has set; the ramp multiplies it
 for one step only (:func:`scaled_lr`), so schedulers, checkpoints and ``ReduceLROnPlateau``
 see the unscaled value. ``warmup_steps <= 0`` switches the ramp off.
+
+:func:`step_unless_nonfinite` is the guard: an optimiser step taken with a non-finite
+gradient is undone on the device (parameters and the optimiser's moment buffers return to
+their values before the step), without a host synchronisation; the caller counts the
+skipped steps and reads the count once per epoch.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -44,7 +49,36 @@ def scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]
             g["lr"] = lr
 
 
-def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
-    """Whether every gradient in ``params`` is finite (one host synchronisation)."""
+def grads_finite(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """0-dim bool tensor: every gradient in ``params`` is finite (no host synchronisation)."""
     flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-    return bool(torch.stack(flags).all()) if flags else True
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
+
+
+def step_unless_nonfinite(optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter],
+                          step: Callable[[], None]) -> torch.Tensor:
+    """Run ``step()`` (the optimiser step) and undo it where a gradient was not finite.
+
+    ``finite = all(isfinite(p.grad))`` is evaluated before the step; after it, every
+    parameter and every tensor of ``optimizer.state[p]`` on the parameter's device (Adam's
+    ``exp_avg``, ``exp_avg_sq``; a state created by this step goes back to zeros) is set to
+    ``where(finite, after, before)``. A step counter kept on another device (Adam's
+    ``step`` on the CPU for CUDA parameters) still advances. Returns ``finite`` (0-dim bool,
+    on the parameters' device).
+    """
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        step()
+        return torch.ones((), dtype=torch.bool)
+    finite = grads_finite(params)
+    before = [p.detach().clone() for p in params]
+    saved = [{k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v) and v.device == p.device}
+             if p in optimizer.state else {} for p in params]
+    step()
+    with torch.no_grad():
+        for p, b, old in zip(params, before, saved):
+            p.copy_(torch.where(finite, p, b))
+            for k, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.device == p.device:
+                    v.copy_(torch.where(finite, v, old[k] if k in old else torch.zeros_like(v)))
+    return finite

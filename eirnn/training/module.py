@@ -8,8 +8,8 @@ One optimisation step (manual optimisation, one call of :meth:`FitModule.trainin
     L_trial  = objective.trial_term(rec, target, mask)      # unless disabled / warming up
     L_extra  = L_reg (+ L_activity)
     balancer.backward(...)                       # g = g_neuron + w g_trial + g_extra
-    skip the step if any gradient is not finite (stop after optim.max_skipped_steps in a row)
     clip_grad_norm(g, 1.0); optimizer.step() at lr * min(1, (k+1)/optim.warmup_steps)   # eirnn/training/lr_warmup.py
+    (undone on the device if any gradient was not finite; optim.max_skipped_steps in a row stop the run)
 
 Validation runs the model on the validation trials with a fixed noise seed (so the
 metric depends on the weights only) and computes, over the whole validation set,
@@ -32,7 +32,7 @@ import torch
 from eirnn import metrics as M
 from eirnn.losses import masked_psth
 from eirnn.training.balancer import GradientBalancer
-from eirnn.training.lr_warmup import grads_finite, scaled_lr, warmup_factor
+from eirnn.training.lr_warmup import scaled_lr, step_unless_nonfinite, warmup_factor
 from eirnn.training.objective import FitObjective
 
 MONITOR = "val/psth_corr"
@@ -102,8 +102,8 @@ class FitModule(L.LightningModule):
         self._epoch_t0 = time.perf_counter()
         self._train_sums: dict[str, torch.Tensor] = {}
         self._train_count = 0
-        self.skipped_steps = 0          # steps skipped for a non-finite gradient (whole run)
-        self._skips_in_a_row = 0
+        self.skipped_steps = 0          # steps undone for a non-finite gradient (whole run)
+        self._skips: torch.Tensor | None = None  # on the device: [undone this epoch, undone in a row]
         self.diverged: str | None = None  # why training stopped as diverged, if it did
 
     # ------------------------------------------------------------- generators
@@ -153,16 +153,20 @@ class FitModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         params = list(self.model.parameters())
         stats = self.balancer.backward(params, l_neuron, l_trial, l_extra, outputs=rec)
-        if not grads_finite(params):  # e.g. rates overflowed: no update, the weights stay finite
-            opt.zero_grad(set_to_none=True)
-            self._skip_step(float(l_neuron.detach()))
-            return
-        self._skips_in_a_row = 0
         clip = float(_cfg_get(self.optim_cfg, "grad_clip", 1.0))
-        if clip > 0:
-            self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-        with scaled_lr(opt.optimizer if hasattr(opt, "optimizer") else opt, self.lr_factor()):
-            opt.step()
+        inner = opt.optimizer if hasattr(opt, "optimizer") else opt
+
+        def step() -> None:
+            if clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            with scaled_lr(inner, self.lr_factor()):
+                opt.step()
+
+        finite = step_unless_nonfinite(inner, params, step)  # no host sync: counted on the device
+        if self._skips is None:
+            self._skips = torch.zeros(2, dtype=torch.long, device=finite.device)  # [total this epoch, in a row]
+        bad = (~finite).long()
+        self._skips = torch.stack([self._skips[0] + bad, (self._skips[1] + 1) * bad])
 
         w = stats["weight"]
         total = l_neuron.detach() + l_extra.detach() + (w * l_trial.detach() if l_trial is not None else 0.0)
@@ -185,15 +189,20 @@ class FitModule(L.LightningModule):
         """Warmup multiplier of the next optimiser step (:func:`~eirnn.training.lr_warmup.warmup_factor`)."""
         return warmup_factor(self.global_step, int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
 
-    def _skip_step(self, l_neuron: float) -> None:
-        self.skipped_steps += 1
-        self._skips_in_a_row += 1
+    def _check_skipped_steps(self) -> None:
+        """Once per epoch (one host read): count the undone steps, stop after too many in a row."""
+        if self._skips is None:
+            return
+        epoch_total, in_a_row = (int(v) for v in self._skips.tolist())
+        self._skips = torch.stack([self._skips[0] * 0, self._skips[1]])
+        if not epoch_total:
+            return
+        self.skipped_steps += epoch_total
+        log.warning("epoch %d: %d optimiser step(s) had a non-finite gradient and were undone",
+                    self.current_epoch, epoch_total)
         limit = int(_cfg_get(self.optim_cfg, "max_skipped_steps", 20))
-        if self._skips_in_a_row == 1:  # once per run of skips (the summary gives the total)
-            log.warning("epoch %d: non-finite gradient (L_neuron %.3g), step skipped; weights unchanged",
-                        self.current_epoch, l_neuron)
-        if limit > 0 and self._skips_in_a_row >= limit and self._trainer is not None:
-            self.diverged = (f"{self._skips_in_a_row} optimiser steps in a row had a non-finite gradient "
+        if limit > 0 and in_a_row >= limit and self._trainer is not None:
+            self.diverged = (f"{in_a_row} optimiser steps in a row had a non-finite gradient "
                              f"(epoch {self.current_epoch}); lower optim.lr or raise optim.warmup_steps")
             self.trainer.should_stop = True
 
@@ -201,6 +210,7 @@ class FitModule(L.LightningModule):
         self._train_sums, self._train_count = {}, 0
 
     def on_train_epoch_end(self) -> None:
+        self._check_skipped_steps()
         sch = self.lr_schedulers()
         if sch is not None and not isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sch.step()
@@ -287,6 +297,7 @@ class FitModule(L.LightningModule):
             return
         self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
         self.log(MONITOR, vals[MONITOR], prog_bar=True)  # logged even when NaN: early stopping then stops
+        self._check_skipped_steps()  # before the record (training ends its epoch after validation)
         lr = self.optimizers().param_groups[0]["lr"] * self.lr_factor()  # what the next step uses
         self.log("lr", lr)
         for k, v in self.model.time_constants.summary().items():
