@@ -401,8 +401,16 @@ def test_plateau_scheduler_monitors_max_with_configured_settings():
                                                           0.5 * (1 + math.cos(3 * math.pi / 5)),
                                                           0.5 * (1 + math.cos(4 * math.pi / 5))]),
     (["scheduler=none"], [1.0] * 5),
+    # the per-step warmup multiplies the schedule: one step per epoch here (debug=fast), so the
+    # lr of epoch e's step is min(1, (e + 1) / 4) times the scheduled lr
+    (["scheduler=none", "optim.warmup_steps=4"], [0.25, 0.5, 0.75, 1.0, 1.0]),
+    (["scheduler=cosine", "scheduler.warmup_epochs=0", "optim.warmup_steps=2"],
+     [0.5, 0.5 * (1 + math.cos(math.pi / 5)), 0.5 * (1 + math.cos(2 * math.pi / 5)),
+      0.5 * (1 + math.cos(3 * math.pi / 5)), 0.5 * (1 + math.cos(4 * math.pi / 5))]),
 ])
 def test_learning_rate_curve(compose, tmp_path, scheduler, expected):
+    if not any(o.startswith("optim.warmup_steps") for o in scheduler):
+        scheduler = scheduler + ["optim.warmup_steps=0"]  # the schedule alone
     _train(compose, tmp_path, scheduler + ["trainer.max_epochs=5", "optim.lr=2e-3", "callbacks.early_stopping.patience=100"])
     lrs = [h["lr"] for h in _history(tmp_path)]
     np.testing.assert_allclose(lrs, [2e-3 * f for f in expected], rtol=1e-6)

@@ -3,8 +3,8 @@
 Adam's first updates move every parameter by about ``lr`` in the sign of its gradient,
 all at once: on the real SC session (``lr`` 5e-3, 32 trials per step) two or three such
 steps can push a softplus E-I network into runaway excitation (rates 1e4-1e7 sp/s,
-``L_neuron`` up to 1e18, then NaN gradients) for about half of the initialisation seeds
-(experiments/evaluation.md, "Early blow-up"). A linear ramp of the step size over the first
+``L_neuron`` up to 1e18; NaN gradients for one of them) for 3 of 8 initialisation seeds
+(experiments/evaluation.md, "Early blow-up and the lr warmup"). A linear ramp of the step size over the first
 ``optim.warmup_steps`` optimiser steps removes it::
 
     lr_k = lr_sched * min(1, (k + 1) / warmup_steps)        # k = 0, 1, ... optimiser steps

@@ -298,7 +298,8 @@ class FitModule(L.LightningModule):
         self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
         self.log(MONITOR, vals[MONITOR], prog_bar=True)  # logged even when NaN: early stopping then stops
         self._check_skipped_steps()  # before the record (training ends its epoch after validation)
-        lr = self.optimizers().param_groups[0]["lr"] * self.lr_factor()  # what the next step uses
+        warm = warmup_factor(max(self.global_step - 1, 0), int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
+        lr = self.optimizers().param_groups[0]["lr"] * warm  # what the epoch's last step used
         self.log("lr", lr)
         for k, v in self.model.time_constants.summary().items():
             self.log(f"time_constants/{k}", v)
