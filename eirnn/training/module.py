@@ -185,9 +185,11 @@ class FitModule(L.LightningModule):
             self._train_sums[k] = self._train_sums.get(k, 0.0) + v.double()
         self._train_count += 1
 
-    def lr_factor(self) -> float:
-        """Warmup multiplier of the next optimiser step (:func:`~eirnn.training.lr_warmup.warmup_factor`)."""
-        return warmup_factor(self.global_step, int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
+    def lr_factor(self, step: int | None = None) -> float:
+        """Warmup multiplier of optimiser step ``step`` (default: the next one;
+        :func:`~eirnn.training.lr_warmup.warmup_factor`)."""
+        step = self.global_step if step is None else step
+        return warmup_factor(step, int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
 
     def _check_skipped_steps(self) -> None:
         """Once per epoch (one host read): count the undone steps, stop after too many in a row."""
@@ -298,8 +300,7 @@ class FitModule(L.LightningModule):
         self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
         self.log(MONITOR, vals[MONITOR], prog_bar=True)  # logged even when NaN: early stopping then stops
         self._check_skipped_steps()  # before the record (training ends its epoch after validation)
-        warm = warmup_factor(max(self.global_step - 1, 0), int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
-        lr = self.optimizers().param_groups[0]["lr"] * warm  # what the epoch's last step used
+        lr = self.optimizers().param_groups[0]["lr"] * self.lr_factor(max(self.global_step - 1, 0))  # the last step's
         self.log("lr", lr)
         for k, v in self.model.time_constants.summary().items():
             self.log(f"time_constants/{k}", v)
