@@ -92,6 +92,24 @@ def _masked_center(x: Tensor, valid: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
     return mean, xc
 
 
+def _psth_noise_variance(target_rates: Tensor, mask: Tensor, valid: Tensor, n_t: Tensor) -> Tensor:
+    """Expected temporal variance that sampling noise adds to the data PSTH, per neuron ``[N]``.
+
+    ``(1 - 1/T_n) * sum_t [valid_tn * s2_tn / n_tn] / T_n`` with ``n_tn`` valid trials,
+    ``s2_tn`` their variance (ddof=1; 0 where ``n_tn < 2``) and ``T_n = n_t`` valid bins
+    (see :func:`neuron_loss_terms`, ``var_noise_correction``). A function of the data only:
+    no gradient flows through it.
+    """
+    with torch.no_grad():
+        n = mask.sum(dim=0).to(target_rates.dtype)  # [T, N]
+        x = torch.where(mask, target_rates, torch.zeros_like(target_rates))
+        mu = x.sum(dim=0) / n.clamp_min(1)
+        dev2 = torch.where(mask, (target_rates - mu).pow(2), torch.zeros_like(target_rates)).sum(dim=0)
+        s2 = dev2 / (n - 1).clamp_min(1)
+        per_bin = torch.where(valid & (n >= 2), s2 / n.clamp_min(1), torch.zeros_like(s2))
+        return (1.0 - 1.0 / n_t) * per_bin.sum(dim=0) / n_t
+
+
 def neuron_loss_terms(
     model_rates: Tensor,
     target_rates: Tensor,
@@ -99,6 +117,7 @@ def neuron_loss_terms(
     lambda_scale: float = 0.1,
     lambda_var: float = 0.05,
     target_smooth_sigma_bins: float = 0.0,
+    var_noise_correction: bool = False,
 ) -> Dict[str, Tensor]:
     """Components of the lab's ``L_neuron`` computed on the PSTHs.
 
@@ -115,6 +134,22 @@ def neuron_loss_terms(
       (per-neuron population variance over valid bins).
     * ``total = corr + lambda_scale * scale + lambda_var * var``.
 
+    ``var_noise_correction=True`` removes the sampling noise of the data PSTH from its
+    temporal variance before it is matched. ``D`` is the mean of ``n_tn`` noisy trials, so
+    ``E[var_t D_n] = var_t(true PSTH_n) + (1 - 1/T_n) mean_t s2_tn / n_tn`` (``s2_tn``: the
+    across-trial variance of ``target_rates`` at ``(t, n)``, ddof=1; ``T_n`` valid bins;
+    independent trials). The corrected target is::
+
+        var_t D_n  -  (1 - 1/T_n) mean_t [ s2_tn / n_tn ]      (bins with n_tn < 2 add 0)
+
+    clamped at 0, an unbiased estimate of the underlying PSTH's variance. Without it, the
+    term asks the model for the noise as modulation: with 32 trials per step on the session
+    of ``../shared/data``, 17.5 of the batch PSTH's mean variance of 21.2 (sp/s)^2 is
+    sampling noise, and a model trained so has ~2x too large modulations (its per-neuron
+    Poisson calibration gain, ``eirnn.calibration``, is ~0.6). The lab's loss is the
+    uncorrected one (default ``False``). Cannot be combined with ``target_smooth_sigma_bins``
+    (smoothing changes the noise, the formula would be wrong).
+
     ``target_smooth_sigma_bins > 0`` first smooths ``D`` in time (mask-aware Gaussian,
     :func:`eirnn.losses.trial.smooth_trajectory`): the data PSTH of a finite set of trials
     carries sampling noise that the model would otherwise be asked to reproduce; the
@@ -129,6 +164,9 @@ def neuron_loss_terms(
         dict with scalar tensors ``corr``, ``scale``, ``var``, ``total``.
     """
     mask = check_rates(model_rates, target_rates, mask)
+    if var_noise_correction and target_smooth_sigma_bins > 0:
+        raise ValueError("var_noise_correction cannot be combined with target_smooth_sigma_bins > 0 "
+                         "(the correction is the sampling variance of the unsmoothed PSTH)")
     target_rates = target_rates.to(model_rates.dtype)
     m, valid = masked_psth(model_rates, mask)
     d, _ = masked_psth(target_rates, mask)
@@ -162,6 +200,8 @@ def neuron_loss_terms(
     d_var_t = dc.pow(2).sum(0) / n_t
     zero = torch.zeros_like(m_var_t)
     m_v = torch.where(has_bins, m_var_t, zero).sum() / n_neurons
+    if var_noise_correction:
+        d_var_t = (d_var_t - _psth_noise_variance(target_rates, mask, valid, n_t)).clamp_min(0.0)
     d_v = torch.where(has_bins, d_var_t, zero).sum() / n_neurons
     var = (m_v - d_v).pow(2) / (d_v.pow(2) + 1e-6)
 
@@ -176,6 +216,7 @@ def neuron_loss(
     lambda_scale: float = 0.1,
     lambda_var: float = 0.05,
     target_smooth_sigma_bins: float = 0.0,
+    var_noise_correction: bool = False,
 ) -> Tensor:
     """``L_neuron = L_corr + lambda_scale * L_scale + lambda_var * L_var``.
 
@@ -183,7 +224,7 @@ def neuron_loss(
     returns a scalar tensor.
     """
     return neuron_loss_terms(model_rates, target_rates, mask, lambda_scale, lambda_var,
-                             target_smooth_sigma_bins)["total"]
+                             target_smooth_sigma_bins, var_noise_correction)["total"]
 
 
 def poisson_neuron_loss(
@@ -229,6 +270,7 @@ def hybrid_neuron_loss(
     bin_size_ms: float = 25.0,
     eps: float = 1e-8,
     target_smooth_sigma_bins: float = 0.0,
+    var_noise_correction: bool = False,
 ) -> Tensor:
     """``w * poisson_neuron_loss + (1 - w) * neuron_loss`` with ``w = poisson_weight``.
 
@@ -238,6 +280,7 @@ def hybrid_neuron_loss(
     if not 0.0 <= poisson_weight <= 1.0:
         raise ValueError(f"poisson_weight must be in [0, 1], got {poisson_weight}")
     p = poisson_neuron_loss(model_rates, target_rates, mask, bin_size_ms=bin_size_ms, eps=eps)
-    n = neuron_loss(model_rates, target_rates, mask, lambda_scale, lambda_var, target_smooth_sigma_bins)
+    n = neuron_loss(model_rates, target_rates, mask, lambda_scale, lambda_var, target_smooth_sigma_bins,
+                    var_noise_correction)
     return poisson_weight * p + (1.0 - poisson_weight) * n
 

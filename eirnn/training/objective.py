@@ -63,19 +63,25 @@ class FitObjective:
         if float(sm) < 0:
             raise ValueError(f"loss.neuron.target_smooth_sigma_bins must be >= 0, got {sm}")
         self.target_smooth_sigma_bins = float(sm)
+        self.var_noise_correction = bool(_get(self.neuron, "var_noise_correction", False))
+        if self.var_noise_correction and self.target_smooth_sigma_bins > 0:
+            raise ValueError("loss.neuron.var_noise_correction=true cannot be combined with "
+                             f"loss.neuron.target_smooth_sigma_bins={sm} (set one of them off)")
 
     # -- main -----------------------------------------------------------------
     def neuron_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``L_neuron`` on recorded units: ``rates``, ``target``, ``mask`` are ``[B, T, N]``."""
         ls, lv = float(_get(self.neuron, "lambda_scale", 0.1)), float(_get(self.neuron, "lambda_var", 0.05))
-        sm = self.target_smooth_sigma_bins
+        sm, vc = self.target_smooth_sigma_bins, self.var_noise_correction
         if self.neuron_kind == "correlation":
-            return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm)
+            return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
+                               var_noise_correction=vc)
         if self.neuron_kind == "poisson":
             return poisson_neuron_loss(rates, target, mask, bin_size_ms=self.bin_size_ms)
         return hybrid_neuron_loss(
             rates, target, mask, poisson_weight=float(_get(self.neuron, "poisson_weight", 0.5)),
             bin_size_ms=self.bin_size_ms, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
+            var_noise_correction=vc,
         )
 
     # -- auxiliary ------------------------------------------------------------
