@@ -153,6 +153,7 @@ def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     for key, value in want.items():
         assert real.loss.neuron[key] == value, key
     assert real.trainer.max_epochs == epochs and real.loss.trial.enabled
+    assert real.loss.neuron.var_noise_correction is True
     alias = compose(["experiment=sc_default", "data.path=/x.mat"], tmp_path)
     drop = ("task_name", "hydra", "paths")
     plain = lambda c: {k: v for k, v in OmegaConf.to_container(c).items() if k not in drop}  # noqa: E731
@@ -164,6 +165,12 @@ def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     syn = compose([], tmp_path)
     default_loss = yaml.safe_load((REPO / "conf" / "loss" / "default.yaml").read_text())["neuron"]
     assert syn.loss.neuron.kind == default_loss["kind"] and syn.data.path is None
+    assert syn.loss.neuron.var_noise_correction is False  # the lab's loss, as issue 2 measured it
+    lab = compose(["experiment=lab_best", "data=sc_mat", "data.path=/x.mat"], tmp_path)
+    assert lab.loss.neuron.var_noise_correction is False
+    for name in ("lab_ltrial_21", "lab_phase2", "final_model"):  # the lab's loss, also with data=sc_mat
+        exp = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())
+        assert exp["loss"]["neuron"]["var_noise_correction"] is False, name
     assert syn.trainer.max_epochs == yaml.safe_load((REPO / "conf" / "trainer" / "default.yaml").read_text())["max_epochs"]
 
 

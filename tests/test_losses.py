@@ -455,3 +455,93 @@ def test_objective_rejects_negative_or_unresolved_smoothing():
         FitObjective(neuron={"target_smooth_sigma_bins": -1.0})
     with pytest.raises(ValueError, match="auto"):
         FitObjective(neuron={"target_smooth_sigma_bins": "auto"})
+
+
+# --------------------------------------------------------------------------- variance noise correction
+
+
+def test_var_noise_correction_hand_computed_with_mask():
+    """The corrected variance target = var_t(D_n) - (1 - 1/T_n) mean_t s2_tn / n_tn, computed
+    here with numpy loops on a masked batch and read back through the var term
+    (model PSTH variance 0: var = d_v^2 / (d_v^2 + 1e-6))."""
+    model, target, mask = _data(B=5, T=9, N=3, seed=4, p_mask=0.3)
+    mask[:, 0, 2] = False          # a bin with no valid trial
+    mask[1:, 1, 2] = False         # a bin with a single valid trial: adds no noise term
+    flat = torch.full_like(model, 7.0)
+    y, mk = target.numpy(), mask.numpy()
+    dv = []
+    for n in range(3):
+        ts = [t for t in range(9) if mk[:, t, n].any()]
+        psth = np.array([y[mk[:, t, n], t, n].mean() for t in ts])
+        noise = 0.0
+        for t in ts:
+            k = mk[:, t, n].sum()
+            if k >= 2:
+                noise += y[mk[:, t, n], t, n].var(ddof=1) / k
+        noise /= len(ts)
+        dv.append(max(psth.var() - (1 - 1 / len(ts)) * noise, 0.0))
+    d_v = np.mean(dv)
+    got = neuron_loss_terms(flat, target, mask, 0.0, 1.0, var_noise_correction=True)["var"]
+    assert float(got) == pytest.approx(d_v**2 / (d_v**2 + 1e-6), rel=1e-9)
+    # and without the correction: the plain population variance (the lab's term)
+    d_plain = np.mean([np.array([y[mk[:, t, n], t, n].mean() for t in range(9) if mk[:, t, n].any()]).var()
+                       for n in range(3)])
+    plain = neuron_loss_terms(flat, target, mask, 0.0, 1.0)["var"]
+    assert float(plain) == pytest.approx(d_plain**2 / (d_plain**2 + 1e-6), rel=1e-9)
+    assert d_plain > d_v
+
+
+def test_var_noise_correction_is_unbiased_for_poisson_trials():
+    """Batches of 32 Poisson trials of known rates: the corrected data variance averages to the
+    true PSTH variance, the plain one to true + the sampling noise (lambda / (dt n) per bin);
+    a model that outputs the true rates gets a var term ~20x smaller with the correction."""
+    from eirnn.losses.neuron import _psth_noise_variance
+
+    g = torch.Generator().manual_seed(0)
+    T, N, B, dt = 80, 10, 32, 0.025
+    t = torch.linspace(0, 1, T, dtype=F64)[:, None]
+    true = 12 + 4 * torch.sin(5 * t + torch.arange(N, dtype=F64)[None, :])
+    true_var = float(((true - true.mean(0)) ** 2).mean())
+    noise_var = (1 - 1 / T) * float(true.mean()) / (dt * B)
+    model = true.expand(B, T, N)
+    est_plain, est_corr, term_plain, term_corr = [], [], [], []
+    for _ in range(100):
+        y = torch.poisson((true * dt).expand(B, T, N).contiguous(), generator=g) / dt
+        mask = torch.ones(B, T, N, dtype=torch.bool)
+        d, valid = masked_psth(y, mask)
+        v = ((d - d.mean(0)) ** 2).mean(0)
+        est_plain.append(float(v.mean()))
+        est_corr.append(float((v - _psth_noise_variance(y, mask, valid, valid.sum(0).to(F64))).mean()))
+        term_corr.append(float(neuron_loss_terms(model, y, None, 0.0, 1.0, var_noise_correction=True)["var"]))
+        term_plain.append(float(neuron_loss_terms(model, y, None, 0.0, 1.0)["var"]))
+    assert np.mean(est_plain) == pytest.approx(true_var + noise_var, rel=0.03)
+    assert np.mean(est_corr) == pytest.approx(true_var, rel=0.03)
+    assert np.mean(term_corr) < 0.1 * np.mean(term_plain)
+
+
+def test_var_noise_correction_changes_only_the_var_term_and_flows_no_gradient_to_the_data():
+    model, target, mask = _data(seed=5)
+    a = neuron_loss_terms(model, target, mask, 0.1, 0.05)
+    b = neuron_loss_terms(model, target, mask, 0.1, 0.05, var_noise_correction=True)
+    assert float(a["corr"]) == float(b["corr"]) and float(a["scale"]) == float(b["scale"])
+    assert float(a["var"]) != float(b["var"])
+    m = model.clone().requires_grad_(True)
+    tgt = target.clone().requires_grad_(True)
+    neuron_loss(m, tgt, mask, var_noise_correction=True).backward()
+    assert torch.isfinite(m.grad).all() and m.grad.abs().sum() > 0
+    h = hybrid_neuron_loss(model, target, mask, var_noise_correction=True)
+    assert float(h) == pytest.approx(0.5 * float(poisson_neuron_loss(model, target, mask))
+                                     + 0.5 * float(b["total"]), rel=1e-12)
+
+
+def test_var_noise_correction_rejects_target_smoothing():
+    from eirnn.training.objective import FitObjective
+
+    model, target, mask = _data()
+    with pytest.raises(ValueError, match="var_noise_correction"):
+        neuron_loss_terms(model, target, mask, var_noise_correction=True, target_smooth_sigma_bins=2.0)
+    with pytest.raises(ValueError, match="var_noise_correction"):
+        FitObjective(neuron={"var_noise_correction": True, "target_smooth_sigma_bins": 2.0})
+    on = FitObjective(neuron={"kind": "hybrid", "var_noise_correction": True})
+    off = FitObjective(neuron={"kind": "hybrid"})
+    assert float(on.neuron_term(model, target, mask)) != float(off.neuron_term(model, target, mask))
