@@ -271,6 +271,22 @@ def predict_expected_rates(module, tensors: Mapping[str, Any], batch_size: int =
     return total / s, sample
 
 
+def model_predictions(module, tensors: Mapping[str, Any], batch_size: int = 0,
+                      noise_draws: int = DEFAULT_NOISE_DRAWS) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A model's predictions ``(expected, sample, spike_rate)``, each ``[K, T, N]``.
+
+    ``expected`` and ``sample`` are the network's rates (:func:`predict_expected_rates`);
+    ``spike_rate`` is ``expected`` through the model's fitted spike readout
+    (:mod:`eirnn.models.readout`; ``expected`` itself when it is not fitted), the rate of
+    the Poisson spike counts that bits/spike scores.
+    """
+    pred, sample = predict_expected_rates(module, tensors, batch_size, noise_draws)
+    readout = getattr(module.model, "spike_readout", None)
+    if readout is None or not readout.is_fitted:
+        return pred, sample, pred
+    return pred, sample, readout.apply_numpy(pred)
+
+
 def _resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
@@ -387,7 +403,7 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         fitted[name] = b.fit(train)
         info[name] = {"description": b.describe(), **b.info()}
 
-    result: Dict[str, Any] = {"sets": {}, "baselines": info, "train_fit": {}, "calibration": {}}
+    result: Dict[str, Any] = {"sets": {}, "baselines": info, "train_fit": {}, "calibration": {}, "spike_readout": {}}
     from eirnn.calibration import fit_affine_calibration
     from eirnn.metrics import bits_per_spike, psth_corr
 
@@ -395,25 +411,34 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
     calib = {}
     for name in list(modules) + list(fitted):
         if name in modules:
-            p_train, _ = predict_expected_rates(modules[name], dm.tensors("train"), dm.batch_size, noise_draws)
-            result["train_fit"][name] = {"psth_corr": psth_corr(p_train, train.rates, train.mask)}
+            p_net, _, p_train = model_predictions(modules[name], dm.tensors("train"), dm.batch_size, noise_draws)
+            result["train_fit"][name] = {"psth_corr": psth_corr(p_net, train.rates, train.mask)}
+            readout = getattr(modules[name].model, "spike_readout", None)
+            result["spike_readout"][name] = readout.info() if readout is not None else None
         else:
             p_train = fitted[name].predict(train)
         if calibrate:
             calib[name] = fit_affine_calibration(p_train, train.rates, train.mask, bs)
             result["calibration"][name] = calib[name].info()
     for set_name, (trials, tensors) in sets.items():
-        raw = {name: predict_expected_rates(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
-        raw.update({name: (b.predict(trials), None) for name, b in fitted.items()})
+        raw = {name: model_predictions(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
+        raw.update({name: (b.predict(trials), None, None) for name, b in fitted.items()})
         scores, per_neuron = {}, {}
-        for name, (pred, sample) in raw.items():
+        for name, (pred, sample, spike_rate) in raw.items():
             scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term, sample=sample)
-            scores[name]["bits_per_spike_uncal"] = scores[name]["bits_per_spike"]
-            if name in calib:  # the single-trial score of the calibrated rates (module docstring)
-                sc, pn = _bits_scores(calib[name](pred), trials, exc)
+            if spike_rate is not None and spike_rate is not pred:  # the model's fitted spike readout
+                scores[name]["bits_per_spike_network"] = scores[name]["bits_per_spike"]
+                sc, pn = _bits_scores(spike_rate, trials, exc)
                 scores[name].update(sc)
                 per_neuron[name]["bits_per_spike"] = pn
-            if sample is not None:  # the logged validation metrics: one draw, uncalibrated
+            else:
+                spike_rate = pred
+            scores[name]["bits_per_spike_uncal"] = scores[name]["bits_per_spike"]
+            if name in calib:  # the single-trial score of the calibrated rates (module docstring)
+                sc, pn = _bits_scores(calib[name](spike_rate), trials, exc)
+                scores[name].update(sc)
+                per_neuron[name]["bits_per_spike"] = pn
+            if sample is not None:  # the logged validation metrics: one draw of the network, uncalibrated
                 scores[name]["psth_corr_sample"] = psth_corr(sample, trials.rates, trials.mask)
                 scores[name]["bits_per_spike_sample"] = bits_per_spike(sample, trials.rates, trials.mask, bs)
         ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials))

@@ -186,6 +186,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["ensemble"] = artifacts.write_summary(module)
         summary["early_stopped"] = bool(summary["ensemble"]["all_stopped"])
         print("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)), flush=True)
+    if (n_members == 1 and bool(cfg.get("fit_spike_readout", True)) and hasattr(module.model, "spike_readout")
+            and not summary.get("interrupted") and not summary.get("diverged")):
+        summary["spike_readout"] = _fit_readouts(cfg, dm, module, out_dir)
     write_json_atomic(writer.path, summary)
     _log_hparams(loggers, cfg, summary)
     if cfg.get("export"):  # weights/, outputs/, metrics/, population/, figures/, training_report.md
@@ -195,6 +198,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["report"] = str(out_dir / manifest["report"])
     _print_summary(summary, out_dir, str(cfg.get("optimized_metric") or "val/psth_corr"))
     return summary
+
+
+def _fit_readouts(cfg: DictConfig, dm, module, out_dir: Path) -> dict:
+    """Fit the spike readout (eirnn/models/readout.py) of best.ckpt and last.ckpt on the
+    training trials, write it into them, and give the in-memory (last-epoch) model the last one."""
+    from eirnn.fit_readout import fit_checkpoint_readouts
+
+    ckpt_dir = out_dir / "checkpoints"
+    res = fit_checkpoint_readouts(cfg, dm, [ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"])
+    if "last" in res:
+        import torch
+
+        state = torch.load(str(ckpt_dir / "last.ckpt"), map_location="cpu", weights_only=False)["state_dict"]
+        ro = module.model.spike_readout
+        prefix = next(k for k in state if k.endswith("spike_readout.gain"))[: -len("gain")]
+        ro.set_affine(state[prefix + "gain"], state[prefix + "offset"])
+    for name, info in res.items():
+        log.info("spike readout of %s.ckpt (epoch %s): gain median %.3f, offset median %.2f sp/s",
+                 name, info["epoch"], info["gain_median"], info["offset_median_hz"])
+    return res
 
 
 def _log_hparams(loggers: list, cfg: DictConfig, summary: dict) -> None:

@@ -49,7 +49,10 @@ def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
     for k in ("psth_corr", "condition_psth_r2", "fano_within_2x", "L_trial"):
         assert raw["model"][k] == pytest.approx(model[k], abs=1e-9, nan_ok=True), k
     assert raw["model"]["bits_per_spike"] == pytest.approx(model["bits_per_spike_uncal"], abs=1e-9)
-    assert model["bits_per_spike"] != model["bits_per_spike_uncal"]
+    # the run's fitted spike readout (eirnn/models/readout.py) is the model's single-trial
+    # prediction; calibrating it again on the same training trials changes little
+    assert model["bits_per_spike_uncal"] != model["bits_per_spike_network"]
+    assert model["bits_per_spike"] == pytest.approx(model["bits_per_spike_uncal"], abs=2e-3)
     assert model["L_trial"] == pytest.approx(logged["val/L_trial"], rel=1e-3)  # the logged draw
     cal = res["calibration"]["model"]
     assert len(cal["gain"]) == len(res["is_excitatory"]) and min(cal["gain"]) >= 0
@@ -153,7 +156,7 @@ def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     for key, value in want.items():
         assert real.loss.neuron[key] == value, key
     assert real.trainer.max_epochs == epochs and real.loss.trial.enabled
-    assert real.loss.neuron.var_noise_correction is True
+    assert real.loss.neuron.var_noise_correction is False  # measured, not adopted (conf/loss/sc_mat.yaml)
     alias = compose(["experiment=sc_default", "data.path=/x.mat"], tmp_path)
     drop = ("task_name", "hydra", "paths")
     plain = lambda c: {k: v for k, v in OmegaConf.to_container(c).items() if k not in drop}  # noqa: E731

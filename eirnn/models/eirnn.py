@@ -29,6 +29,7 @@ from torch import nn
 from .connectivity import build_recurrent_weights
 from .embedding import build_embedding
 from .fastops import RepeatedRows, attention_pool
+from .readout import SpikeReadout
 from .recurrence import IMPLS as RECURRENCE_IMPLS
 from .recurrence import FusedRecurrence
 from .time_constants import TimeConstants
@@ -129,6 +130,8 @@ class EIRNN(nn.Module):
         self.noise_scale = float(noise_scale)
         self.register_buffer("is_excitatory", is_exc)
         self.register_buffer("exc_index", torch.nonzero(is_exc).flatten(), persistent=False)
+        # observation model of the recorded units' spikes, fitted after training (identity until then)
+        self.spike_readout = SpikeReadout(self.n_recorded)
 
         # gain 1/(rate_scale sqrt(n)): raw weights O(1) per entry while W_rec acts on rates in
         # sp/s, so an optimiser step of size lr changes W_rec by ~lr relative to its entries
