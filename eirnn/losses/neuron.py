@@ -145,10 +145,11 @@ def neuron_loss_terms(
     clamped at 0, an unbiased estimate of the underlying PSTH's variance. Without it, the
     term asks the model for the noise as modulation: with 32 trials per step on the session
     of ``../shared/data``, 17.5 of the batch PSTH's mean variance of 21.2 (sp/s)^2 is
-    sampling noise, and a model trained so has ~2x too large modulations (its per-neuron
-    Poisson calibration gain, ``eirnn.calibration``, is ~0.6). The lab's loss is the
-    uncorrected one (default ``False``). Cannot be combined with ``target_smooth_sigma_bins``
-    (smoothing changes the noise, the formula would be wrong).
+    sampling noise. (Measured on that session, experiments/evaluation.md: it did not fix
+    the models' too large rate modulations, whose Poisson readout gain stays ~0.55, and it
+    slowed the PSTH fit; so it is off in every shipped configuration.) The lab's loss is
+    the uncorrected one (default ``False``). Cannot be combined with
+    ``target_smooth_sigma_bins`` (smoothing changes the noise, the formula would be wrong).
 
     ``target_smooth_sigma_bins > 0`` first smooths ``D`` in time (mask-aware Gaussian,
     :func:`eirnn.losses.trial.smooth_trajectory`): the data PSTH of a finite set of trials

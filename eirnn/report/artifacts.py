@@ -96,7 +96,9 @@ def weight_arrays(model) -> dict[str, np.ndarray]:
     ``W_out`` ``[n_outputs, n_E]`` and ``b_out``; with low-rank connectivity ``W_rec_U`` /
     ``W_rec_V`` ``[n, r]``; with the attention embedding ``attention_query`` ``[H, d/H]``,
     ``attention_W_K`` / ``attention_W_V`` / ``attention_W_O`` ``[d, d]`` and
-    ``attention_channel_scale`` / ``attention_channel_bias`` ``[C, d]``.
+    ``attention_channel_scale`` / ``attention_channel_bias`` ``[C, d]``; with a fitted spike
+    readout (:mod:`eirnn.models.readout`) ``spike_readout_gain`` / ``spike_readout_offset``
+    ``[n_recorded]`` (predicted spike rate ``max(gain r + offset, 1e-3)`` sp/s).
     """
     exc = model.is_excitatory.cpu().numpy().astype(bool)
     rec = np.zeros(exc.shape, bool)
@@ -118,6 +120,9 @@ def weight_arrays(model) -> dict[str, np.ndarray]:
     if getattr(model, "n_outputs", 0) > 0:
         out["W_out"] = _np(model.W_out)
         out["b_out"] = _np(model.b_out)
+    ro = getattr(model, "spike_readout", None)
+    if ro is not None and ro.is_fitted:
+        out["spike_readout_gain"], out["spike_readout_offset"] = _np(ro.gain), _np(ro.offset)
     rw = model.recurrent
     if hasattr(rw, "U") and hasattr(rw, "V"):
         out["W_rec_U"], out["W_rec_V"] = _np(rw.U), _np(rw.V)
