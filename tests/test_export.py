@@ -68,6 +68,11 @@ def test_export_cli_writes_the_artifacts_of_a_finished_run(plain_run, capsys):
     assert not (plain_run / "outputs" / "val_attention_mean.npy").exists()
     h0 = np.load(plain_run / "weights" / "h0.npy")
     assert np.all(h0 == 0)  # not learnable in the default model
+    # the spike readout fitted at the end of training (eirnn/models/readout.py), one value per recorded neuron
+    gain = np.load(plain_run / "weights" / "spike_readout_gain.npy")
+    offset = np.load(plain_run / "weights" / "spike_readout_offset.npy")
+    n_rec = int(np.load(plain_run / "weights" / "recorded_mask.npy").sum())
+    assert gain.shape == offset.shape == (n_rec,) and np.all(gain >= 0) and not np.allclose(gain, 1.0)
     manifest = json.loads((plain_run / "artifacts.json").read_text())
     assert manifest["checkpoint"] == "checkpoints/best.ckpt" and manifest["files"]["figures"] == []
     for folder in ("weights", "outputs", "metrics", "population"):
