@@ -37,6 +37,9 @@ every per-neuron metric also as its mean over E and over I neurons, suffix ``_E`
                             data's; ``fano_model_median`` / ``fano_data_median``
 ``L_trial``                 the run's Sinkhorn trial-matching loss on the scored trials
 ``bits_per_spike_uncal``    bits/spike of the predicted rate before the calibration below
+                            (for a model: of its fitted spike readout's rates)
+``bits_per_spike_network``  a model with a fitted spike readout: bits/spike of the
+                            network's rates themselves
 ``*_sample``                ``psth_corr`` / ``bits_per_spike`` of the model's single noise
                             draw, uncalibrated (what training-time validation logs),
                             models only
@@ -56,6 +59,12 @@ baselines. ``psth_corr``, the condition PSTH metrics and ``bits_per_spike`` scor
 scored as if it were a prediction. The Fano factor and ``L_trial``, which are about
 trial-to-trial *variability*, score one sample of the model (the validation-seed draw);
 a baseline's sample is its prediction.
+
+Spike readout (:mod:`eirnn.models.readout`). A model fitted since the readout exists
+carries a per-neuron Poisson readout ``max(gain r + offset, floor)`` of its network rates,
+fitted on the training trials at the end of training; its bits/spike scores the readout's
+rates, every other metric the network's rates (the readout is a positive affine map per
+neuron: the PSTH correlations are unchanged by it unless a gain is 0).
 
 Calibration (``calibrate``, default on; :mod:`eirnn.calibration`). ``bits_per_spike`` (and
 only it) scores every predictor's expected rate after its per-neuron affine map
