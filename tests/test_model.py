@@ -183,3 +183,33 @@ def test_initialisation_is_seeded():
     b = EIRNN(14, REC, seed=3).W_rec.detach()
     c = EIRNN(14, REC, seed=4).W_rec.detach()
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_unconstrained_init_signs():
+    """model.init_signs (dale=false): 'dale' starts at the Dale model's E-I matrix, 'random' gives
+    the same magnitudes random signs; the spectral radius is set either way; misuse is refused."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from eirnn.models import EIRNN
+
+    exc = [True] * 8 + [False] * 4
+    kw = dict(n_inputs=3, recorded_is_excitatory=exc, n_hidden=8, dt=25.0, seed=3)
+    ei = EIRNN(dale=True, **kw)
+    same = EIRNN(dale=False, **kw)
+    rnd = EIRNN(dale=False, init_signs="random", **kw)
+    w_ei, w_same, w_rnd = (m.W_rec.detach().numpy() for m in (ei, same, rnd))
+    np.testing.assert_allclose(w_same, w_ei, rtol=1e-6, atol=1e-9)  # the default start is the E-I matrix
+    sign = np.where(ei.is_excitatory.numpy(), 1.0, -1.0)[None, :]
+    off = ~np.eye(w_rnd.shape[0], dtype=bool)
+    forbidden = ((w_rnd * sign) < 0)[off].mean()
+    assert 0.35 < forbidden < 0.65 and ((w_same * sign) < 0)[off].sum() == 0
+    radius = lambda w: float(np.max(np.abs(np.linalg.eigvals(w * float(ei.rate_scale)))))  # noqa: E731
+    assert radius(w_rnd) == pytest.approx(radius(w_ei), rel=1e-4)
+    with pytest.raises(ValueError, match="dale=false"):
+        EIRNN(dale=True, init_signs="random", **kw)
+    with pytest.raises(ValueError, match="full-rank"):
+        EIRNN(dale=False, init_signs="random", rank=4, **kw)
+    with pytest.raises(ValueError, match="init_signs"):
+        EIRNN(dale=False, init_signs="gaussian", **kw)

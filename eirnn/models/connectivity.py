@@ -98,14 +98,29 @@ class RecurrentWeights(nn.Module):
 
 
 class FullRankWeights(RecurrentWeights):
-    """``W = |A| * s^T * (1 - I)`` (Dale) or ``A * (1 - I)`` (unconstrained); ``A``: ``[n, n]``."""
+    """``W = |A| * s^T * (1 - I)`` (Dale) or ``A * (1 - I)`` (unconstrained); ``A``: ``[n, n]``.
+
+    ``init_signs`` (unconstrained only): ``"dale"`` starts ``A`` at the E-I matrix (column
+    ``j`` of sign ``s_j``, the magnitudes of the Dale model), ``"random"`` gives every entry of
+    those magnitudes a random sign (a sign-free start, as a generic RNN has).
+    """
 
     def __init__(self, is_excitatory: torch.Tensor, dale: bool = True, generator: torch.Generator | None = None,
-                 gain: float = 1.0):
+                 gain: float = 1.0, init_signs: str = "dale"):
         super().__init__(is_excitatory, dale, gain)
+        if init_signs not in ("dale", "random"):
+            raise ValueError(f"model.init_signs must be 'dale' or 'random', got {init_signs!r}")
+        if dale and init_signs != "dale":
+            raise ValueError("model.init_signs=random needs model.dale=false (Dale's law fixes every sign)")
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         mag = _balanced_magnitudes(self.is_excitatory, g)
-        self.raw = nn.Parameter(mag if dale else mag * self.sign[None, :])
+        if dale:
+            self.raw = nn.Parameter(mag)
+        elif init_signs == "dale":
+            self.raw = nn.Parameter(mag * self.sign[None, :])
+        else:
+            signs = torch.randint(0, 2, mag.shape, generator=g).to(mag.dtype) * 2 - 1
+            self.raw = nn.Parameter(mag * signs)
 
     def weight(self) -> torch.Tensor:
         if self.dale:
@@ -183,8 +198,12 @@ def build_recurrent_weights(
     lowrank_dale: str = "product",
     generator: torch.Generator | None = None,
     gain: float = 1.0,
+    init_signs: str = "dale",
 ) -> RecurrentWeights:
-    """Full rank when ``rank`` is ``None`` (or ``0``), else :class:`LowRankWeights`."""
+    """Full rank when ``rank`` is ``None`` (or ``0``), else :class:`LowRankWeights`
+    (whose unconstrained start is Gaussian factors, sign-free: ``init_signs`` is full rank only)."""
     if rank is None or rank == 0 or (isinstance(rank, str) and rank.lower() in ("full", "none", "null")):
-        return FullRankWeights(is_excitatory, dale=dale, generator=generator, gain=gain)
+        return FullRankWeights(is_excitatory, dale=dale, generator=generator, gain=gain, init_signs=init_signs)
+    if init_signs != "dale":
+        raise ValueError("model.init_signs applies to full-rank W_rec only (low-rank factors start sign-free)")
     return LowRankWeights(is_excitatory, int(rank), dale=dale, mode=lowrank_dale, generator=generator, gain=gain)

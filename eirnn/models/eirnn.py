@@ -79,6 +79,9 @@ class EIRNN(nn.Module):
         recurrence_impl: ``fused`` (one autograd node with a hand-written backward through
             time, :mod:`eirnn.models.recurrence`) or ``autograd`` (the step loop recorded by
             autograd). Same values and gradients up to float round-off.
+        init_signs: the unconstrained baseline's (``dale=False``) starting ``W_rec``: ``dale``
+            (the E-I matrix of the Dale model, then free) or ``random`` (the same magnitudes
+            with random signs); :class:`~eirnn.models.connectivity.FullRankWeights`.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class EIRNN(nn.Module):
         n_outputs: int = 2,
         seed: int = 0,
         recurrence_impl: str = "fused",
+        init_signs: str = "dale",
     ):
         super().__init__()
         recurrence_impl = str(recurrence_impl).lower()
@@ -140,7 +144,7 @@ class EIRNN(nn.Module):
         # the spectral radius past 1 within two steps on the real session).
         self.recurrent = build_recurrent_weights(
             is_exc, rank=rank, dale=dale, lowrank_dale=lowrank_dale, generator=g,
-            gain=1.0 / (float(rate_scale) * float(np.sqrt(self.n_units)))
+            gain=1.0 / (float(rate_scale) * float(np.sqrt(self.n_units))), init_signs=str(init_signs),
         )
         self.recurrent.set_spectral_radius_(float(spectral_radius) / float(rate_scale))
         self.embedding = build_embedding(input_embedding, self.n_inputs, embed_dim, n_heads, generator=g)
