@@ -214,9 +214,10 @@ def _fit_readouts(cfg: DictConfig, dm, module, out_dir: Path) -> dict:
         ro = module.model.spike_readout
         prefix = next(k for k in state if k.endswith("spike_readout.gain"))[: -len("gain")]
         ro.set_affine(state[prefix + "gain"], state[prefix + "offset"])
-    for name, info in res.items():
+    for name, info in res.items():  # epoch 1-based here, like the summary; 0-based in metrics.json
+        ep = info["epoch"] + 1 if isinstance(info["epoch"], int) else info["epoch"]
         log.info("spike readout of %s.ckpt (epoch %s): gain median %.3f, offset median %.2f sp/s",
-                 name, info["epoch"], info["gain_median"], info["offset_median_hz"])
+                 name, ep, info["gain_median"], info["offset_median_hz"])
     return res
 
 
