@@ -39,7 +39,8 @@ def fit_spike_readout(module, dm, noise_draws: int = 10) -> Dict[str, Any]:
     g = np.asarray(cal.gain)
     return {"n_train_trials": int(train.n_trials), "noise_draws": int(noise_draws),
             "gain_median": float(np.median(g)), "gain_range": [float(g.min()), float(g.max())],
-            "offset_median_hz": float(np.median(cal.offset))}
+            "offset_median_hz": float(np.median(cal.offset)),
+            "gain": [float(x) for x in g], "offset_hz": [float(x) for x in cal.offset]}
 
 
 def _save_atomic(obj: Any, path: Path) -> None:

@@ -208,12 +208,7 @@ def _fit_readouts(cfg: DictConfig, dm, module, out_dir: Path) -> dict:
     ckpt_dir = out_dir / "checkpoints"
     res = fit_checkpoint_readouts(cfg, dm, [ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"])
     if "last" in res:
-        import torch
-
-        state = torch.load(str(ckpt_dir / "last.ckpt"), map_location="cpu", weights_only=False)["state_dict"]
-        ro = module.model.spike_readout
-        prefix = next(k for k in state if k.endswith("spike_readout.gain"))[: -len("gain")]
-        ro.set_affine(state[prefix + "gain"], state[prefix + "offset"])
+        module.model.spike_readout.set_affine(res["last"]["gain"], res["last"]["offset_hz"])
     for name, info in res.items():  # epoch 1-based here, like the summary; 0-based in metrics.json
         ep = info["epoch"] + 1 if isinstance(info["epoch"], int) else info["epoch"]
         log.info("spike readout of %s.ckpt (epoch %s): gain median %.3f, offset median %.2f sp/s",

@@ -77,6 +77,7 @@ def test_training_fits_the_readout_of_both_checkpoints_on_the_training_trials(ru
     module, _ = load_module(cfg, dm, run_dir / "checkpoints" / "last.ckpt")
     ro = module.model.spike_readout
     assert ro.is_fitted and not np.allclose(ro.gain.numpy(), 1.0)
+    np.testing.assert_allclose(summary["spike_readout"]["last"]["gain"], ro.gain.numpy(), rtol=1e-6)
     tr = TrialSet.from_tensors(dm.tensors("train"), dm.session, dm.bin_size_ms)
     p_train, _ = predict_expected_rates(module, dm.tensors("train"), dm.batch_size, 10)
     cal = fit_affine_calibration(p_train, tr.rates, tr.mask, dm.bin_size_ms)
