@@ -351,7 +351,10 @@ def _unfiltered_fold(dm):
     idx = np.flatnonzero(part == dm.cv_fold)
     if idx.size == dm.val_idx.size:
         return None
-    raw = load_session(dm.path) if dm.path is not None else make_synthetic_session(**dm.synthetic)
+    if hasattr(dm, "load_raw"):
+        raw = dm.load_raw()
+    else:
+        raw = load_session(dm.path) if dm.path is not None else make_synthetic_session(**dm.synthetic)
     sub = raw.subset(idx)
     return TrialSet.from_session(sub), session_to_tensors(sub)
 

@@ -231,7 +231,8 @@ def export_run(
     weights = A.weight_arrays(model)
     outputs = A.output_arrays(val, dm.session)
     metrics = A.neuron_metrics(val, exc, bin_ms)
-    loc = outputs["val_trial_factors"][:, 0]
+    vf = outputs["val_trial_factors"]  # grouped by the first factor (SC: target location)
+    loc = vf[:, 0] if vf.shape[1] else np.zeros(vf.shape[0], np.int64)
     gd, labels = A.group_psths(val["target_rates"], val["mask"], loc)
     gm, _ = A.group_psths(val["model_rates"], val["mask"], loc)
     population = A.population_arrays(outputs["val_target_psth"], outputs["val_model_psth"], n_pcs=n_pcs,
@@ -267,7 +268,7 @@ def export_run(
     if figures:
         figure_files, figure_errors = write_figures(run_dir, history, weights, outputs, metrics, population, model,
                                                     monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")),
-                                                    bin_ms=bin_ms)
+                                                    bin_ms=bin_ms, input_names=dm.session.input_names)
     files["figures"] = [{"path": str(p.relative_to(run_dir))} for p in figure_files]
 
     manifest = {
@@ -282,12 +283,11 @@ def export_run(
 
 
 def write_figures(run_dir: Path, history, weights, outputs, metrics, population, model, monitor: str,
-                  learnable_h0: bool = True, bin_ms: float | None = None) -> tuple[list[Path], dict[str, str]]:
+                  learnable_h0: bool = True, bin_ms: float | None = None, input_names=None) -> tuple[list[Path], dict[str, str]]:
     """Every figure of :data:`FIGURES` that applies, as ``run_dir/figures/<name>.png``.
 
     A figure that fails is logged and listed in the returned errors; the others are still written.
     """
-    from eirnn.data.session import INPUT_CHANNELS
     from eirnn.report import figures as F
 
     exc_all = weights["E_mask"]
@@ -296,7 +296,8 @@ def write_figures(run_dir: Path, history, weights, outputs, metrics, population,
     t = outputs["time_ms"]
     corr = metrics["per_neuron_correlation"]
     n_inputs = outputs["val_inputs"].shape[-1]
-    labels = list(INPUT_CHANNELS) if n_inputs == len(INPUT_CHANNELS) else None
+    names = list(input_names or [])
+    labels = names if len(names) == n_inputs else None
     ratio = population["pca_explained_variance_ratio"]
     makers = {
         "training_curves": lambda: F.training_curves(history, monitor),

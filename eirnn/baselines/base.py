@@ -21,10 +21,16 @@ def condition_codes(session, idx: Optional[np.ndarray] = None) -> np.ndarray:
     ``code = 1000 location + 100 identity + 10 reward + salience``: unlike
     ``Session.condition_ids`` (dense ids of one session), the same condition has the
     same code in any subset of any session, so train and validation sets (filtered or
-    not) can be matched condition by condition.
+    not) can be matched condition by condition. Other sessions: ``code = sum_f v_f 1000^(F-1-f)``
+    over ``session.factors`` (0 when it has none).
     """
-    code = (1000 * session.trial_location + 100 * session.trial_identity + 10 * session.trial_reward
-            + session.trial_salience).astype(np.int64)
+    if getattr(session, "trial_location", None) is not None:
+        code = (1000 * session.trial_location + 100 * session.trial_identity + 10 * session.trial_reward
+                + session.trial_salience).astype(np.int64)
+    else:  # any other factors: mixed radix 1000 (codes 0..999 per factor, up to 6 factors)
+        code = np.zeros(session.n_trials, np.int64)
+        for v in session.factors.values():
+            code = code * 1000 + np.asarray(v, np.int64)
     return code if idx is None else code[np.asarray(idx, dtype=np.int64)]
 
 

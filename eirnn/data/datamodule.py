@@ -2,7 +2,7 @@
 
 Batches are dicts of tensors (B = trials in the batch, T bins, N neurons):
 
-- ``inputs`` [B, T, 14] float32, NaN -> 0.0
+- ``inputs`` [B, T, C] float32, NaN -> 0.0 (C = 14 for the SC export)
 - ``rates`` [B, T, N] float32 (sp/s), NaN -> 0.0
 - ``mask`` [B, T, N] bool, True = valid bin (``Session.missing_mask``)
 - ``condition`` [B] int64 (``Session.condition_ids`` of the filtered session)
@@ -106,7 +106,10 @@ def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
         report["min_duration_ms"] = int(keep.sum() - new.sum())
         keep = new
     if filters.get("require_fixation"):
-        fix = session.inputs[:, :, INPUT_CHANNELS.index("fixation_on")]
+        if "fixation_on" not in session.input_names:
+            raise ValueError(f"filter require_fixation needs an input channel named fixation_on; "
+                             f"channels: {list(session.input_names)}")
+        fix = session.inputs[:, :, session.input_names.index("fixation_on")]
         new = keep & np.any(np.nan_to_num(fix, nan=0.0) > 0.5, axis=1)
         report["require_fixation"] = int(keep.sum() - new.sum())
         keep = new
@@ -167,7 +170,8 @@ class TrialBatchLoader:
 
 
 class SessionDataModule(L.LightningDataModule):
-    """One session (MAT file via ``path`` or synthetic via ``synthetic`` kwargs for
+    """One session (a MAT / NWB / arrays file via ``path``, read per ``format`` and the
+    reader ``options``, or synthetic via ``synthetic`` kwargs for
     :func:`make_synthetic_session`), optionally filtered, split train/val stratified
     by condition. See the module docstring for the batch layout.
 
@@ -189,6 +193,7 @@ class SessionDataModule(L.LightningDataModule):
     """
 
     def __init__(self, path: Optional[str] = None, synthetic: Optional[Dict[str, Any]] = None,
+                 format: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
                  val_fraction: float = 0.2, batch_size: Optional[int] = 0, split_seed: int = 42,
                  shuffle_seed: Optional[int] = None, filters: Optional[Dict[str, Any]] = None,
                  device_transfer: bool = True, cv_folds: Optional[int] = None, cv_fold: Optional[int] = 0,
@@ -201,6 +206,8 @@ class SessionDataModule(L.LightningDataModule):
         if unknown:
             raise ValueError(f"unknown filter(s) {unknown}; known: {list(_FILTER_KEYS)}")
         self.path = None if path is None else str(path)
+        self.format = None if format is None else str(format)
+        self.options = options
         self.synthetic = dict(synthetic or {})
         self.val_fraction = float(val_fraction)
         self.batch_size = int(batch_size or 0)
@@ -230,7 +237,7 @@ class SessionDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.session is not None:
             return
-        raw = load_session(self.path) if self.path is not None else make_synthetic_session(**self.synthetic)
+        raw = self.load_raw()
         kept, self.filter_report = apply_filters(raw, self.filters)
         if kept.size == 0:
             raise ValueError(f"filters {self.filters} removed every trial of {raw.source}")
@@ -250,6 +257,13 @@ class SessionDataModule(L.LightningDataModule):
         self._val = {k: v.index_select(0, va) for k, v in full.items()}
         self.kept_trials = kept
         self.session = session
+
+    def load_raw(self) -> Session:
+        """The session as loaded (before filters): the file at ``path`` (``format``,
+        ``options``: see :func:`eirnn.data.load_session`) or the synthetic one."""
+        if self.path is None:
+            return make_synthetic_session(**self.synthetic)
+        return load_session(self.path, self.format, self.options)
 
     def _need(self) -> Session:
         if self.session is None:

@@ -39,7 +39,8 @@ import numpy as np
 from .errors import DataFormatError
 from .session import INPUT_CHANNELS, Session, apply_eye_norm, eye_norm_stats
 
-__all__ = ["REQUIRED_FIELDS", "OPTIONAL_FIELDS", "load_mat", "load_session", "save_mat",
+__all__ = ["REQUIRED_FIELDS", "OPTIONAL_FIELDS", "load_mat", "load_session", "save_mat", "counts_from_rates",
+           "detect_format", "FORMATS",
            "read_mat_fields", "session_from_fields", "session_to_fields", "mat_version"]
 
 PathLike = Union[str, os.PathLike]
@@ -327,8 +328,21 @@ def session_from_fields(fields: Dict[str, Any], path: PathLike, source: str | No
         rates=rates, inputs=inputs, is_excitatory=is_exc, bin_size_ms=bin_ms,
         time_axis_ms=time_axis, trial_duration_ms=duration, neuron_ids=neuron_ids,
         brain_area=brain_area, session_name=name, source=source or path, eye_raw=eye_raw,
-        eye_norm=eye_norm, metadata=metadata, **trial,
+        eye_norm=eye_norm, metadata=metadata, counts=counts_from_rates(rates, bin_ms),
+        alignment_event="fixation_on", **trial,
     )
+
+
+def counts_from_rates(rates: np.ndarray, bin_size_ms: float) -> "np.ndarray | None":
+    """[K, T, N] int64 ``rates * bin / 1000`` when that is an integer in every finite bin
+    and maps back to the very same rates (``counts * (1000 / bin) == rates``), else None.
+    Missing (NaN) bins get count 0."""
+    scale = 1000.0 / float(bin_size_ms)
+    ok = np.isfinite(rates)
+    c = np.where(ok, np.round(np.where(ok, rates, 0.0) / scale), 0.0)
+    if not np.array_equal(np.where(ok, c * scale, 0.0), np.where(ok, rates, 0.0)):
+        return None
+    return c.astype(np.int64)
 
 
 def load_mat(path: PathLike) -> Session:
@@ -339,10 +353,32 @@ def load_mat(path: PathLike) -> Session:
     return session_from_fields(fields, p, source=str(p))
 
 
-def load_session(path: PathLike) -> Session:
-    """Load a session file; same as :func:`load_mat` (path checks included)."""
+FORMATS = ("mat", "nwb", "arrays")
+
+
+def detect_format(path: PathLike) -> str:
+    """"mat", "nwb" or "arrays" from the file name (.mat / .nwb / .npz .h5 .hdf5)."""
+    suffix = Path(os.fspath(path)).suffix.lower()
+    return {".nwb": "nwb", ".npz": "arrays", ".h5": "arrays", ".hdf5": "arrays"}.get(suffix, "mat")
+
+
+def load_session(path: PathLike, format: str | None = None, options: Dict[str, Any] | None = None) -> Session:
+    """Load a session file: the lab's MAT export (:func:`load_mat`), NWB
+    (:func:`eirnn.data.nwb_io.load_nwb`) or arrays (:func:`eirnn.data.arrays_io.load_arrays`);
+    ``format`` None = from the file name, ``options`` = the reader's options (not for MAT)."""
     if path is None or (isinstance(path, str) and not path.strip()):
         raise DataFormatError(None, None, "no session path given")
+    fmt = detect_format(path) if format in (None, "auto") else str(format)
+    if fmt == "nwb":
+        from .nwb_io import load_nwb
+        return load_nwb(path, options)
+    if fmt == "arrays":
+        from .arrays_io import load_arrays
+        return load_arrays(path, options)
+    if fmt != "mat":
+        raise DataFormatError(path, "format", f"unknown data format {fmt!r}; one of {list(FORMATS)}")
+    if options:
+        raise DataFormatError(path, "options", "the MAT export takes no reader options (its schema is fixed)")
     return load_mat(path)
 
 
@@ -350,6 +386,11 @@ def load_session(path: PathLike) -> Session:
 def session_to_fields(session: Session) -> Dict[str, Any]:
     """The export schema for ``session``: name -> MATLAB-order float64 array or str."""
     s = session
+    if not s.is_sc:
+        raise DataFormatError(s.source or "<session>", "input_names",
+                              "the MAT export schema needs the 14 SC input channels and the SC factors "
+                              "(location, identity, reward, salience); save this session with "
+                              "eirnn.data.save_nwb or save_arrays instead")
     K, T, N = s.rates.shape
     row = lambda v: np.asarray(v, dtype=np.float64).reshape(1, -1)  # noqa: E731
     ch = {c: i for i, c in enumerate(INPUT_CHANNELS)}

@@ -89,10 +89,8 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
     table = session.condition_table()
     cids = session.condition_ids()
     counts = np.bincount(cids, minlength=len(table)) if K else np.zeros(0, int)
-    conditions = [
-        {"location": int(r[0]), "identity": int(r[1]), "reward": int(r[2]), "salience": int(r[3]),
-         "n_trials": int(c)} for r, c in zip(table, counts)
-    ]
+    conditions = [dict({f: int(v) for f, v in zip(session.factor_names, r)}, n_trials=int(c))
+                  for r, c in zip(table, counts)]
     small = [c for c in conditions if c["n_trials"] < cv_folds]
 
     # --------------------------------------------------------------- neurons

@@ -8,17 +8,33 @@ MATLAB double export round-trips bit-exactly; tensors built from them by
 attribute                 shape / dtype            meaning
 ========================  =======================  ==========================================
 rates                     [K, T, N] float64        binned rate in sp/s, NaN = missing
-inputs                    [K, T, 14] float64       task inputs in ``INPUT_CHANNELS`` order,
-                                                   NaN = missing; eye channels z-scored
-is_excitatory             [N] bool                 neuron_type 1 (E) -> True, 2 (I) -> False
-trial_location            [K] int64                1..4
-trial_identity            [K] int64                1 face, 2 nonface, 3 bullseye
-trial_reward              [K] int64                1 high, 0 low
-trial_salience            [K] int64                0 n/a, 1 high, 2 low
-trial_probability         [K] int64                1 high, 0 low (defaults to trial_reward)
+inputs                    [K, T, C] float64        task inputs, channel c named
+                                                   ``input_names[c]``; NaN = missing
+input_names               tuple of C str           default ``INPUT_CHANNELS`` when C == 14,
+                                                   else ``input_0 .. input_{C-1}``
+is_excitatory             [N] bool                 True = E unit, False = I unit
 bin_size_ms               float
-time_axis_ms              [T] float64              bin centres, ms from fixation onset
-trial_duration_ms         [K] float64
+time_axis_ms              [T] float64              bin centres, ms from the alignment event
+                                                   (default ``bin * (arange(T) + 0.5)``)
+alignment_event           str                      name of the event at 0 ms (SC export:
+                                                   ``"fixation_on"``; "" = unknown)
+trial_duration_ms         [K] float64              default ``T * bin``
+factors                   dict name -> [K] int64   condition factors, in order; the condition
+                                                   of a trial is its tuple of factor values.
+                                                   SC: location, identity, reward, salience
+factor_labels             dict name -> tuple|None  text label of each code (code = position),
+                                                   for factors read from text columns
+events                    dict name -> [K] float   event times, ms on ``time_axis_ms``'s clock
+                                                   (NaN = the trial lacks it); may be empty
+trial_columns             dict name -> [K]         other per-trial labels (not factors)
+counts                    [K, T, N] int64|None     integer spike counts (0 where rates is NaN);
+                                                   rates = counts * 1000 / bin where valid
+trial_location            [K] int64 | None         SC factors (1..4; 1 face, 2 nonface,
+trial_identity                                     3 bullseye; 1/0 high/low reward; 0 n/a,
+trial_reward                                       1 high, 2 low salience). Given these, or
+trial_salience                                     ``factors`` with these four names, both
+                                                   are filled in
+trial_probability         [K] int64 | None         SC: 1 high, 0 low (defaults to trial_reward)
 neuron_ids                [N] int64 (or float64)   defaults to 1..N
 brain_area                [N] int64 or None
 eye_raw                   [K, T, 2] float64|None   eye x/y as stored in the file (degrees,
@@ -27,9 +43,13 @@ eye_norm                  [2, 2] float64|None      (mean, std) of eye x / y used
 truth                     dict or None             synthetic ground truth (see synthetic.py)
 ========================  =======================  ==========================================
 
-K = trials, T = time bins, N = recorded neurons.
+K = trials, T = time bins, N = recorded neurons, C = input channels.
 
-Eye channels: when ``eye_raw`` is given, the eye_x / eye_y channels of ``inputs`` are
+A session of another task (any channels and factors) only needs rates, inputs,
+is_excitatory and bin_size_ms; the SC attributes then stay None and the MAT writer
+refuses it (the NWB and arrays writers take any session).
+
+Eye channels (only for sessions with channels named ``eye_x`` and ``eye_y``): when ``eye_raw`` is given, the eye_x / eye_y channels of ``inputs`` are
 always ``(eye_raw - mean) / std`` with ``eye_norm`` = [[mean_x, std_x], [mean_y, std_y]]
 (std 0 -> channel exactly 0); ``eye_norm`` defaults to the statistics of all finite
 bins of ``eye_raw`` (:func:`eye_norm_stats`), i.e. a session-wide z-score. ``subset``
@@ -50,7 +70,7 @@ import numpy as np
 
 from .errors import DataFormatError
 
-__all__ = ["INPUT_CHANNELS", "EYE_CHANNELS", "TRUTH_TRIAL_KEYS", "Session", "zscore_eye",
+__all__ = ["INPUT_CHANNELS", "EYE_CHANNELS", "SC_FACTORS", "TRUTH_TRIAL_KEYS", "Session", "zscore_eye",
            "eye_norm_stats", "apply_eye_norm", "session_to_tensors"]
 
 #: The 14 model input channels, in the lab's order.
@@ -68,6 +88,9 @@ TRUTH_TRIAL_KEYS: tuple = ("rates",)
 _TRIAL_INT_FIELDS = ("trial_location", "trial_identity", "trial_reward", "trial_salience",
                      "trial_probability")
 _CONDITION_FIELDS = ("trial_location", "trial_identity", "trial_reward", "trial_salience")
+#: The SC export's condition factors: factor name -> Session attribute (condition order).
+SC_FACTORS: Dict[str, str] = {"location": "trial_location", "identity": "trial_identity",
+                              "reward": "trial_reward", "salience": "trial_salience"}
 
 
 def eye_norm_stats(raw: np.ndarray) -> Tuple[float, float]:
@@ -127,18 +150,18 @@ def _maybe_int(a: np.ndarray) -> np.ndarray:
 
 @dataclass(eq=False)
 class Session:
-    """One session of binned SC recordings plus task inputs (see module docstring)."""
+    """One session of binned recordings plus task inputs (see module docstring)."""
 
     rates: np.ndarray
     inputs: np.ndarray
     is_excitatory: np.ndarray
-    trial_location: np.ndarray
-    trial_identity: np.ndarray
-    trial_reward: np.ndarray
-    trial_salience: np.ndarray
     bin_size_ms: float
-    time_axis_ms: np.ndarray
-    trial_duration_ms: np.ndarray
+    time_axis_ms: Optional[np.ndarray] = None
+    trial_duration_ms: Optional[np.ndarray] = None
+    trial_location: Optional[np.ndarray] = None
+    trial_identity: Optional[np.ndarray] = None
+    trial_reward: Optional[np.ndarray] = None
+    trial_salience: Optional[np.ndarray] = None
     trial_probability: Optional[np.ndarray] = None
     neuron_ids: Optional[np.ndarray] = None
     brain_area: Optional[np.ndarray] = None
@@ -148,6 +171,13 @@ class Session:
     eye_norm: Optional[np.ndarray] = None
     truth: Optional[Dict[str, Any]] = None
     metadata: Dict[str, Any] = field(default_factory=dict)
+    input_names: Optional[Sequence[str]] = None
+    factors: Optional[Dict[str, np.ndarray]] = None
+    factor_labels: Optional[Dict[str, Optional[tuple]]] = None
+    events: Optional[Dict[str, np.ndarray]] = None
+    trial_columns: Optional[Dict[str, np.ndarray]] = None
+    counts: Optional[np.ndarray] = None
+    alignment_event: str = ""
 
     # ------------------------------------------------------------------ checks
     def __post_init__(self) -> None:
@@ -161,31 +191,88 @@ class Session:
         if self.rates.ndim != 3:
             fail("rates", f"expected 3 dimensions [trials x time x neurons], got shape {self.rates.shape}")
         K, T, N = self.rates.shape
-        if self.inputs.shape != (K, T, len(INPUT_CHANNELS)):
-            fail("inputs", f"expected shape {(K, T, len(INPUT_CHANNELS))} [trials x time x "
-                           f"{len(INPUT_CHANNELS)} channels], got {self.inputs.shape}")
+        if self.inputs.ndim != 3 or self.inputs.shape[:2] != (K, T):
+            fail("inputs", f"expected shape ({K}, {T}, C) [trials x time x channels], got {self.inputs.shape}")
+        C = self.inputs.shape[2]
+        if self.input_names is None:
+            self.input_names = INPUT_CHANNELS if C == len(INPUT_CHANNELS) else tuple(f"input_{i}" for i in range(C))
+        self.input_names = tuple(str(n) for n in self.input_names)
+        if len(self.input_names) != C:
+            fail("inputs", f"expected shape {(K, T, len(self.input_names))} [trials x time x "
+                           f"{len(self.input_names)} channels: {', '.join(self.input_names)}], got {self.inputs.shape}")
+        if len(set(self.input_names)) != C:
+            fail("input_names", f"expected {C} distinct names (one per input channel), got {list(self.input_names)}")
         exc = np.asarray(self.is_excitatory)
         if exc.dtype != np.bool_:
             fail("is_excitatory", f"expected a bool array, got dtype {exc.dtype}")
         self.is_excitatory = np.ascontiguousarray(exc.reshape(-1))
         if self.is_excitatory.shape != (N,):
             fail("is_excitatory", f"expected {N} entries (one per neuron), got {exc.size}")
-        if self.trial_probability is None:
+        self.bin_size_ms = float(self.bin_size_ms)
+        if not (np.isfinite(self.bin_size_ms) and self.bin_size_ms > 0):
+            fail("bin_size_ms", f"expected a positive number, got {self.bin_size_ms}")
+        # condition factors: the SC attributes and ``factors`` fill each other in
+        sc_given = [getattr(self, a) is not None for a in SC_FACTORS.values()]
+        if self.factors is None:
+            if all(sc_given):
+                self.factors = {f: getattr(self, a) for f, a in SC_FACTORS.items()}
+            elif any(sc_given):
+                fail("trial_location", "give all four SC factors (location, identity, reward, salience) or none")
+            else:
+                self.factors = {}
+        self.factors = {str(k): _as_int_vector(v, f"factors.{k}", src) for k, v in dict(self.factors).items()}
+        for k, v in self.factors.items():
+            if v.shape != (K,):
+                fail(f"factors.{k}", f"expected {K} entries (one per trial), got {v.size}")
+        if not any(sc_given) and all(f in self.factors for f in SC_FACTORS):
+            for f, a in SC_FACTORS.items():
+                setattr(self, a, self.factors[f])
+        if self.trial_probability is None and self.trial_reward is not None:
             self.trial_probability = self.trial_reward
         for name in _TRIAL_INT_FIELDS:
+            if getattr(self, name) is None:
+                continue
             v = _as_int_vector(getattr(self, name), name, src)
             if v.shape != (K,):
                 fail(name, f"expected {K} entries (one per trial), got {v.size}")
             setattr(self, name, v)
-        self.bin_size_ms = float(self.bin_size_ms)
-        if not (np.isfinite(self.bin_size_ms) and self.bin_size_ms > 0):
-            fail("bin_size_ms", f"expected a positive number, got {self.bin_size_ms}")
+        if all(sc_given):  # SC attributes are the factors (same arrays)
+            for f, a in SC_FACTORS.items():
+                self.factors[f] = getattr(self, a)
+        labels = dict(self.factor_labels or {})
+        self.factor_labels = {k: (None if labels.get(k) is None else tuple(str(x) for x in labels[k]))
+                              for k in self.factors}
+        self.events = {str(k): np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+                       for k, v in dict(self.events or {}).items()}
+        self.trial_columns = {str(k): np.ascontiguousarray(np.asarray(v).reshape(-1))
+                              for k, v in dict(self.trial_columns or {}).items()}
+        for group in ("events", "trial_columns"):
+            for k, v in getattr(self, group).items():
+                if v.shape != (K,):
+                    fail(f"{group}.{k}", f"expected {K} entries (one per trial), got {v.size}")
+        if self.time_axis_ms is None:
+            self.time_axis_ms = self.bin_size_ms * (np.arange(T, dtype=np.float64) + 0.5)
         self.time_axis_ms = np.ascontiguousarray(self.time_axis_ms, dtype=np.float64).reshape(-1)
         if self.time_axis_ms.shape != (T,):
             fail("time_axis_ms", f"expected {T} entries (one per bin), got {self.time_axis_ms.size}")
+        if self.trial_duration_ms is None:
+            self.trial_duration_ms = np.full(K, T * self.bin_size_ms)
         self.trial_duration_ms = np.ascontiguousarray(self.trial_duration_ms, dtype=np.float64).reshape(-1)
         if self.trial_duration_ms.shape != (K,):
             fail("trial_duration_ms", f"expected {K} entries, got {self.trial_duration_ms.size}")
+        if self.counts is not None:
+            c = np.asarray(self.counts)
+            if c.shape != (K, T, N):
+                fail("counts", f"expected shape {(K, T, N)} like rates, got {c.shape}")
+            if c.dtype.kind == "f":
+                c = np.where(np.isfinite(c), c, 0.0)
+                if np.any(c != np.round(c)):
+                    fail("counts", "expected integer spike counts, got non-integer values")
+            elif c.dtype.kind not in "iub":
+                fail("counts", f"expected integer spike counts, got dtype {c.dtype}")
+            if np.any(c < 0):
+                fail("counts", "negative spike counts")
+            self.counts = np.ascontiguousarray(c.astype(np.int64))
         if self.neuron_ids is None:
             self.neuron_ids = np.arange(1, N + 1, dtype=np.int64)
         self.neuron_ids = _maybe_int(self.neuron_ids)
@@ -196,6 +283,9 @@ class Session:
             if self.brain_area.shape != (N,):
                 fail("brain_area", f"expected {N} entries, got {self.brain_area.size}")
         if self.eye_raw is not None:
+            if "eye_x" not in self.input_names or "eye_y" not in self.input_names:
+                fail("eye_raw", "given, but the session has no input channels named eye_x and eye_y")
+            eye_ch = (self.input_names.index("eye_x"), self.input_names.index("eye_y"))
             self.eye_raw = np.ascontiguousarray(self.eye_raw, dtype=np.float64)
             if self.eye_raw.shape != (K, T, 2):
                 fail("eye_raw", f"expected shape {(K, T, 2)}, got {self.eye_raw.shape}")
@@ -206,7 +296,7 @@ class Session:
                 fail("eye_norm", f"expected finite [[mean_x, std_x], [mean_y, std_y]], got {self.eye_norm!r}")
             # invariant: eye input channels = eye_raw normalised with eye_norm
             copied = False
-            for j, c in enumerate(EYE_CHANNELS):
+            for j, c in enumerate(eye_ch):
                 z = apply_eye_norm(self.eye_raw[:, :, j], *self.eye_norm[j])
                 if not np.array_equal(self.inputs[:, :, c], z, equal_nan=True):
                     if not copied:
@@ -216,6 +306,7 @@ class Session:
             self.eye_norm = None
         self.session_name = str(self.session_name)
         self.source = str(self.source)
+        self.alignment_event = str(self.alignment_event or "")
 
     # -------------------------------------------------------------- properties
     @property
@@ -235,22 +326,41 @@ class Session:
         return int(self.inputs.shape[2])
 
     # -------------------------------------------------------------- conditions
+    @property
+    def factor_names(self) -> tuple:
+        """Names of the condition factors, in order (SC: location, identity, reward, salience)."""
+        return tuple(self.factors)
+
+    @property
+    def is_sc(self) -> bool:
+        """True for a session in the SC export's layout (14 SC channels, SC factors)."""
+        return self.input_names == INPUT_CHANNELS and self.trial_location is not None
+
     def _condition_matrix(self) -> np.ndarray:
-        return np.stack([getattr(self, f) for f in _CONDITION_FIELDS], axis=1)
+        if not self.factors:
+            return np.zeros((self.n_trials, 0), np.int64)
+        return np.stack(list(self.factors.values()), axis=1)
 
     def condition_table(self) -> np.ndarray:
-        """[C, 4] int64 unique (location, identity, reward, salience) rows, sorted;
-        row ``c`` is the condition with id ``c`` in :meth:`condition_ids`."""
-        return np.unique(self._condition_matrix(), axis=0)
+        """[C, F] int64 unique factor rows (SC: location, identity, reward, salience),
+        sorted; row ``c`` is the condition with id ``c`` in :meth:`condition_ids`.
+        No factors: one condition, table [1, 0]."""
+        m = self._condition_matrix()
+        if m.shape[1] == 0:
+            return np.zeros((1 if self.n_trials else 0, 0), np.int64)
+        return np.unique(m, axis=0)
 
     def condition_ids(self) -> np.ndarray:
         """[K] int64 dense condition id (0..C-1) of each trial."""
-        _, inv = np.unique(self._condition_matrix(), axis=0, return_inverse=True)
+        m = self._condition_matrix()
+        if m.shape[1] == 0:
+            return np.zeros(self.n_trials, np.int64)
+        _, inv = np.unique(m, axis=0, return_inverse=True)
         return np.ascontiguousarray(inv.reshape(-1).astype(np.int64))
 
     # ------------------------------------------------------------------- masks
     def missing_mask(self) -> np.ndarray:
-        """[K, T, N] bool, True where the bin is VALID: finite rate and all 14
+        """[K, T, N] bool, True where the bin is VALID: finite rate and all
         input channels finite at that (trial, time). (Name kept for the API;
         :meth:`valid_mask` is an alias.)"""
         inputs_ok = np.isfinite(self.inputs).all(axis=2)
@@ -275,6 +385,8 @@ class Session:
             "n_E": int(self.is_excitatory.sum()),
             "n_I": int((~self.is_excitatory).sum()),
             "n_inputs": self.n_inputs,
+            "input_names": list(self.input_names),
+            "factors": list(self.factors),
             "bin_size_ms": self.bin_size_ms,
             "n_conditions": int(counts.size),
             "trials_per_condition_min": int(counts.min()) if counts.size else 0,
@@ -319,13 +431,19 @@ class Session:
             for k in truth.get("trial_keys", TRUTH_TRIAL_KEYS):
                 if k in truth and truth[k] is not None:
                     truth[k] = np.ascontiguousarray(np.asarray(truth[k])[idx])
+        pick = lambda v: None if v is None else v[idx]  # noqa: E731
         return dataclasses.replace(
             self,
             rates=self.rates[idx], inputs=self.inputs[idx],
-            trial_location=self.trial_location[idx], trial_identity=self.trial_identity[idx],
-            trial_reward=self.trial_reward[idx], trial_salience=self.trial_salience[idx],
-            trial_probability=self.trial_probability[idx],
+            trial_location=pick(self.trial_location), trial_identity=pick(self.trial_identity),
+            trial_reward=pick(self.trial_reward), trial_salience=pick(self.trial_salience),
+            trial_probability=pick(self.trial_probability),
             trial_duration_ms=self.trial_duration_ms[idx],
+            factors={k: v[idx] for k, v in self.factors.items()},
+            factor_labels=dict(self.factor_labels),
+            events={k: v[idx] for k, v in self.events.items()},
+            trial_columns={k: v[idx] for k, v in self.trial_columns.items()},
+            counts=pick(self.counts),
             eye_raw=None if self.eye_raw is None else self.eye_raw[idx],
             truth=truth, metadata=dict(self.metadata),
         )
@@ -339,7 +457,7 @@ class Session:
 def session_to_tensors(session: Session, dtype=None) -> Dict[str, Any]:
     """All trials of ``session`` as a dict of torch tensors (built once, index later):
 
-    - ``inputs`` [K, T, 14] float32, NaN -> 0.0
+    - ``inputs`` [K, T, C] float32, NaN -> 0.0
     - ``rates`` [K, T, N] float32, NaN -> 0.0
     - ``mask`` [K, T, N] bool, True = valid (:meth:`Session.missing_mask`)
     - ``condition`` [K] int64 (:meth:`Session.condition_ids`)

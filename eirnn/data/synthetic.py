@@ -338,5 +338,6 @@ def make_synthetic_session(seed: int = 0, n_trials: int = 1000, n_exc: int = 41,
         trial_probability=prob, bin_size_ms=bw, time_axis_ms=t, trial_duration_ms=dur,
         neuron_ids=np.arange(1, n_rec + 1), brain_area=np.ones(n_rec, np.int64),
         session_name=f"synthetic_seed{seed}", source=f"synthetic(seed={seed})",
-        eye_raw=eye, truth=truth,
+        eye_raw=eye, truth=truth, counts=np.where(valid[:, :, None], counts, 0),
+        alignment_event="fixation_on",
     )

@@ -143,14 +143,14 @@ def output_arrays(val: dict[str, np.ndarray], session, time_ms: np.ndarray | Non
     ``val_mask`` ``[K, T, N]``, ``val_model_rates_all_units`` ``[K, T, n]``,
     ``val_model_psth`` / ``val_target_psth`` ``[T, N]`` (masked trial means),
     ``val_inputs`` ``[K, T, C]``, ``val_trial_conditions`` ``[K]`` (condition id),
-    ``val_trial_factors`` ``[K, 4]`` (location, identity, reward, salience),
-    ``condition_table`` ``[C, 4]`` (the factors of each condition id),
+    ``val_trial_factors`` ``[K, F]`` (``session.factors``; SC: location, identity, reward, salience),
+    ``condition_table`` ``[C, F]`` (the factors of each condition id),
     ``val_trial_index`` ``[K]`` (trial in the session), ``time_ms`` ``[T]``; with attention
     ``val_attention_mean`` ``[T, H, C]`` (attention weights averaged over trials).
     """
     trial = np.asarray(val["trial"], np.int64)
-    factors = np.stack([np.asarray(getattr(session, f))[trial] for f in
-                        ("trial_location", "trial_identity", "trial_reward", "trial_salience")], 1)
+    factors = (np.stack([np.asarray(v)[trial] for v in session.factors.values()], 1) if session.factors
+               else np.zeros((trial.size, 0), np.int64))
     out = {
         "val_model_rates": val["model_rates"].astype(np.float32),
         "val_target_rates": val["target_rates"].astype(np.float32),
