@@ -11,6 +11,8 @@ numbers of that checkpoint) and the run folder receives::
     metrics/      per-neuron correlation, mean rate, temporal variance, Fano factor (model, data), E/I labels
     population/   PCA of the data PSTH, model PSTH on the same components (also per target location)
     figures/      PNG figures (eirnn.report.figures)
+    results.nc    the rates, latents, inputs, condition labels, per-neuron metrics and weights above in
+                  one labelled NetCDF4 file (dimension names, units; xarray.open_dataset; eirnn.report.labelled)
     config.yaml, config.json      the fully resolved config (data.path made absolute)
     training_report.md            summary, metrics with E/I breakdown, config table, files, loading snippet
     artifacts.json                every file written, with its shape and dtype
@@ -263,6 +265,15 @@ def export_run(
         "n_val_trials": int(val["model_rates"].shape[0]),
         "model": model.describe() if hasattr(model, "describe") else type(model).__name__,
     }
+
+    try:  # the same arrays, labelled, in one file (xarray / NetCDF4)
+        from eirnn.report.labelled import write_labelled
+
+        lab = write_labelled(run_dir / "results.nc", dm.session, outputs, metrics, weights, population,
+                             attrs={k: v for k, v in final_metrics.items() if k != "model"})
+        files["labelled"] = [{"path": str(lab.relative_to(run_dir))}]
+    except ImportError as err:  # xarray / h5netcdf not installed: the .npy folders are still there
+        log.warning("results.nc not written (%s); pip install xarray h5netcdf", err)
 
     figure_files, figure_errors = [], {}
     if figures:

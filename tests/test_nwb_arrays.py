@@ -310,6 +310,27 @@ def test_foreign_nwb_task_trains_and_evaluates(compose, tmp_path):
     scores = res["sets"]["val"]["scores"]
     assert {"model", "train_mean", "condition_mean"} <= set(scores)
     assert np.isfinite(scores["model"]["psth_corr"])
+    # the labelled export: one NetCDF file with dimension names, units and the task's own labels
+    xr = pytest.importorskip("xarray")
+    from eirnn.export import main as export_main
+
+    c = OmegaConf.to_container(cfg, resolve=False)
+    c.pop("hydra", None)
+    c["paths"]["output_dir"] = "${hydra:runtime.output_dir}"
+    OmegaConf.save(OmegaConf.create(c), run / ".hydra" / "config.yaml")
+    assert export_main([str(run), "--no-figures"]) == 0
+    with xr.open_dataset(run / "results.nc") as ds:
+        assert ds["model_rates"].dims == ("trial", "time", "neuron")
+        assert ds["model_rates"].attrs["units"] == "spikes/s" and ds["time"].attrs["units"] == "ms"
+        assert list(ds["input"].values) == ["stim", "go", "reward"]
+        assert ds["inputs"].dims == ("trial", "time", "input") and ds["W_in"].dims == ("unit", "input")
+        assert set(ds["side_label"].values.tolist()) <= {"left", "right"} and "contrast" in ds.coords
+        assert list(ds["ei"].values) == ["E"] * 4 + ["I"] * 2
+        assert ds["W_rec"].dims == ("unit", "unit_from") and ds["latent_rates"].sizes["unit"] == 6 + 6
+        assert np.allclose(ds["model_rates"].values, np.load(run / "outputs" / "val_model_rates.npy"))
+        assert np.allclose(ds["correlation"].values, np.load(run / "metrics" / "per_neuron_correlation.npy"),
+                           equal_nan=True)
+        assert ds.attrs["alignment_event"] == "cue_time" and ds.attrs["factors"] == "side, contrast"
 
 
 @pytest.mark.slow

@@ -76,8 +76,13 @@ def _merge(options: Optional[Mapping[str, Any]], layout: Mapping[str, Any], path
         raise DataFormatError(path, f"options.{unknown[0]}", f"unknown NWB reader option; known: {sorted(NWB_DEFAULTS)}")
     out = dict(NWB_DEFAULTS)
     for k in out:
-        if opts.get(k) is not None:
-            out[k] = opts[k]
+        v = _plain(opts.get(k))
+        if isinstance(v, dict):  # a mapping option (ei): its set keys win over the layout's
+            v = {kk: vv for kk, vv in v.items() if vv is not None} or None
+            if v is not None and isinstance(layout.get(k), dict) and not (set(v) & {"column", "default"}):
+                v = dict(layout[k], **v)
+        if v is not None:
+            out[k] = v
         elif layout.get(k) is not None:
             out[k] = layout[k]
     return out
