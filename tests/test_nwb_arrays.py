@@ -44,59 +44,8 @@ def _run(*args):
 
 
 # ----------------------------------------------------------------------------- a foreign NWB task
-def make_foreign_nwb(path: Path, n_trials: int = 40, n_units: int = 6, seed: int = 0, units: bool = True,
-                     spike_shift_s: float = 0.0) -> dict:
-    """An NWB file of another lab's task, built with pynwb's mock file: variable-length
-    trials aligned on ``cue_time``, a 1 kHz stimulus TimeSeries, go / reward event columns,
-    a text factor ``side`` and an int factor ``contrast``, E/I in a units column ``cell_type``
-    (pyr / pv), an exclusion column ``bad`` and spikes between trials too."""
-    from pynwb import NWBHDF5IO, TimeSeries
-    from pynwb.testing.mock.file import mock_NWBFile
-
-    rng = np.random.default_rng(seed)
-    nwb = mock_NWBFile(session_id="foreign")
-    for col, desc in (("cue_time", "cue onset, s"), ("go_time", "go cue, s"), ("reward_time", "reward, s"),
-                      ("side", "left/right"), ("contrast", "0-2"), ("bad", "exclude")):
-        nwb.add_trial_column(col, desc)
-    starts = 2.0 + 3.0 * np.arange(n_trials)
-    durs = 1.0 + 0.5 * (np.arange(n_trials) % 3)
-    cue = starts + 0.2
-    side = np.where(rng.random(n_trials) < 0.5, "left", "right")
-    contrast = rng.integers(0, 3, n_trials)
-    reward = np.where(np.arange(n_trials) % 4 == 3, np.nan, cue + 0.7)
-    bad = np.zeros(n_trials, bool)
-    bad[[i for i in (5, 17) if i < n_trials]] = True
-    for k in range(n_trials):
-        nwb.add_trial(start_time=starts[k], stop_time=starts[k] + durs[k], cue_time=cue[k], go_time=cue[k] + 0.6,
-                      reward_time=reward[k], side=str(side[k]), contrast=int(contrast[k]), bad=bool(bad[k]))
-    t_end = starts[-1] + 4.0
-    rate = 1000.0
-    tt = np.arange(int(t_end * rate)) / rate
-    stim = np.zeros_like(tt)
-    for k in range(n_trials):
-        on = (tt >= cue[k]) & (tt < cue[k] + 0.5)
-        stim[on] = contrast[k] * (1.0 if side[k] == "right" else -1.0)
-    nwb.add_stimulus(TimeSeries(name="stim", data=stim, rate=rate, starting_time=0.0, unit="a.u."))
-    spikes = []
-    if units:
-        nwb.add_unit_column("cell_type", "pyr or pv")
-        for n in range(n_units):
-            st = np.sort(rng.uniform(0, t_end, rng.integers(200, 400))) + spike_shift_s
-            spikes.append(st)
-            nwb.add_unit(spike_times=st, cell_type="pyr" if n < 4 else "pv")
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwb)
-    return {"cue": cue, "starts": starts, "durs": durs, "spikes": spikes, "bad": bad, "contrast": contrast,
-            "side": side, "reward": reward}
-
-
-FOREIGN = {
-    "bin_size_ms": BIN_MS, "align_event": "cue_time", "factors": ["side", "contrast"], "exclude_column": "bad",
-    "events": ["go_time", "reward_time"],
-    "inputs": [{"name": "stim", "timeseries": "stim"}, {"name": "go", "event": "go_time", "kind": "step"},
-               {"name": "reward", "event": "reward_time", "kind": "pulse", "duration_ms": 100}],
-    "ei": {"column": "cell_type", "excitatory": ["pyr"], "inhibitory": ["pv"]},
-}
+from eirnn.data.nwb_example import DEMO_OPTIONS as FOREIGN  # noqa: E402
+from eirnn.data.nwb_example import make_demo_nwb as make_foreign_nwb  # noqa: E402
 
 
 def test_foreign_nwb_is_binned_around_the_event(tmp_path):
@@ -294,11 +243,7 @@ def test_foreign_nwb_task_trains_and_evaluates(compose, tmp_path):
     p = tmp_path / "foreign.nwb"
     make_foreign_nwb(p)
     run = tmp_path / "run"
-    overrides = ["data=nwb", f"data.path={p}", "data.options.bin_size_ms=20", "data.options.align_event=cue_time",
-                 "data.options.factors=[side,contrast]", "data.options.exclude_column=bad",
-                 "data.options.inputs=[{name:stim,timeseries:stim},{name:go,event:go_time,kind:step},"
-                 "{name:reward,event:reward_time,kind:pulse,duration_ms:100}]",
-                 "data.options.ei={column:cell_type,excitatory:[pyr],inhibitory:[pv]}"] + TINY_FIT
+    overrides = ["data=nwb_example", f"data.path={p}"] + TINY_FIT  # the README's worked config
     cfg = compose(overrides, run)
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
