@@ -114,13 +114,16 @@ def _gauss_band(T: int, sigma_bins: float, dtype, device) -> Tensor:
     band = _BANDS.get(key)
     if band is None:
         radius = max(1, int(math.ceil(4.0 * sigma_bins)))
-        k = torch.arange(T, dtype=torch.float64)
+        # built where it is used: a copy from host memory would synchronise a GPU with the host
+        k = torch.arange(T, dtype=torch.float64, device=device)
         lag = k[None, :] - k[:, None]
-        band = torch.where(lag.abs() <= radius, torch.exp(-0.5 * (lag / sigma_bins) ** 2), torch.zeros(()))
-        band = _BANDS[key] = band.to(dtype=dtype, device=device)
+        band = torch.where(lag.abs() <= radius, torch.exp(-0.5 * (lag / sigma_bins) ** 2), lag.new_zeros(()))
+        band = _BANDS[key] = band.to(dtype=dtype)
         if len(_BANDS) > 16:
             _BANDS.pop(next(iter(_BANDS)))
-    return band
+    from eirnn.training.cuda_graph import keep_alive
+
+    return keep_alive(band)  # a CUDA graph being captured reads it: pinned while the graph lives
 
 
 def _smooth_parts(p: Tensor, valid: Tensor, sigma_bins: float, den: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

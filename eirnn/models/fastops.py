@@ -163,7 +163,8 @@ class RepeatedRows:
     Policy: a tensor is only recorded the first time it is seen; the unique rows are computed
     (one ``torch.unique``) the second time, and kept only when ``U <= max_fraction * N``.
     At most ``capacity`` tensors are remembered (strong references, so an ``id`` cannot be
-    reused while cached).
+    reused while cached). CPU tensors only: on a GPU ``torch.unique`` would synchronise the
+    host with the device.
     """
 
     def __init__(self, capacity: int = 4, max_fraction: float = 0.6):
@@ -174,6 +175,8 @@ class RepeatedRows:
         """``rows`` ``[N, C]`` derived from ``key`` (the tensor whose identity is cached)."""
         if key.requires_grad:  # gradients w.r.t. the inputs need every row
             return None
+        if rows.device.type != "cpu":  # torch.unique waits for the device (a data-dependent size); on a
+            return None  # GPU the drive of every row costs less than that synchronisation
         for i, (t, version, result) in enumerate(self._seen):
             if t is key and version == key._version:
                 if result is None:  # second sighting: compute

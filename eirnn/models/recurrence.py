@@ -227,6 +227,10 @@ _WORKSPACE: dict = {}
 
 def _scratch(name: str, shape: tuple, like: Tensor) -> Tensor:
     """A buffer kept from call to call (one per name, dtype and device; reallocated when the shape changes)."""
+    from eirnn.training.cuda_graph import capturing
+
+    if capturing():  # a graph keeps its own buffers (a shared one could be freed under it)
+        return like.new_empty(shape)
     key = (name, like.dtype, str(like.device))
     buf = _WORKSPACE.get(key)
     if buf is None or tuple(buf.shape) != tuple(shape):

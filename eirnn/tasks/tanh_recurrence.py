@@ -34,7 +34,8 @@ and an ``add``.  Only the rates ``r`` [T+1, K, B, N] are stored (and the states 
 asked for; they are returned without gradient).  Without gradients (``torch.no_grad`` or no
 input needing one) nothing of size T is kept except the outputs.
 
-:func:`tanh_rnn` is the entry point.
+:func:`tanh_rnn` is the entry point. On a GPU the same equations run as :func:`_forward_device`
+and :func:`_backward_device` (no host synchronisation; weight gradients as one product each).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["TanhRNNFunction", "tanh_rnn"]
+
+DEVICE_PATH_ON_CPU = False  # tests: run the GPU code path on CPU tensors
 
 
 def _nonzero_steps(u: Tensor) -> list[bool]:
@@ -60,7 +63,8 @@ class TanhRNNFunction(torch.autograd.Function):
         batched = rec.dim() == 3
         lead = u.shape[1:-1]  # (K, B) or (B,)
         n = rec.shape[-1]
-        steps = _nonzero_steps(u)
+        on_cpu = u.device.type == "cpu" and not DEVICE_PATH_ON_CPU
+        steps = _nonzero_steps(u) if on_cpu else None
         mm_ = (lambda x, a, b, beta=1.0: x.baddbmm_(a, b, beta=beta)) if batched else (
             lambda x, a, b, beta=1.0: x.addmm_(a, b, beta=beta))
         keep = any(ctx.needs_input_grad[:5])
@@ -68,7 +72,9 @@ class TanhRNNFunction(torch.autograd.Function):
         with torch.no_grad():
             x = h0.expand(*lead, n).clone()
             X = u.new_empty((T, *lead, n)) if want_states else None
-            if keep:
+            if not on_cpu:  # a GPU: see _forward_device
+                R, Y = _forward_device(u, inw, rec_c, wout, x, float(decay), keep, X, batched)
+            elif keep:
                 R = u.new_empty((T + 1, *lead, n))
                 torch.tanh(x, out=R[0])
                 for t in range(T):
@@ -94,7 +100,7 @@ class TanhRNNFunction(torch.autograd.Function):
                 R = None
         if keep:
             ctx.save_for_backward(u, inw, rec, wout, R)
-            ctx.decay, ctx.steps, ctx.batched = float(decay), steps, batched
+            ctx.decay, ctx.steps, ctx.batched, ctx.on_cpu = float(decay), steps, batched, on_cpu
             ctx.h0_shape = h0.shape
         if X is not None:
             ctx.mark_non_differentiable(X)
@@ -107,6 +113,8 @@ class TanhRNNFunction(torch.autograd.Function):
         u, inw, rec, wout, R = ctx.saved_tensors
         need_u, need_inw, need_rec, need_wout, need_h0 = ctx.needs_input_grad[:5]
         decay, steps, batched = ctx.decay, ctx.steps, ctx.batched
+        if not ctx.on_cpu:
+            return _backward_device(ctx, gY, u, inw, rec, wout, R)
         T = u.shape[0]
         mT = (lambda a: a.transpose(-1, -2))
         if gY is None:
@@ -150,6 +158,81 @@ class TanhRNNFunction(torch.autograd.Function):
             gh = torch.ops.aten.tanh_backward(gr0, R[0]).add_(gx_next, alpha=decay)
             g_h0 = gh.sum_to_size(ctx.h0_shape) if tuple(ctx.h0_shape) != tuple(gh.shape) else gh
         return g_u, g_inw, g_rec, g_wout, g_h0, None, None
+
+
+def _forward_device(u, inw, rec_c, wout, x, decay: float, keep: bool, X, batched: bool):
+    """The forward on a GPU: the input term of every step as one product before the loop (no
+    host-side list of non-zero steps, which would synchronise), then per step one in-place
+    ``addmm``/``baddbmm``, one ``add`` and one ``tanh``. Returns ``(R or None, Y)``."""
+    T = u.shape[0]
+    mm_ = (lambda y, a, b: y.baddbmm_(a, b, beta=decay)) if batched else (lambda y, a, b: y.addmm_(a, b, beta=decay))
+    D = torch.matmul(u, inw.contiguous())  # [T, (K,) B, N]
+    if keep:
+        R = u.new_empty((T + 1, *x.shape))
+        torch.tanh(x, out=R[0])
+        for t in range(T):
+            mm_(x, R[t], rec_c)
+            x.add_(D[t])
+            torch.tanh(x, out=R[t + 1])
+            if X is not None:
+                X[t].copy_(x)
+        return R, torch.matmul(R[1:], wout)
+    r = torch.tanh(x)
+    for t in range(T):
+        mm_(x, r, rec_c)
+        x.add_(D[t])
+        torch.tanh(x, out=D[t])  # D[t] is used up: it now holds r[t]
+        r = D[t]
+        if X is not None:
+            X[t].copy_(x)
+    return None, torch.matmul(D, wout)
+
+
+def _backward_device(ctx, gY, u, inw, rec, wout, R):
+    """The backward on a GPU: ``dL/dx`` kept for every step (``GX`` ``[T, (K,) B, N]``) so that the
+    weight gradients are single products after the loop, over contiguous operands, instead of a
+    rank-``B`` update per step (System A's per-step ``addmm_`` of a transposed ``[N, B]`` slice
+    made cuBLASLt fail with CUBLAS_STATUS_INVALID_VALUE on an H200), and ``gy wout^T`` one product
+    before it. Per step: one in-place ``addmm``/``baddbmm``, ``tanh_backward`` and one ``add``."""
+    need_u, need_inw, need_rec, need_wout, need_h0 = ctx.needs_input_grad[:5]
+    decay, batched = ctx.decay, ctx.batched
+    T = u.shape[0]
+    if gY is None:
+        gY = R.new_zeros((T, *R.shape[1:-1], wout.shape[-1]))
+    mm_ = (lambda y, a, b: y.baddbmm_(a, b)) if batched else (lambda y, a, b: y.addmm_(a, b))
+    recT = rec.contiguous().mT  # column-major, as on the CPU path
+    GR = torch.matmul(gY.contiguous(), wout.mT.contiguous())  # gy[t] wout^T for every t; overwritten by gr[t]
+    GX = torch.empty_like(GR)
+    for t in range(T - 1, -1, -1):
+        g = GR[t]
+        if t < T - 1:
+            mm_(g, GX[t + 1], recT)
+        torch.ops.aten.tanh_backward.grad_input(g, R[t + 1], grad_input=GX[t])
+        if t < T - 1:
+            GX[t].add_(GX[t + 1], alpha=decay)
+    n_in, n = u.shape[-1], R.shape[-1]
+    g_u = g_inw = g_rec = g_wout = g_h0 = None
+    if batched:  # [T, K, B, *] -> sums over t and b per model k
+        if need_inw:
+            g_inw = torch.einsum("tkbi,tkbn->kin", u, GX)
+        if need_rec:
+            g_rec = torch.einsum("tkbi,tkbn->kin", R[:T], GX)
+        if need_wout:
+            g_wout = torch.einsum("tkbn,tkbo->kno", R[1:], gY)
+    else:
+        if need_inw:
+            g_inw = u.reshape(-1, n_in).t() @ GX.reshape(-1, n)
+        if need_rec:
+            g_rec = R[:T].reshape(-1, n).t() @ GX.reshape(-1, n)
+        if need_wout:
+            g_wout = R[1:].reshape(-1, n).t() @ gY.reshape(-1, gY.shape[-1])
+    if need_u:
+        g_u = torch.matmul(GX, inw.mT.contiguous())
+    if need_h0:
+        gr0 = torch.matmul(GX[0], recT)
+        gh = torch.ops.aten.tanh_backward(gr0, R[0]).add_(GX[0], alpha=decay)
+        g_h0 = gh.sum_to_size(ctx.h0_shape) if tuple(ctx.h0_shape) != tuple(gh.shape) else gh
+    return g_u, g_inw, g_rec, g_wout, g_h0, None, None
 
 
 def tanh_rnn(u: Tensor, inw: Tensor, rec: Tensor, wout: Tensor, h0: Tensor, decay: float,

@@ -215,10 +215,11 @@ class EnsembleFitModule(FitModule):
         train_seed: int = 0,
         max_epochs: int = 500,
         patience: int | None = None,
+        cuda_graphs: str | bool = "auto",
     ):
         if not isinstance(model, EnsembleEIRNN):
             raise TypeError(f"EnsembleFitModule needs an EnsembleEIRNN, got {type(model).__name__}")
-        super().__init__(model, loss, optim, scheduler, bin_size_ms, val_seed, train_seed, max_epochs)
+        super().__init__(model, loss, optim, scheduler, bin_size_ms, val_seed, train_seed, max_epochs, cuda_graphs)
         K = self.size = model.size
         self.patience = None if patience is None else int(patience)
         self.member_train_seeds = [self.train_seed + k for k in range(K)]
@@ -301,6 +302,21 @@ class EnsembleFitModule(FitModule):
                 p.load_state_dict(st)
 
     # ------------------------------------------------------------------ step
+    def graphs_enabled(self) -> bool:
+        """Ensemble steps run eagerly (their per-member early stopping changes the step's work
+        from epoch to epoch); they do not synchronise with the device either."""
+        return False
+
+    def _device_const(self, name: str, values: list, dtype, device) -> torch.Tensor:
+        """``torch.tensor(values)`` on ``device``, kept while ``values`` do not change: a copy from
+        host memory at every step would make the host wait for a GPU."""
+        cache = self.__dict__.setdefault("_consts", {})
+        key = (tuple(values), dtype, str(device))
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = cache[name] = (key, torch.tensor(values, dtype=dtype, device=device))
+        return hit[1]
+
     def _neuron_terms(self, rec: torch.Tensor, target, mask) -> torch.Tensor:
         """``[K]`` ``L_neuron`` of every member: ``torch.func.vmap`` of the single-model term (the
         data side is then computed once), or a loop over members where vmap cannot run it."""
@@ -316,8 +332,7 @@ class EnsembleFitModule(FitModule):
         K = self.size
         rec = self.model.member_recorded(rates, self._workspace if rates.requires_grad else None)
         zero = rates.new_zeros(())
-        keep = torch.zeros(K, dtype=torch.bool, device=rates.device)
-        keep[members] = True
+        keep = self._device_const("keep", [k in members for k in range(K)], torch.bool, rates.device)
         l_neuron = torch.where(keep, self._neuron_terms(rec, target, mask), zero)
         l_trial = None
         if self.objective.trial_active(self.current_epoch):
@@ -358,13 +373,13 @@ class EnsembleFitModule(FitModule):
             opt.step()
         if old is not None:  # member k moves by f_k times Adam's step (f = 0: frozen, exactly)
             with torch.no_grad():
-                f = torch.tensor(factors, dtype=params[0].dtype, device=params[0].device)
+                f = self._device_const("factors", factors, params[0].dtype, params[0].device)
                 for p, p0 in zip(params, old):  # exact for f = 1 and f = 0 (even if the step was NaN)
                     fk = _per_member(f, p)
                     p.copy_(torch.where(fk == 1.0, p, torch.where(fk == 0.0, p0, p0 + fk * (p - p0))))
 
         # logging: means over the members still training, and each member's total loss
-        sel = torch.tensor(active, device=l_neuron.device)
+        sel = self._device_const("active", active, torch.long, l_neuron.device)
         w = stats["weight"]
         total = l_neuron.detach() + (l_extra.detach() if l_extra is not None else 0.0)
         if l_trial is not None:

@@ -23,6 +23,7 @@ import inspect
 import logging
 import math
 import time
+from contextlib import contextmanager
 from typing import Any, Mapping
 
 import lightning as L
@@ -61,6 +62,11 @@ class FitModule(L.LightningModule):
         val_seed: seed of the validation noise (default ``train_seed + 1000003``).
         train_seed: seed of the training noise generator (saved in checkpoints).
         max_epochs: needed by the cosine schedule.
+        cuda_graphs: ``auto`` (default: on when training on a CUDA device), ``true`` or ``false``.
+            On: each training step (forward, losses, balanced backward, clipping, Adam) and each
+            validation forward is replayed as a CUDA graph captured at the first batch of its
+            shape (:mod:`eirnn.training.cuda_graph`); Adam then keeps its step count on the
+            device (``capturable``). Ignored on a CPU.
     """
 
     def __init__(
@@ -73,8 +79,15 @@ class FitModule(L.LightningModule):
         val_seed: int | None = None,
         train_seed: int = 0,
         max_epochs: int = 500,
+        cuda_graphs: str | bool = "auto",
     ):
         super().__init__()
+        mode = str(cuda_graphs).lower()
+        if mode not in ("auto", "true", "false"):
+            raise ValueError(f"module.cuda_graphs must be auto, true or false, got {cuda_graphs!r}")
+        self.cuda_graphs = mode
+        self._graphs = None  # StepGraphs on a CUDA device
+        self._graph_lrs: dict = {}  # key -> the device learning rate its graph reads
         self.automatic_optimization = False
         self.model = model
         loss = dict(loss or {})
@@ -139,6 +152,8 @@ class FitModule(L.LightningModule):
         return self.model(inputs, noise=noise, generator=generator)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.graphs_enabled():
+            return self._graphed_training_step(batch)
         opt = self.optimizers()
         out = self.model(batch["inputs"], noise=True, generator=self._train_generator())
         n_rec = self.model.n_recorded
@@ -163,6 +178,10 @@ class FitModule(L.LightningModule):
                 opt.step()
 
         finite = step_unless_nonfinite(inner, params, step)  # no host sync: counted on the device
+        self._record_step(finite, l_neuron, l_trial, extras, l_extra, stats, int(target.shape[0]))
+
+    def _record_step(self, finite, l_neuron, l_trial, extras, l_extra, stats, bs: int) -> None:
+        """The bookkeeping of one optimiser step (no host synchronisation): skipped steps, logs, epoch sums."""
         if self._skips is None:
             self._skips = torch.zeros(2, dtype=torch.long, device=finite.device)  # [total this epoch, in a row]
         bad = (~finite).long()
@@ -170,7 +189,6 @@ class FitModule(L.LightningModule):
 
         w = stats["weight"]
         total = l_neuron.detach() + l_extra.detach() + (w * l_trial.detach() if l_trial is not None else 0.0)
-        bs = int(target.shape[0])
         log = {"train/loss": total, "train/L_neuron": l_neuron.detach(), "train/balance_weight": w}
         if l_trial is not None:
             log["train/L_trial"] = l_trial.detach()
@@ -184,6 +202,99 @@ class FitModule(L.LightningModule):
             # one huge step (a transient blow-up) does not swallow the later ones in round-off
             self._train_sums[k] = self._train_sums.get(k, 0.0) + v.double()
         self._train_count += 1
+
+    # ------------------------------------------------------------ CUDA graphs
+    def graphs_enabled(self) -> bool:
+        """Whether steps run as CUDA graphs (``cuda_graphs`` on and the module on a CUDA device)."""
+        if self.cuda_graphs == "false" or self.device.type != "cuda":
+            return False
+        return "noise_sample" in inspect.signature(self.model.forward).parameters
+
+    def _step_graphs(self):
+        from eirnn.training.cuda_graph import StepGraphs
+
+        if self._graphs is None or self._graphs.device != self.device:
+            self._graphs = StepGraphs(self.device)
+        return self._graphs
+
+    def _step_compute(self, inputs, rates, mask, noise, *, trial_on: bool, inner) -> dict:
+        """What :meth:`training_step` computes, as a function of device tensors only (captured as a
+        CUDA graph): the forward with the given state noise, the losses, the balanced backward,
+        clipping and the optimiser step (undone if a gradient is not finite)."""
+        out = self.model(inputs, noise=noise is not None, noise_sample=noise)
+        rec = out.rates[..., : self.model.n_recorded]
+        l_neuron = self.objective.neuron_term(rec, rates, mask)
+        l_trial = self.objective.trial_term(rec, rates, mask) if trial_on else None
+        extras = self.objective.extra_term(self.model, out.rates, mask)
+        l_extra = sum(extras.values())
+        inner.zero_grad(set_to_none=True)
+        params = list(self.model.parameters())
+        stats = self.balancer.backward(params, l_neuron, l_trial, l_extra, outputs=rec)
+        clip = float(_cfg_get(self.optim_cfg, "grad_clip", 1.0))
+        opt_params = [p for g in inner.param_groups for p in g["params"]]
+
+        def step() -> None:
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in opt_params if p.grad is not None], clip)
+            inner.step()
+
+        finite = step_unless_nonfinite(inner, params, step)
+        res = {"finite": finite, "l_neuron": l_neuron.detach(), "l_trial": None if l_trial is None else l_trial.detach(),
+               "l_extra": l_extra.detach()}
+        res.update({f"extra/{k}": v.detach() for k, v in extras.items()})
+        res.update({f"stat/{k}": v for k, v in stats.items()})
+        return res
+
+    def _graphed_training_step(self, batch: dict[str, torch.Tensor]) -> None:
+        """:meth:`training_step` with the step replayed as a CUDA graph (one per batch shape)."""
+        opt = self.optimizers()
+        inner = opt.optimizer if hasattr(opt, "optimizer") else opt
+        trial_on = self.objective.trial_active(self.current_epoch)
+        inputs, rates, mask = batch["inputs"], batch["rates"], batch["mask"]
+        key = ("train", tuple(inputs.shape), tuple(rates.shape), None if mask is None else tuple(mask.shape),
+               trial_on, self.balancer.mode)
+        dyn = {"inputs": inputs, "rates": rates, "mask": mask}
+        if getattr(self.model, "noise_scale", 1.0) > 0:  # the draw of the eager step: randn([B, T, n])
+            dtype = next(self.model.parameters()).dtype
+            shape = (int(inputs.shape[0]), int(inputs.shape[1]), int(self.model.n_units))
+            dyn["noise"] = torch.empty(shape, device=inputs.device, dtype=dtype).normal_(generator=self._train_generator())
+        else:
+            dyn["noise"] = None
+        graphs = self._step_graphs()
+        lr = float(inner.param_groups[0]["lr"]) * self.lr_factor()
+        if key in self._graph_lrs:
+            self._graph_lrs[key].fill_(lr)  # read by the replay (no host synchronisation)
+        statics = {k: v for k, v in dyn.items() if v is not None}
+
+        def fn(**kw):
+            return self._step_compute(kw["inputs"], kw["rates"], kw.get("mask"), kw.get("noise"),
+                                      trial_on=trial_on, inner=inner)
+
+        before, after = getattr(opt, "_on_before_step", None), getattr(opt, "_on_after_step", None)
+        if callable(before):
+            before()  # Lightning's step count (global_step), as opt.step() would
+        res = graphs.run(key, fn, statics, setup=lambda capture: self._graph_lr(inner, lr, key, capture))
+        if callable(after):
+            after()
+        extras = {k[len("extra/"):]: v for k, v in res.items() if k.startswith("extra/")}
+        stats = {k[len("stat/"):]: v for k, v in res.items() if k.startswith("stat/")}
+        self._record_step(res["finite"], res["l_neuron"], res["l_trial"], extras, res["l_extra"], stats,
+                          int(rates.shape[0]))
+
+    @contextmanager
+    def _graph_lr(self, inner, lr: float, key, capture: bool):
+        """The learning rate of a graphed step: a float for the eager first step, a device tensor
+        (refilled before every replay) while the graph is captured."""
+        saved = [g["lr"] for g in inner.param_groups]
+        if capture:
+            lr_t = self._graph_lrs[key] = torch.full((), lr, dtype=torch.float32, device=self.device)
+        try:
+            for g in inner.param_groups:
+                g["lr"] = lr_t if capture else lr
+            yield
+        finally:
+            for g, v in zip(inner.param_groups, saved):
+                g["lr"] = v
 
     def lr_factor(self, step: int | None = None) -> float:
         """Warmup multiplier of optimiser step ``step`` (default: the next one;
@@ -247,11 +358,18 @@ class FitModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         xi = self._validation_noise(batch["inputs"], batch_idx)
+        n_rec = self.model.n_recorded
         if xi is None:
-            out = self.model(batch["inputs"], noise=True, generator=self._val_gen)
+            rates = self.model(batch["inputs"], noise=True, generator=self._val_gen).rates[..., :n_rec]
+        elif self.graphs_enabled():  # the forward as a CUDA graph (the fixed noise of this batch baked in)
+            key = ("val", batch_idx, tuple(batch["inputs"].shape), xi.data_ptr())
+            res = self._step_graphs().run(
+                key, lambda inputs: {"rates": self.model(inputs, noise=True, noise_sample=xi).rates[..., :n_rec]},
+                {"inputs": batch["inputs"]})
+            rates = res["rates"].clone()  # the graph's buffer is overwritten by its next replay
         else:
-            out = self.model(batch["inputs"], noise=True, noise_sample=xi)
-        item = {"rates": out.rates[..., : self.model.n_recorded], "target": batch["rates"], "mask": batch["mask"]}
+            rates = self.model(batch["inputs"], noise=True, noise_sample=xi).rates[..., :n_rec]
+        item = {"rates": rates, "target": batch["rates"], "mask": batch["mask"]}
         if "true_rates" in batch:
             item["true_rates"] = batch["true_rates"]
         self._val_outputs.append(item)
@@ -326,10 +444,11 @@ class FitModule(L.LightningModule):
         lr = float(_cfg_get(self.optim_cfg, "lr", 1e-3))
         wd = float(_cfg_get(self.optim_cfg, "weight_decay", 0.0))
         params = [p for p in self.model.parameters() if p.requires_grad]
+        extra = {"capturable": True} if self.device.type == "cuda" and self.graphs_enabled() else {}  # step count on the device (CUDA graphs)
         if name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, **extra)
         elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd if wd > 0 else 1e-2)
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd if wd > 0 else 1e-2, **extra)
         else:
             raise ValueError(f"optim.name must be 'adam' or 'adamw', got {name!r}")
         sname = str(_cfg_get(self.sched_cfg, "name", "none")).lower()

@@ -1,0 +1,212 @@
+"""GPU path (issue 16): CUDA graphs of the training step, no host synchronisation, System A's BPTT.
+
+The CUDA tests skip on a machine without a GPU; the CPU tests check the same code paths'
+arithmetic (the graphed step's function run eagerly, the GPU variant of the tanh BPTT).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+SMALL = ["data.synthetic.n_trials=60", "+data.synthetic.n_time=30", "model.n_hidden=8", "model.embed_dim=8",
+         "model.n_heads=2", "logger=none", "callbacks=none", "trainer.max_epochs=3", "seed=5"]
+
+
+def _build(compose, tmp_path, overrides):
+    import lightning as L
+
+    from eirnn.train import build_datamodule, build_model, build_module
+
+    cfg = compose(SMALL + overrides, tmp_path)
+    L.seed_everything(int(cfg.seed), verbose=False)
+    dm = build_datamodule(cfg)
+    model = build_model(cfg, dm)
+    return cfg, dm, model, build_module(cfg, model, dm)
+
+
+def _fit(cfg, dm, module, accelerator="cpu", callbacks=()):
+    from hydra.utils import instantiate
+
+    trainer = instantiate(cfg.trainer, accelerator=accelerator, logger=False, callbacks=list(callbacks),
+                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                          default_root_dir=cfg.paths.output_dir)
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+class _EagerGraphs:
+    """Stands in for StepGraphs on a CPU: every call runs the function eagerly (no capture)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, key, fn, inputs, setup=None):
+        self.calls += 1
+        if setup is None:
+            return fn(**inputs)
+        with setup(False):
+            return fn(**inputs)
+
+
+@pytest.mark.parametrize("batch", ["16", "0"])
+def test_graphed_step_function_matches_the_eager_step_on_cpu(compose, tmp_path, batch, monkeypatch):
+    """The function a CUDA graph captures (forward with a pre-drawn noise, losses, balanced backward,
+    clipping, Adam, bookkeeping) gives the eager training step's run exactly (CPU, same seeds)."""
+    from eirnn.training.module import FitModule
+
+    ov = [f"data.batch_size={batch}", "optim.warmup_steps=3", "loss.trial.warmup_epochs=1"]
+    cfg, dm, _, eager = _build(compose, tmp_path / "a", ov)
+    tr = _fit(cfg, dm, eager)
+    cfg, dm, _, graphed = _build(compose, tmp_path / "b", ov)
+    fake = _EagerGraphs()
+    monkeypatch.setattr(FitModule, "graphs_enabled", lambda self: True)
+    monkeypatch.setattr(FitModule, "_step_graphs", lambda self: fake)
+    tr2 = _fit(cfg, dm, graphed)
+    assert fake.calls > 3 and tr2.global_step == tr.global_step > 0
+    for a, b in zip(eager.history, graphed.history, strict=True):
+        for k in ("val/psth_corr", "val/L_neuron", "train/loss", "train/L_neuron", "lr"):
+            assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k], (k, a[k], b[k])
+    for (n, p), (_, q) in zip(eager.model.named_parameters(), graphed.model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_tanh_rnn_device_path_matches_cpu_path(batched, monkeypatch):
+    """The GPU variant of System A's BPTT (weight gradients as one product after the loop) gives
+    the CPU variant's values and gradients (float64, run on the CPU)."""
+    import eirnn.tasks.tanh_recurrence as tr
+
+    g = torch.Generator().manual_seed(3)
+    lead, wl = ((3, 4), (3,)) if batched else ((4,), ())
+    kw = dict(dtype=torch.float64)
+    u = torch.randn(12, *lead, 1, generator=g, **kw)
+    u[2:6] = 0.0
+    base = (u, torch.randn(*wl, 1, 7, generator=g, **kw), 0.3 * torch.randn(*wl, 7, 7, generator=g, **kw),
+            torch.randn(*wl, 7, 1, generator=g, **kw), torch.randn(7, generator=g, **kw))
+    gy = torch.randn(12, *lead, 1, generator=g, **kw)
+    res = []
+    for device_path in (False, True):
+        monkeypatch.setattr(tr, "DEVICE_PATH_ON_CPU", device_path)
+        args = [a.clone().requires_grad_() for a in base]
+        y, x = tr.tanh_rnn(*args, 0.9, return_states=True)
+        grads = torch.autograd.grad(y, args, gy)
+        with torch.no_grad():
+            y_inf, _ = tr.tanh_rnn(*args, 0.9)
+        res.append((y.detach(), x, y_inf, grads))
+    (y0, x0, i0, g0), (y1, x1, i1, g1) = res
+    torch.testing.assert_close(y1, y0)
+    torch.testing.assert_close(x1, x0)
+    torch.testing.assert_close(i1, i0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a)
+
+
+# ----------------------------------------------------------------------------------------- CUDA
+
+
+@CUDA
+@pytest.mark.parametrize("shape", [
+    (None, 32, 500), (None, 20, 500), (None, 100, 500),   # experiment=system_a: batches of 32, the last of 20, validation
+    (None, 32, 100), (None, 4, 100),                      # system_a_small, its sanity size
+    (4, 32, 100), (20, 32, 500), (20, 100, 500),          # ensembles (bmm strategy): K members
+])
+def test_tanh_rnn_backward_on_cuda_every_shape(shape):
+    """System A's hand-written BPTT runs on CUDA (it failed in cuBLASLt before) and matches float64 on the CPU."""
+    from eirnn.tasks.tanh_recurrence import tanh_rnn
+
+    K, B, N = shape
+    T = 40
+    g = torch.Generator().manual_seed(0)
+    lead, wl = ((K, B), (K,)) if K else ((B,), ())
+    u = torch.zeros(T, *lead, 1)
+    u[5:12] = 2.0
+    a = 0.01
+    I = torch.randn(*wl, N, 1, generator=g)
+    G = torch.randn(*wl, N, N, generator=g) / N ** 0.5
+    w = torch.randn(*wl, N, 1, generator=g) / N ** 0.5
+    h0 = torch.zeros(N)
+    gy = torch.randn(T, *lead, 1, generator=g)
+
+    def run(device, dtype):
+        ins = [(a * I).mT, (a * 1.5) * G.mT, w]
+        ins = [t.to(device, dtype).requires_grad_() for t in ins]
+        y, _ = tanh_rnn(u.to(device, dtype), ins[0], ins[1], ins[2], h0.to(device, dtype), 1.0 - a)
+        grads = torch.autograd.grad(y, ins, gy.to(device, dtype))
+        return [y.detach().cpu().double()] + [t.cpu().double() for t in grads]
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref = run("cpu", torch.float64)
+    got = run("cuda", torch.float32)
+    for r, x in zip(ref, got):
+        assert torch.isfinite(x).all()
+        assert (x - r).norm() / r.norm().clamp_min(1e-12) < 1e-4
+
+
+def _sync_checked(module, method):
+    """Wrap ``module.<method>`` so that, after two calls per key (eager step + capture), every call runs
+    under torch.cuda.set_sync_debug_mode('error'); returns the list of checked calls."""
+    orig = getattr(module, method)
+    seen: dict = {}
+    checked = []
+
+    def wrapped(batch, batch_idx):
+        key = (batch_idx if method == "validation_step" else None, tuple(batch["inputs"].shape))
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= 2:
+            return orig(batch, batch_idx)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return orig(batch, batch_idx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            checked.append(key)
+
+    setattr(module, method, wrapped)
+    return checked
+
+
+@CUDA
+@pytest.mark.parametrize("graphs", ["true", "false"])
+def test_training_and_validation_steps_do_not_synchronise_on_cuda(compose, tmp_path, graphs):
+    """A whole training_step and validation_step on CUDA (eager and graphed) never wait for the device."""
+    cfg, dm, _, module = _build(compose, tmp_path, ["data.batch_size=16", "trainer.max_epochs=4",
+                                                    f"module.cuda_graphs={graphs}"])
+    checked = _sync_checked(module, "training_step")
+    vchecked = _sync_checked(module, "validation_step")
+    _fit(cfg, dm, module, accelerator="gpu")
+    assert checked and vchecked
+    assert all(math.isfinite(h["val/psth_corr"]) for h in module.history)
+    if graphs == "true":
+        assert module._graphs is not None and module._graphs.captures >= 3
+
+
+@CUDA
+def test_ensemble_step_does_not_synchronise_on_cuda(compose, tmp_path):
+    from eirnn.training.ensemble import build_ensemble
+
+    cfg = compose(SMALL + ["data.batch_size=16", "trainer.max_epochs=3", "ensemble.size=3"], tmp_path)
+    from eirnn.train import build_datamodule
+
+    dm = build_datamodule(cfg)
+    _, module = build_ensemble(cfg, dm, 3)
+    checked = _sync_checked(module, "training_step")
+    _fit(cfg, dm, module, accelerator="gpu")
+    assert checked
+
+
+@CUDA
+def test_graphed_fit_on_cuda_follows_the_eager_fit(compose, tmp_path):
+    """The same run with and without CUDA graphs on the GPU: the same trajectory up to float32 round-off."""
+    hist = {}
+    for graphs in ("true", "false"):
+        cfg, dm, _, module = _build(compose, tmp_path / graphs, ["data.batch_size=16", "trainer.max_epochs=4",
+                                                                  f"module.cuda_graphs={graphs}"])
+        _fit(cfg, dm, module, accelerator="gpu")
+        hist[graphs] = [h["val/psth_corr"] for h in module.history]
+    assert len(hist["true"]) == 4
+    for a, b in zip(hist["true"], hist["false"]):
+        assert abs(a - b) < 1e-3, (hist["true"], hist["false"])
