@@ -80,7 +80,7 @@ class LabStyleRNN(nn.Module):
         B, T, _ = u.shape
         a = self.alpha
         e = attention_einsum(self.embedding, u) if self.attention else u
-        xi = torch.randn((B, T, self.n_units), generator=generator) if noise else None
+        xi = torch.randn((B, T, self.n_units), generator=generator, device=u.device) if noise else None
         scale, base = F.softplus(self._rate_scale), F.softplus(self._rate_baseline)
         x = (self.h0 if self.h0 is not None else self.h0_fixed).expand(B, self.n_units)
         r = F.softplus(x) * scale + base

@@ -35,6 +35,18 @@ Rows:
 * ``f1``/``f2`` start-up: ``python -m eirnn.train --help`` and a 1-epoch run
   (``trainer.max_epochs=1 logger=none``, built-in synthetic data), as subprocesses.
 
+On a GPU (``--device cuda``) the same rows run on the device (our code and the reference;
+a step of rows ``c*`` is eager, and ``c*_g`` is the same step replayed as a CUDA graph), plus:
+
+* ``g32`` one epoch through ``trainer.fit`` of the default configuration (``data=sc_mat`` as
+  it comes: 32 trials per step) with CUDA graphs (``module.cuda_graphs=auto``); reference
+  column: the same epoch with ``module.cuda_graphs=false`` (eager GPU steps);
+* ``g0`` the same with the whole training set in one batch (``data.batch_size=0``);
+* ``e`` (as above, at the default configuration);
+* ``s21`` one epoch of ``experiment=lab_ltrial_21`` (one of its 21 configurations), projected
+  to the whole sweep (21 x 500 epochs, run one after the other) below the table;
+* ``fm`` one epoch of ``experiment=final_model``, projected to its 2000 epochs.
+
 Data: the real session when present (``--data``), else a synthetic session of the same
 shape (430 x 219 bins, 41 neurons, 80 units), said so in the header. ``--quick`` (fewer
 repeats, no 1-epoch subprocess) runs in under a minute; ``--smoke`` uses tiny sizes (for
@@ -71,6 +83,9 @@ SYNTH_SAME_SHAPE = ["data=synthetic", "data.synthetic.n_trials=538", "+data.synt
 SMOKE = ["data=synthetic", "data.synthetic.n_trials=40", "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2",
          "+data.synthetic.n_time=24", "model.n_hidden=6", "model.embed_dim=8", "model.n_heads=2"]
 ROW_IDS = ("a", "a2", "b1", "b2", "b3", "c_param", "c_output", "c_fixed", "c_off", "d", "v", "e", "f1", "f2")
+GPU_ROW_IDS = ("a", "a2", "b1", "b2", "b3", "c_param", "c_param_g", "c_output", "c_fixed", "c_off", "c_off_g", "d", "v",
+               "g32", "g0", "e", "s21", "fm")
+_SYNC: list = []  # the device's synchronize when timing a GPU (device work is asynchronous)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -108,12 +123,15 @@ def _cpu_s() -> float:
 
 def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timings:
     """Wall-clock (and CPU) seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    sync = _SYNC[0] if _SYNC else (lambda: None)
     for _ in range(warmup):
         fn()
     out = Timings()
     for _ in range(repeats):
+        sync()
         c0, t0 = _cpu_s(), time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
         out.cpu.append(_cpu_s() - c0)
     return out
@@ -178,7 +196,7 @@ class Table:
 class Fit:
     """Data, our model/module and the lab-style reference built from the same config."""
 
-    def __init__(self, overrides: list[str], seed: int = 42):
+    def __init__(self, overrides: list[str], seed: int = 42, device: str = "cpu"):
         import lightning as L
         import torch
 
@@ -190,29 +208,35 @@ class Fit:
         self.cfg = compose(overrides + [f"seed={seed}"], self.tmp)
         L.seed_everything(seed, verbose=False)
         self.dm = build_datamodule(self.cfg)
-        self.model = build_model(self.cfg, self.dm)
-        self.module = build_module(self.cfg, self.model, self.dm)
-        self.train = self.dm.tensors("train")
-        self.val = self.dm.tensors("val")
+        self.device = torch.device(device)
+        self.model = build_model(self.cfg, self.dm).to(self.device)
+        self.module = build_module(self.cfg, self.model, self.dm).to(self.device)
+        self.train = {k: v.to(self.device) for k, v in self.dm.tensors("train").items()}
+        self.val = {k: v.to(self.device) for k, v in self.dm.tensors("val").items()}
         self.n_rec = self.model.n_recorded
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(self.params, lr=float(self.cfg.optim.lr))
-        self.gen = torch.Generator().manual_seed(seed)
-        self.ref = LabStyleRNN(self.model)
+        cap = {"capturable": True} if self.device.type == "cuda" else {}  # (steps replayed as CUDA graphs)
+        self.opt = torch.optim.Adam(self.params, lr=float(self.cfg.optim.lr), **cap)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.ref = LabStyleRNN(self.model).to(self.device)
         self.ref_opt = torch.optim.Adam([p for p in self.ref.parameters() if p.requires_grad], lr=float(self.cfg.optim.lr))
-        self.ref_gen = torch.Generator().manual_seed(seed)
+        self.ref_gen = torch.Generator(device=self.device).manual_seed(seed)
+        self.graphs = None
         t = self.cfg.loss.trial
         self.trial_cfg = dict(epsilon=float(t.epsilon), n_iters=int(t.n_iters), smooth_sigma_bins=float(t.smooth_sigma_bins))
         self.bal = self.cfg.loss.balance
 
     # ours ---------------------------------------------------------------------
-    def step(self, mode: str = "param"):
+    def step(self, mode: str = "param", noise=None):
         """What ``FitModule.training_step`` computes, without Lightning's bookkeeping."""
         import torch
 
         m, obj = self.module, self.module.objective
         m.balancer.mode = mode
-        out = self.model(self.train["inputs"], noise=True, generator=self.gen)
+        if noise is None:
+            out = self.model(self.train["inputs"], noise=True, generator=self.gen)
+        else:
+            out = self.model(self.train["inputs"], noise=True, noise_sample=noise)
         rec = out.rates[..., : self.n_rec]
         target, mask = self.train["rates"], self.train["mask"]
         l_neuron = obj.neuron_term(rec, target, mask)
@@ -223,10 +247,28 @@ class Fit:
         torch.nn.utils.clip_grad_norm_(self.params, float(self.cfg.optim.grad_clip))
         self.opt.step()
 
+    def step_graphed(self, mode: str = "param"):
+        """:meth:`step` replayed as a CUDA graph (:class:`eirnn.training.cuda_graph.StepGraphs`; the
+        state noise drawn before the replay, as ``FitModule`` does)."""
+        import torch
+
+        from eirnn.training.cuda_graph import StepGraphs
+
+        if self.graphs is None:
+            self.graphs = StepGraphs(self.device)
+        x = self.train["inputs"]
+        noise = torch.empty((x.shape[0], x.shape[1], self.model.n_units), device=self.device).normal_(generator=self.gen)
+
+        def fn(noise):
+            self.step(mode, noise)
+            return {}
+
+        self.graphs.run(("step", mode), fn, {"noise": noise})
+
     def validation(self):
         import torch
 
-        gen = torch.Generator().manual_seed(self.module.val_seed)
+        gen = torch.Generator(device=self.device).manual_seed(self.module.val_seed)
         with torch.no_grad():
             out = self.model(self.val["inputs"], noise=True, generator=gen)
         v = {"rates": out.rates[..., : self.n_rec], "target": self.val["rates"], "mask": self.val["mask"]}
@@ -245,12 +287,12 @@ class Fit:
 
         from benchmarks.reference import reference_validation
 
-        gen = torch.Generator().manual_seed(self.module.val_seed)
+        gen = torch.Generator(device=self.device).manual_seed(self.module.val_seed)
         return reference_validation(self.ref, self.module.objective, self.val, gen, self.dm.bin_size_ms, self.trial_cfg)
 
 
 def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42,
-                     ensemble_size: int = 1) -> tuple[list[float], list[float]]:
+                     ensemble_size: int = 1, device: str = "cpu") -> tuple[list[float], list[float]]:
     """Per-epoch wall times (training + validation) of ``trainer.fit``; and val/psth_corr.
 
     ``ensemble_size > 1``: ``ensemble.size=K``, the ensemble built as ``eirnn.train`` builds it
@@ -267,15 +309,20 @@ def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42,
             self.t0, self.c0, self.times = 0.0, 0.0, Timings()
 
         def on_train_epoch_start(self, trainer, pl_module):
+            if _SYNC:
+                _SYNC[0]()
             self.t0, self.c0 = time.perf_counter(), _cpu_s()
 
         def on_validation_end(self, trainer, pl_module):
+            if _SYNC:
+                _SYNC[0]()
             self.times.append(time.perf_counter() - self.t0)
             self.times.cpu.append(_cpu_s() - self.c0)
 
     tmp = tempfile.mkdtemp(prefix="eirnn_bench_fit_")
+    acc = ["trainer.accelerator=gpu"] if device == "cuda" else []
     cfg = compose(overrides + [f"seed={seed}", f"trainer.max_epochs={epochs}", "logger=none", "callbacks=none",
-                               f"ensemble.size={ensemble_size}"], tmp)
+                               f"ensemble.size={ensemble_size}"] + acc, tmp)
     L.seed_everything(seed, verbose=False)
     dm = build_datamodule(cfg)
     if ensemble_size > 1:
@@ -327,7 +374,10 @@ def run(argv: list[str] | None = None) -> str:
     p.add_argument("--repeats", type=int, default=None, help="repeats per row (default 7, quick 3, smoke 1)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the Lightning run (default 8, quick 4, smoke 2)")
     p.add_argument("--lr", type=float, default=None, help="optim.lr of the timed runs (default: the config's)")
-    p.add_argument("--rows", default=",".join(ROW_IDS), help="comma-separated subset of " + ",".join(ROW_IDS))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to time (cuda: the GPU table, rows " + ",".join(GPU_ROW_IDS) + ")")
+    p.add_argument("--rows", default=None, help="comma-separated subset of " + ",".join(ROW_IDS)
+                   + " (cpu) or " + ",".join(GPU_ROW_IDS) + " (cuda)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Hydra override for every timed run (repeatable), e.g. data.filters=null")
     p.add_argument("--ensemble-size", type=int, default=None,
@@ -342,10 +392,17 @@ def run(argv: list[str] | None = None) -> str:
     from eirnn.runtime import configure
 
     runtime_note = configure(args.threads or "auto", malloc_tuning=not args.no_malloc_tuning)  # as eirnn.train does
-    rows = {r.strip() for r in args.rows.split(",") if r.strip()}
-    unknown = rows - set(ROW_IDS)
+    known = GPU_ROW_IDS if args.device == "cuda" else ROW_IDS
+    rows = {r.strip() for r in (args.rows or ",".join(known)).split(",") if r.strip()}
+    unknown = rows - set(known)
     if unknown:
-        p.error(f"--rows: unknown row(s) {sorted(unknown)}; known: {','.join(ROW_IDS)}")
+        p.error(f"--rows: unknown row(s) {sorted(unknown)}; known: {','.join(known)}")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device (torch.cuda.is_available() is False)")
+        torch.set_float32_matmul_precision("high")  # as eirnn.train does
+        _SYNC[:] = [torch.cuda.synchronize]
+        runtime_note += f"; device {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     repeats = args.repeats or (1 if args.smoke else 3 if args.quick else 7)
     epochs = args.epochs or (2 if args.smoke else 4 if args.quick else 8)
     if epochs < 2:
@@ -356,13 +413,14 @@ def run(argv: list[str] | None = None) -> str:
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     t_start = time.perf_counter()
     table = Table()
-    fit = Fit(overrides)
+    fit = Fit(overrides, device=args.device)
     n_train, n_time = fit.train["inputs"].shape[:2]
     print(f"benchmark: {data_note}, {n_train} training trials x {n_time} bins, {fit.model.n_units} units",
           file=sys.stderr, flush=True)
 
+    dev = args.device
     if "a" in rows:
-        times, traj = lightning_epochs(overrides, epochs)
+        times, traj = lightning_epochs(overrides, epochs, device=dev)
         ref = measure(lambda: (fit.ref_step("param"), fit.ref_validation()), max(1, min(repeats, epochs - 1)))
         note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj) else ""
         table.add("a", "epoch via Hydra + Lightning trainer.fit (param balancing)", _after_first(times), ref, note)
@@ -380,14 +438,21 @@ def run(argv: list[str] | None = None) -> str:
                      "fixed": "single-loss step: L_neuron + 0.1 L_trial (fixed)",
                      "off": "single-loss step: L_neuron only (off)"}[mode]
             table.add(rid, label, measure(lambda: fit.step(mode), repeats), measure(lambda: fit.ref_step(mode), repeats))
+        if f"{rid}_g" in rows:
+            table.add(f"{rid}_g", f"the same step replayed as a CUDA graph; reference column: the eager step (row {rid})",
+                      measure(lambda: fit.step_graphed(mode), max(repeats, 5), warmup=2),
+                      measure(lambda: fit.step(mode), repeats))
     if "d" in rows:
         _row_d(fit, table, repeats)
     if "v" in rows:
         table.add("v", "validation (forward + metrics)", measure(fit.validation, repeats), measure(fit.ref_validation, repeats))
+    if dev == "cuda":
+        _gpu_rows(table, rows, data_ov, list(args.override), epochs)
     if "e" in rows:
         k = args.ensemble_size or (3 if args.smoke else 20)
-        t_k, traj_k = lightning_epochs(overrides, epochs, ensemble_size=k)
-        t_1, _ = lightning_epochs(overrides, epochs)
+        e_ov = overrides if dev == "cpu" else data_ov + list(args.override)  # GPU: the default configuration
+        t_k, traj_k = lightning_epochs(e_ov, epochs, ensemble_size=k, device=dev)
+        t_1, _ = lightning_epochs(e_ov, epochs, device=dev)
         note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj_k) else ""
         table.add("e", f"epoch via trainer.fit of ONE model of K={k} seeds (ensemble.size={k}); "
                        "reference column: the same epoch with ensemble.size=1", _after_first(t_k), _after_first(t_1), note)
@@ -412,13 +477,45 @@ def run(argv: list[str] | None = None) -> str:
     if getattr(table, "ensemble", None):
         k, t_k, t_1, c_k, c_1 = table.ensemble
         md += (f"\n\nensemble (row e): K={k} seeds in one batched model: {t_k:.3f} s per epoch vs {t_1:.3f} s for one "
-               f"model: **{t_k / t_1:.2f}x the time of one** (target <= 3x), {t_k / k:.3f} s per seed per epoch "
+               f"model: **{t_k / t_1:.2f}x the time of one** (target <= {'1.5' if args.device == 'cuda' else '3'}x), {t_k / k:.3f} s per seed per epoch "
                f"({k * t_1 / t_k:.2f}x the throughput of {k} sequential single runs); CPU time {c_k:.3f} s vs "
                f"{c_1:.3f} s: {c_k / c_1:.2f}x")
+    if getattr(table, "projections", None):
+        md += "\n\n" + "\n".join(table.projections)
     print(md, flush=True)
     if args.out:
         Path(args.out).write_text(md + "\n")
     return md
+
+
+def _gpu_rows(table: Table, rows: set[str], data_ov: list[str], extra: list[str], epochs: int,
+              device: str = "cuda") -> None:
+    """The GPU rows g32, g0, s21, fm (see the module docstring); projections are kept on ``table``."""
+    table.projections = []
+    runs = (("g32", "epoch via trainer.fit, default configuration (data=sc_mat: 32 trials per step), CUDA graphs; "
+                    "reference column: the same with module.cuda_graphs=false", []),
+            ("g0", "the same, whole training set in one batch (data.batch_size=0)", ["data.batch_size=0"]))
+    for rid, label, ov in runs:
+        if rid in rows:
+            t, traj = lightning_epochs(data_ov + extra + ov, epochs, device=device)
+            r, _ = lightning_epochs(data_ov + extra + ov + ["module.cuda_graphs=false"], max(2, min(epochs, 4)),
+                                    device=device)
+            note = "NaN val/psth_corr during the run" if any(math.isnan(v) for v in traj) else ""
+            table.add(rid, label, _after_first(t), _after_first(r), note)
+    for rid, exp, variant, n_epochs, label in (
+            ("s21", "lab_ltrial_21", "+variant=gradbal_scale_0.5", 500 * 21,
+             "epoch of experiment=lab_ltrial_21 (+variant=gradbal_scale_0.5), CUDA graphs"),
+            ("fm", "final_model", None, 2000, "epoch of experiment=final_model, CUDA graphs")):
+        if rid in rows:
+            ov = data_ov + extra + [f"experiment={exp}"] + ([variant] if variant else [])
+            t, _ = lightning_epochs(ov, epochs, device=device)
+            t = _after_first(t)
+            table.add(rid, label, t, None)
+            med = statistics.median(t)
+            what = ("the 21 configurations x 500 epochs, one after the other" if rid == "s21"
+                    else "the final-model run's 2000 epochs")
+            table.projections.append(f"projection ({rid}): {what}: {n_epochs} x {med:.4f} s = "
+                                     f"**{n_epochs * med / 60:.1f} min** (epoch time only; no early stopping assumed)")
 
 
 def _rows_b(fit: Fit, table: Table, rows: set[str], repeats: int):
@@ -427,12 +524,12 @@ def _rows_b(fit: Fit, table: Table, rows: set[str], repeats: int):
     from eirnn.models.recurrence import FusedRecurrence, recurrence_reference
 
     u_all = fit.train["inputs"]
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=fit.device).manual_seed(0)
     for rid, bsz in (("b1", min(64, u_all.shape[0])), ("b2", u_all.shape[0])):
         if rid not in rows:
             continue
         u = u_all[:bsz]
-        grad_out = torch.randn(bsz, u.shape[1], fit.model.n_units, generator=g)
+        grad_out = torch.randn(bsz, u.shape[1], fit.model.n_units, generator=g, device=fit.device)
         ps = fit.params
         ref_ps = [p for p in fit.ref.parameters() if p.requires_grad]
 
@@ -453,7 +550,7 @@ def _rows_b(fit: Fit, table: Table, rows: set[str], repeats: int):
             w_t = (m.W_rec * alpha[:, None]).T.contiguous()
             args = [inp, w_t, 1.0 - alpha, m.rate_scale, m.rate_baseline, m.h0.detach()]
         args = [a.clone().requires_grad_() for a in args]
-        grad_out = torch.randn(inp.shape, generator=g)
+        grad_out = torch.randn(inp.shape, generator=g, device=fit.device)
 
         def kernel():
             x, w, dec, sc, bs, h = args
@@ -504,6 +601,7 @@ def _header(data_note, n_train, n_time, fit, load0, load1, wall, args, runtime_n
         f"{_batch_note(fit.cfg)}, the other rows: the whole training set in one batch",
         f"- config: {' '.join(fit.overrides)} (loss defaults: Sinkhorn L_trial eps 0.1 x 20 iterations, "
         f"balance.mode=param, ltrial_scale 0.5), seed 42",
+        f"- date {time.strftime('%Y-%m-%d %H:%M %Z')}; command: python -m benchmarks.run {' '.join(sys.argv[1:])}",
         f"- load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f}; total benchmark wall time {wall:.0f} s",
         "- times are wall-clock medians over the stated repeats (after one warm-up call); reference = plain-PyTorch "
         "lab-style code (benchmarks/reference.py) on the same data in the same process; CPU = this process's "

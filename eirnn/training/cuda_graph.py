@@ -26,10 +26,13 @@ what must outlive it.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["StepGraphs", "capturing", "keep_alive"]
 
@@ -79,6 +82,7 @@ class StepGraphs:
         self.entries: dict[Any, _Entry] = {}
         self.stream = torch.cuda.Stream(device=self.device)
         self.captures = 0
+        self.failed: str | None = None  # why a capture failed (every call then runs eagerly)
 
     def __contains__(self, key) -> bool:
         return key in self.entries
@@ -94,12 +98,19 @@ class StepGraphs:
             return entry.outputs
         with (setup(False) if setup is not None else _null()):
             out = fn(**inputs)  # eagerly, on the current stream (capture synchronises the device first)
+        if self.failed is not None:
+            return out
         static = {k: v.clone() for k, v in inputs.items()}
         graph = torch.cuda.CUDAGraph()
         keep: list = []
-        with _capture_scope(keep), (setup(True) if setup is not None else _null()):
-            with torch.cuda.graph(graph, stream=self.stream):
-                outputs = fn(**static)
+        try:
+            with _capture_scope(keep), (setup(True) if setup is not None else _null()):
+                with torch.cuda.graph(graph, stream=self.stream):
+                    outputs = fn(**static)
+        except Exception as err:  # noqa: BLE001 - e.g. an op that cannot be captured: stay eager
+            self.failed = f"{type(err).__name__}: {err}"
+            log.warning("CUDA graph capture failed (%s); the steps run eagerly", self.failed)
+            return out
         self.entries[key] = _Entry(graph, static, outputs, keep)
         self.captures += 1
         return out

@@ -302,11 +302,6 @@ class EnsembleFitModule(FitModule):
                 p.load_state_dict(st)
 
     # ------------------------------------------------------------------ step
-    def graphs_enabled(self) -> bool:
-        """Ensemble steps run eagerly (their per-member early stopping changes the step's work
-        from epoch to epoch); they do not synchronise with the device either."""
-        return False
-
     def _device_const(self, name: str, values: list, dtype, device) -> torch.Tensor:
         """``torch.tensor(values)`` on ``device``, kept while ``values`` do not change: a copy from
         host memory at every step would make the host wait for a GPU."""
@@ -353,6 +348,8 @@ class EnsembleFitModule(FitModule):
         active = self.active_members()
         if not active:  # every member stopped (the trainer stops at the epoch's end)
             return
+        if self.graphs_enabled():
+            return self._graphed_training_step(batch, opt, active)
         out = self.model(batch["inputs"], noise=True, generator=self._train_generators(), workspace=self._workspace)
         target, mask = batch["rates"], batch["mask"]
         l_neuron, l_trial, extras, rec = self._losses(out.rates, target, mask, active)
@@ -378,14 +375,16 @@ class EnsembleFitModule(FitModule):
                     fk = _per_member(f, p)
                     p.copy_(torch.where(fk == 1.0, p, torch.where(fk == 0.0, p0, p0 + fk * (p - p0))))
 
-        # logging: means over the members still training, and each member's total loss
+        self._record_ensemble_step(l_neuron, l_trial, extras, l_extra, stats, active, int(target.shape[0]))
+
+    def _record_ensemble_step(self, l_neuron, l_trial, extras, l_extra, stats, active: list[int], bs: int) -> None:
+        """Logging of one step: means over the members still training, and each member's total loss."""
         sel = self._device_const("active", active, torch.long, l_neuron.device)
         w = stats["weight"]
         total = l_neuron.detach() + (l_extra.detach() if l_extra is not None else 0.0)
         if l_trial is not None:
             total = total + w * l_trial.detach()
         mean = lambda v: v.index_select(0, sel).mean()  # noqa: E731
-        bs = int(target.shape[0])
         log = {"train/loss": mean(total), "train/L_neuron": mean(l_neuron.detach()), "train/balance_weight": mean(w)}
         if l_trial is not None:
             log["train/L_trial"] = mean(l_trial.detach())
@@ -400,6 +399,61 @@ class EnsembleFitModule(FitModule):
         for name, v in log.items():
             self._train_sums[name] = self._train_sums.get(name, 0.0) + v
         self._train_count += 1
+
+    # ------------------------------------------------------------ CUDA graphs
+    def _graphed_training_step(self, batch: dict[str, torch.Tensor], opt, active: list[int]) -> None:
+        """:meth:`training_step` replayed as a CUDA graph: one per batch shape, set of active
+        members and L_trial state; the members' lr factors are a device input of the graph."""
+        K = self.size
+        inner = opt.optimizer if hasattr(opt, "optimizer") else opt
+        inputs, target, mask = batch["inputs"], batch["rates"], batch["mask"]
+        trial_on = self.objective.trial_active(self.current_epoch)
+        lrs = self.member_lrs()
+        base = float(inner.param_groups[0]["lr"])
+        factors = [lr / base if base > 0 else 0.0 for lr in lrs]
+        scaled = any(f != 1.0 for f in factors)
+        key = ("ens-train", tuple(inputs.shape), tuple(target.shape), tuple(active), trial_on, scaled,
+               self.balancer.mode)
+        dtype = next(self.model.parameters()).dtype
+        shape = (int(inputs.shape[0]), int(inputs.shape[1]), int(self.model.n_units))
+        dyn = {"inputs": inputs, "target": target, "mask": mask,
+               "factors": self._device_const("factors", factors, dtype, inputs.device)}
+        if self.model.noise_scale > 0:  # member k's draw of the eager step (generator k)
+            xi = torch.empty((K, *shape), device=inputs.device, dtype=dtype)
+            for k, g in enumerate(self._train_generators()):
+                torch.randn(shape, generator=g, device=inputs.device, dtype=dtype, out=xi[k])
+            dyn["noise"] = xi
+        ws = self.__dict__.setdefault("_graph_workspaces", {}).setdefault(key, {})  # owned by this key's graph
+        clip = float(_cfg_get(self.optim_cfg, "grad_clip", 1.0))
+
+        def fn(inputs, target, mask, factors, noise=None):
+            out = self.model(inputs, noise=noise is not None, noise_sample=noise, workspace=ws)
+            l_neuron, l_trial, extras, rec = self._losses(out.rates, target, mask, active)  # (trial_on: in the key)
+            l_extra = sum(extras.values()) if extras else None
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            inner.zero_grad(set_to_none=True)
+            stats = ensemble_backward(self.balancer, params, l_neuron, l_trial, l_extra, outputs=rec)
+            if clip > 0:
+                clip_member_grad_norms_(params, clip, K)
+            old = [p.detach().clone() for p in params] if scaled else None
+            inner.step()
+            if old is not None:  # as the eager step: member k moves by f_k times Adam's step
+                with torch.no_grad():
+                    for p, p0 in zip(params, old):
+                        fk = _per_member(factors, p)
+                        p.copy_(torch.where(fk == 1.0, p, torch.where(fk == 0.0, p0, p0 + fk * (p - p0))))
+            res = {"l_neuron": l_neuron.detach(), "l_trial": None if l_trial is None else l_trial.detach(),
+                   "l_extra": None if l_extra is None else l_extra.detach()}
+            res.update({f"extra/{k}": v.detach() for k, v in extras.items()})
+            res.update({f"stat/{k}": v for k, v in stats.items()})
+            return res
+
+        warm = warmup_factor(self.global_step, int(_cfg_get(self.optim_cfg, "warmup_steps", 0)))
+        res = self._run_graphed_step(opt, key, fn, dyn, base * warm)
+        extras = {k[len("extra/"):]: v for k, v in res.items() if k.startswith("extra/")}
+        stats = {k[len("stat/"):]: v for k, v in res.items() if k.startswith("stat/")}
+        self._record_ensemble_step(res["l_neuron"], res["l_trial"], extras, res["l_extra"], stats, active,
+                                   int(target.shape[0]))
 
     # ------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -430,10 +484,21 @@ class EnsembleFitModule(FitModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         xi = self._validation_noise(batch["inputs"], batch_idx)
-        ws = self._val_workspaces.setdefault(batch_idx, {})  # one per batch: all are read at the epoch's end
-        with torch.no_grad():
-            out = self.model(batch["inputs"], noise=True, noise_sample=xi, workspace=ws)
-        item = {"rates": out.rates[..., : self.model.n_recorded], "target": batch["rates"], "mask": batch["mask"]}
+        n_rec = self.model.n_recorded
+        if self.graphs_enabled():  # the forward as a CUDA graph (this batch's fixed noise baked in)
+            key = ("ens-val", batch_idx, tuple(batch["inputs"].shape), xi.data_ptr())
+            ws = self.__dict__.setdefault("_graph_workspaces", {}).setdefault(key, {})
+
+            def fn(inputs):
+                with torch.no_grad():
+                    return {"rates": self.model(inputs, noise=True, noise_sample=xi, workspace=ws).rates[..., :n_rec]}
+
+            rates = self._step_graphs().run(key, fn, {"inputs": batch["inputs"]})["rates"].clone()
+        else:
+            ws = self._val_workspaces.setdefault(batch_idx, {})  # one per batch: all are read at the epoch's end
+            with torch.no_grad():
+                rates = self.model(batch["inputs"], noise=True, noise_sample=xi, workspace=ws).rates[..., :n_rec]
+        item = {"rates": rates, "target": batch["rates"], "mask": batch["mask"]}
         if "true_rates" in batch:
             item["true_rates"] = batch["true_rates"]
         self._val_outputs.append(item)

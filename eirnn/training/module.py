@@ -258,28 +258,31 @@ class FitModule(L.LightningModule):
             dtype = next(self.model.parameters()).dtype
             shape = (int(inputs.shape[0]), int(inputs.shape[1]), int(self.model.n_units))
             dyn["noise"] = torch.empty(shape, device=inputs.device, dtype=dtype).normal_(generator=self._train_generator())
-        else:
-            dyn["noise"] = None
-        graphs = self._step_graphs()
-        lr = float(inner.param_groups[0]["lr"]) * self.lr_factor()
-        if key in self._graph_lrs:
-            self._graph_lrs[key].fill_(lr)  # read by the replay (no host synchronisation)
-        statics = {k: v for k, v in dyn.items() if v is not None}
 
         def fn(**kw):
             return self._step_compute(kw["inputs"], kw["rates"], kw.get("mask"), kw.get("noise"),
                                       trial_on=trial_on, inner=inner)
 
-        before, after = getattr(opt, "_on_before_step", None), getattr(opt, "_on_after_step", None)
-        if callable(before):
-            before()  # Lightning's step count (global_step), as opt.step() would
-        res = graphs.run(key, fn, statics, setup=lambda capture: self._graph_lr(inner, lr, key, capture))
-        if callable(after):
-            after()
+        res = self._run_graphed_step(opt, key, fn, dyn, float(inner.param_groups[0]["lr"]) * self.lr_factor())
         extras = {k[len("extra/"):]: v for k, v in res.items() if k.startswith("extra/")}
         stats = {k[len("stat/"):]: v for k, v in res.items() if k.startswith("stat/")}
         self._record_step(res["finite"], res["l_neuron"], res["l_trial"], extras, res["l_extra"], stats,
                           int(rates.shape[0]))
+
+    def _run_graphed_step(self, opt, key, fn, dyn: dict, lr: float) -> dict:
+        """Run ``fn(**dyn)`` (one optimiser step of ``opt`` at learning rate ``lr``) through the
+        module's :class:`~eirnn.training.cuda_graph.StepGraphs`, counted as one optimiser step."""
+        inner = opt.optimizer if hasattr(opt, "optimizer") else opt
+        if key in self._graph_lrs:
+            self._graph_lrs[key].fill_(lr)  # read by the replay (no host synchronisation)
+        before, after = getattr(opt, "_on_before_step", None), getattr(opt, "_on_after_step", None)
+        if callable(before):
+            before()  # Lightning's step count (global_step), as opt.step() would
+        res = self._step_graphs().run(key, fn, {k: v for k, v in dyn.items() if v is not None},
+                                      setup=lambda capture: self._graph_lr(inner, lr, key, capture))
+        if callable(after):
+            after()
+        return res
 
     @contextmanager
     def _graph_lr(self, inner, lr: float, key, capture: bool):

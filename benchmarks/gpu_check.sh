@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 16 in one go (~5 min on an H200): the CUDA tests, short runs of the CLI
+# on the GPU (real session, an ensemble, System A at full size), then the GPU benchmark table.
+#
+#   OUT=gpu_out bash benchmarks/gpu_check.sh [SESSION.mat]
+#
+# Logs and the table go to $OUT (default gpu_out). Each part has its own time limit and the
+# script carries on after a failure; the summary at the end says which parts failed.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+DATA=${1:-../shared/data/rnn_export_Newton_08_14_2025_SC.mat}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+TMP=$(mktemp -d)
+status=()
+
+part() {  # part NAME SECONDS CMD...: run, log to $OUT/NAME.log, remember the exit status
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.log"
+  status+=("$name rc=$rc $((SECONDS - t0))s")
+}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $PY -c "import sys, torch, lightning; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'lightning', lightning.__version__)"
+} 2>&1 | tee "$OUT/env.log"
+
+part tests 300 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu.py \
+  "tests/test_losses.py::test_cuda_matches_cpu_without_host_sync"
+part cli 300 bash -c "
+  $PY -m eirnn.train data=sc_mat data.path=$DATA trainer.accelerator=gpu trainer.max_epochs=3 logger=none \
+      hydra.run.dir=$TMP/sc && echo OK_sc_mat &&
+  $PY -m eirnn.train data=sc_mat data.path=$DATA trainer.accelerator=gpu trainer.max_epochs=2 ensemble.size=3 \
+      logger=none hydra.run.dir=$TMP/ens && echo OK_ensemble &&
+  $PY -m eirnn.train experiment=system_a seed=1 trainer.accelerator=gpu trainer.max_epochs=1 data.n_train=64 \
+      data.n_val=32 logger=none hydra.run.dir=$TMP/sysa && echo OK_system_a"
+part bench 420 $PY -m benchmarks.run --device cuda --quick --data "$DATA" --out "$OUT/bench.md" ${BENCH_ARGS:-}
+echo "=== summary"
+printf '%s\n' "${status[@]}" | tee "$OUT/summary.log"
