@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 16 in one go (~5 min on an H200): the CUDA tests, short runs of the CLI
-# on the GPU (real session, an ensemble, System A at full size), then the GPU benchmark table.
+# The GPU checks of issue 16 in one go (~5 min on an H200): the CUDA tests, the GPU benchmark table,
+# then short runs of the CLI on the GPU (real session, an ensemble, System A at full size).
 #
 #   OUT=gpu_out bash benchmarks/gpu_check.sh [SESSION.mat]
 #
@@ -30,15 +30,15 @@ part() {  # part NAME SECONDS CMD...: run, log to $OUT/NAME.log, remember the ex
   $PY -c "import sys, torch, lightning; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'lightning', lightning.__version__)"
 } 2>&1 | tee "$OUT/env.log"
 
-part tests 300 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu.py \
+part tests ${TESTS_LIMIT:-180} $PY -m pytest -q -p no:cacheprovider -o addopts="" -k cuda tests/test_gpu.py \
   "tests/test_losses.py::test_cuda_matches_cpu_without_host_sync"
-part cli 300 bash -c "
+part bench ${BENCH_LIMIT:-240} $PY -m benchmarks.run --device cuda --quick --data "$DATA" --out "$OUT/bench.md" ${BENCH_ARGS:-}
+part cli ${CLI_LIMIT:-150} bash -c "
   $PY -m eirnn.train data=sc_mat data.path=$DATA trainer.accelerator=gpu trainer.max_epochs=3 logger=none \
-      hydra.run.dir=$TMP/sc && echo OK_sc_mat &&
+      hydra.run.dir=$TMP/sc; echo RC_sc_mat=\$?
   $PY -m eirnn.train data=sc_mat data.path=$DATA trainer.accelerator=gpu trainer.max_epochs=2 ensemble.size=3 \
-      logger=none hydra.run.dir=$TMP/ens && echo OK_ensemble &&
+      logger=none hydra.run.dir=$TMP/ens; echo RC_ensemble=\$?
   $PY -m eirnn.train experiment=system_a seed=1 trainer.accelerator=gpu trainer.max_epochs=1 data.n_train=64 \
-      data.n_val=32 logger=none hydra.run.dir=$TMP/sysa && echo OK_system_a"
-part bench 420 $PY -m benchmarks.run --device cuda --quick --data "$DATA" --out "$OUT/bench.md" ${BENCH_ARGS:-}
+      data.n_val=32 logger=none hydra.run.dir=$TMP/sysa; echo RC_system_a=\$?"
 echo "=== summary"
 printf '%s\n' "${status[@]}" | tee "$OUT/summary.log"

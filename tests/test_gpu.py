@@ -182,7 +182,7 @@ def test_training_and_validation_steps_do_not_synchronise_on_cuda(compose, tmp_p
     assert all(math.isfinite(h["val/psth_corr"]) for h in module.history)
     if graphs == "true":
         assert module._graphs is not None and module._graphs.failed is None, module._graphs.failed
-        assert module._graphs.captures >= 3
+        assert module._graphs.captures >= 2  # a training and a validation graph at least
 
 
 @CUDA
@@ -202,7 +202,7 @@ def test_ensemble_steps_do_not_synchronise_on_cuda(compose, tmp_path, graphs):
     assert all(math.isfinite(h["val/psth_corr"]) for h in module.history)
     if graphs == "true":
         assert module._graphs is not None and module._graphs.failed is None, module._graphs.failed
-        assert module._graphs.captures >= 3
+        assert module._graphs.captures >= 2  # a training and a validation graph at least
 
 
 @CUDA
