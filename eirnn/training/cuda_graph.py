@@ -7,7 +7,7 @@ those launches once and replays them as one submission. :class:`StepGraphs` keep
 *key* (the batch shapes and whatever else changes the sequence of kernels, e.g. whether
 ``L_trial`` is active), built the first time the key is seen::
 
-    first call of a key:  out = fn(**inputs)               # eagerly
+    first call of a key:  out = fn(**inputs)               # eagerly, on the capture stream
                           capture fn(**static_inputs)      # recorded, not executed
     later calls:          static_inputs <- inputs (device copies); replay; out = static outputs
 
@@ -96,8 +96,17 @@ class StepGraphs:
             entry.graph.replay()
             entry.replays += 1
             return entry.outputs
-        with (setup(False) if setup is not None else _null()):
-            out = fn(**inputs)  # eagerly, on the current stream (capture synchronises the device first)
+        # eagerly, on the capture stream (as PyTorch's graph examples warm up): autograd nodes that
+        # outlive this call (a parameter's AccumulateGrad) then belong to the stream the graph is
+        # captured on; a node of another stream would make the capture wait for it, which fails
+        cur = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(cur)
+        with torch.cuda.stream(self.stream), (setup(False) if setup is not None else _null()):
+            out = fn(**inputs)
+        cur.wait_stream(self.stream)
+        for t in out.values():
+            if t is not None:
+                t.record_stream(cur)  # used on the current stream from now on
         if self.failed is not None:
             return out
         static = {k: v.clone() for k, v in inputs.items()}
