@@ -27,6 +27,13 @@ from omegaconf.errors import MissingMandatoryValue
 log = logging.getLogger("eirnn.train")
 
 
+def announce(text: str) -> None:
+    """A block on the console as it is, and once into ``train.log`` (eirnn/training/console.py)."""
+    from eirnn.training.console import announce as _announce
+
+    _announce(text, log)
+
+
 class _DropLightningAds(logging.Filter):
     """Lightning logs product tips at INFO level; they are noise in a scientist's console."""
 
@@ -125,9 +132,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from eirnn.training.callbacks import MetricsWriter, write_json_atomic
+    from eirnn.training.console import config_tree, setup_run_logging
 
     _quiet_third_party()
+    setup_run_logging()  # Lightning's INFO lines once (console + train.log), not also on stderr
     out_dir = _output_dir(cfg)
+    if cfg.get("print_config", True):
+        log.info("config (print_config=false skips this):\n%s", config_tree(cfg))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     from eirnn.runtime import configure  # torch threads, glibc malloc tuning (speed only)
@@ -185,12 +196,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         artifacts = next(c for c in callbacks if isinstance(c, ens.EnsembleArtifacts))
         summary["ensemble"] = artifacts.write_summary(module)
         summary["early_stopped"] = bool(summary["ensemble"]["all_stopped"])
-        print("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)), flush=True)
+        announce("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)))
     if (n_members == 1 and bool(cfg.get("fit_spike_readout", True)) and hasattr(module.model, "spike_readout")
             and not summary.get("interrupted") and not summary.get("diverged")):
         summary["spike_readout"] = _fit_readouts(cfg, dm, module, out_dir)
     write_json_atomic(writer.path, summary)
-    _log_hparams(loggers, cfg, summary)
+    _log_hparams(loggers, cfg, summary, module.model)
     if cfg.get("export"):  # weights/, outputs/, metrics/, population/, figures/, training_report.md
         from eirnn.export import export_after_training
 
@@ -216,11 +227,12 @@ def _fit_readouts(cfg: DictConfig, dm, module, out_dir: Path) -> dict:
     return res
 
 
-def _log_hparams(loggers: list, cfg: DictConfig, summary: dict) -> None:
-    """Hyperparameters and final metrics for TensorBoard's HParams view."""
-    from eirnn.utils import flatten_config
+def _log_hparams(loggers: list, cfg: DictConfig, summary: dict, model=None) -> None:
+    """Hyperparameters (:func:`eirnn.training.loggers.run_hparams`) and the best metrics
+    (``hp/best_*``) for TensorBoard's HParams view and the loggers' ``hparams.yaml``."""
+    from eirnn.training.loggers import run_hparams
 
-    params = flatten_config(OmegaConf.to_container(cfg, resolve=False), skip=("hydra", "paths", "callbacks", "logger"))
+    params = run_hparams(cfg, model)
     metrics = {}
     for key in dict.fromkeys((cfg.get("optimized_metric"), "val/psth_corr", "val/bits_per_spike", "val/true_psth_corr")):
         if not key:
@@ -289,7 +301,7 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
         lines.append(f"INTERRUPTED by {summary['interrupted']}: state saved to {summary.get('interrupted_checkpoint')}")
         lines.append(f"  resume: same command + ckpt_path={summary.get('interrupted_checkpoint')} hydra.run.dir={out_dir}")
     lines.append("=" * 72)
-    print("\n".join(lines), flush=True)
+    announce("\n".join(lines))
 
 
 def _is_multirun() -> bool:

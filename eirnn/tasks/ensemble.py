@@ -299,9 +299,10 @@ class SystemAEnsembleModule(SystemAModule):
         mean = {"train/loss": float(np.mean(loss_k)), **{k: float(np.mean(v)) for k, v in norm_k.items()}}
         self.log("train/loss", mean["train/loss"], on_step=False, on_epoch=True,
                  batch_size=int(batch["inputs"].shape[1]))
-        self.log_dict({k: v for k, v in mean.items() if k != "train/loss"}, on_step=True, on_epoch=False)
+        # epoch means, like every scalar (one TensorBoard axis); per step: step_log
+        self.log_dict({k: v for k, v in mean.items() if k != "train/loss"}, on_step=False, on_epoch=True, batch_size=1)
         self.log_dict({f"member/{k}/m{i}": v[i] for k, v in norm_k.items() for i in range(K)},
-                      on_step=True, on_epoch=False)
+                      on_step=False, on_epoch=True, batch_size=1)
         self.step_log.append({"step": step, "epoch": epoch, **mean})
         self._mkeys = ["train/loss", *norm_k]
         cols = [loss_k, *norm_k.values()]

@@ -110,7 +110,7 @@ class TaskModule(L.LightningModule):
         opt.step()
         value = float(loss.detach())
         self.log("train/loss", value, on_step=False, on_epoch=True, batch_size=int(batch["inputs"].shape[0]))
-        self.log_dict(norms, on_step=True, on_epoch=False)
+        self.log_dict(norms, on_step=False, on_epoch=True, batch_size=1)  # epoch means: one TensorBoard axis (per step: step_log)
         self.step_log.append({"step": int(self.global_step), "epoch": int(self.current_epoch), "train/loss": value, **norms})
         for k, v in {"train/loss": value, **norms}.items():
             self._sums[k] = self._sums.get(k, 0.0) + v

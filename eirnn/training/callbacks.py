@@ -31,22 +31,31 @@ def _fmt_term(v: float | None) -> str:
 
 
 class EpochProgressBar(ProgressBar):
-    """One progress bar over epochs, a short line every ``print_every`` epochs.
+    """Console progress over epochs: a bar on a terminal, plain lines otherwise.
 
-    The bar's postfix shows the epoch's training loss, the monitored validation metric
-    (``monitor``, by default ``val/psth_corr``), the best so far and the learning rate.
-    Lightning's default per-batch bar is replaced by this one. It reads the module's
+    ``bar``: ``auto`` (a tqdm bar only when stdout is a terminal: a file, as on SLURM, gets
+    no carriage-return frames), ``true`` or ``false``. Every ``print_every`` epochs (and at the
+    last one) an epoch line with the training loss terms, the monitored validation metric
+    (``monitor``), the learning rate and the time; an early-stopping notice when early stopping
+    ends the run. These lines go through the ``eirnn.train`` logger, so they are on the console
+    and in ``train.log`` once each (with a bar, the console copy is written above the bar). The
+    bar's postfix shows the epoch's loss, the monitored metric, the best so far and the lr.
+    Epochs are counted from 1, as everywhere a person reads them. It reads the module's
     ``last_val`` / ``best_val`` records (see :class:`MetricsWriter` for the contract).
     """
 
-    def __init__(self, print_every: int = 10, monitor: str = "val/psth_corr"):
+    def __init__(self, print_every: int = 10, monitor: str = "val/psth_corr", bar: str | bool = "auto"):
         super().__init__()
         self.print_every = int(print_every)
         self.monitor = monitor
         self.short = monitor.split("/")[-1]
+        if str(bar).lower() not in ("auto", "true", "false"):
+            raise ValueError(f"callbacks.progress.bar must be auto, true or false, got {bar!r}")
+        self.bar_mode = str(bar).lower()
         self._enabled = True
         self._bar = None
         self._t0 = 0.0
+        self._last_line_epoch = -1
 
     def disable(self) -> None:
         self._enabled = False
@@ -54,9 +63,14 @@ class EpochProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def _want_bar(self) -> bool:
+        from eirnn.training.console import stdout_is_terminal
+
+        return self.bar_mode == "true" or (self.bar_mode == "auto" and stdout_is_terminal())
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
-        if not self._enabled or not trainer.is_global_zero:
+        if not self._enabled or not trainer.is_global_zero or not self._want_bar():
             return
         from tqdm.auto import tqdm
 
@@ -66,45 +80,103 @@ class EpochProgressBar(ProgressBar):
             file=sys.stdout, mininterval=0.5, leave=True,
         )
 
+    def _emit(self, line: str) -> None:
+        """One line on the console (above the bar when there is one) and in ``train.log``."""
+        from eirnn.training.console import log, to_file_only
+
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stdout)
+            to_file_only(line)
+        else:
+            log.info("%s", line)
+
+    def epoch_line(self, epoch: int, rec: dict) -> str:
+        """The line of (1-based) ``epoch`` from its history record ``rec``."""
+        terms = " | ".join(
+            f"{k.split('/')[-1]} {_fmt_term(v)}" for k, v in rec.items() if k.startswith("train/")
+            and k not in ("train/loss", "train/skipped_steps")
+        )
+        return (f"Epoch {epoch:4d} | train_loss {_fmt_term(rec.get('train/loss'))} | {terms} | {self.short} "
+                f"{_fmt(rec.get(self.monitor))} | lr {_fmt(rec.get('lr'), '.1e')} | "
+                f"elapsed {time.perf_counter() - self._t0:.1f}s")
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._bar is None:
+        if not self._enabled or not trainer.is_global_zero:
             return
         rec = getattr(pl_module, "last_val", {}) or {}
         best = getattr(pl_module, "best_val", {}) or {}
-        self._bar.update(1)
-        self._bar.set_postfix_str(
-            f"loss={_fmt(rec.get('train/loss'))} {self.short}={_fmt(rec.get(self.monitor))} "
-            f"best={_fmt(best.get(self.monitor))} lr={_fmt(rec.get('lr'), '.1e')}",
-            refresh=False,
-        )
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(
+                f"loss={_fmt(rec.get('train/loss'))} {self.short}={_fmt(rec.get(self.monitor))} "
+                f"best={_fmt(best.get(self.monitor))} lr={_fmt(rec.get('lr'), '.1e')}",
+                refresh=False,
+            )
         epoch = trainer.current_epoch + 1
-        if self.print_every > 0 and epoch % self.print_every == 0:
-            terms = " | ".join(
-                f"{k.split('/')[-1]} {_fmt_term(v)}" for k, v in rec.items() if k.startswith("train/") and k != "train/loss"
-            )
-            self._bar.write(
-                f"Epoch {epoch:4d} | train_loss {_fmt_term(rec.get('train/loss'))} | {terms} | {self.short} "
-                f"{_fmt(rec.get(self.monitor))} | lr {_fmt(rec.get('lr'), '.1e')} | "
-                f"elapsed {time.perf_counter() - self._t0:.1f}s",
-                file=sys.stdout,
-            )
+        if self.print_every > 0 and epoch % self.print_every == 0 and rec:
+            self._emit(self.epoch_line(epoch, rec))
+            self._last_line_epoch = epoch
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        history = getattr(pl_module, "history", None) or []
+        if history and self.print_every > 0:
+            last = int(history[-1].get("epoch", trainer.current_epoch)) + 1
+            if last != self._last_line_epoch:  # the final epoch's numbers are always in the log
+                self._emit(self.epoch_line(last, history[-1]))
+                self._last_line_epoch = last
+        notice = early_stopping_notice(trainer, pl_module, self.monitor)
+        if notice:
+            self._emit(notice)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self.on_train_end(trainer, pl_module)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def early_stopping_notice(trainer: L.Trainer, pl_module, monitor: str) -> str | None:
+    """One line when early stopping ended the run (1-based epochs), else None."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    es = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    if es is None or getattr(pl_module, "diverged", None):
+        return None
+    history = getattr(pl_module, "history", None) or []
+    last = history[-1] if history else {}
+    value = last.get(es.monitor)
+    nonfinite = value is not None and not math.isfinite(value)
+    if not (es.stopped_epoch > 0 or es.wait_count >= es.patience or (nonfinite and trainer.should_stop)):
+        return None
+    epoch = int(last.get("epoch", es.stopped_epoch)) + 1
+    if nonfinite:
+        return f"early stopping after epoch {epoch}: {es.monitor} is not finite"
+    best = getattr(pl_module, "best_val", {}) or {}
+    best_txt = ""
+    if best.get("epoch") is not None:
+        best_txt = f"; best {_fmt(best.get(es.monitor))} at epoch {int(best['epoch']) + 1}"
+    return (f"early stopping after epoch {epoch}: {es.monitor} did not improve by more than "
+            f"{es.min_delta:g} for {es.patience} epochs{best_txt}")
 
 
 class TensorBoardFigures(L.Callback):
-    """Per-neuron correlation histogram every validation; a PSTH figure every ``every_n_epochs``."""
+    """Per-neuron correlation histogram every validation; a PSTH figure every ``every_n_epochs``
+    (and at the last epoch): time in ms, task events as dashed lines (median time over the
+    validation trials), E/I colours in the legend. Both at step = epoch (counted from 1), the
+    step of every scalar (:mod:`eirnn.training.loggers`). Also sets TensorBoard's Custom Scalars
+    layout (model vs data rates, E vs I currents; :data:`eirnn.training.dashboard.CUSTOM_SCALARS`).
+    """
 
     def __init__(self, every_n_epochs: int = 25, n_neurons: int = 8):
         super().__init__()
         self.every_n_epochs = int(every_n_epochs)
         self.n_neurons = int(n_neurons)
+        self._time_ms = None
+        self._events: dict[str, float] = {}
 
     @staticmethod
     def _tb(trainer: L.Trainer):
@@ -114,26 +186,46 @@ class TensorBoardFigures(L.Callback):
                 return exp
         return None
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from eirnn.training.dashboard import CUSTOM_SCALARS, event_markers_ms
+
+        dm = getattr(trainer, "datamodule", None)
+        session = getattr(dm, "session", None)
+        t = getattr(session, "time_axis_ms", None)
+        self._time_ms = None if t is None else np.asarray(t, dtype=float)
+        try:
+            self._events = event_markers_ms(dm) if dm is not None else {}
+        except Exception:  # markers are a help, never a reason to stop training
+            self._events = {}
+        tb = self._tb(trainer)
+        if tb is not None and trainer.is_global_zero and hasattr(tb, "add_custom_scalars"):
+            tb.add_custom_scalars(CUSTOM_SCALARS)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tb = self._tb(trainer)
         arrays = getattr(pl_module, "last_val_arrays", None)
         if tb is None or not arrays:
             return
         epoch = trainer.current_epoch
+        step = epoch + 1  # epochs counted from 1, like the scalars' step
         corr = arrays["per_neuron_corr"]
         corr = corr[np.isfinite(corr)]
         if corr.size:
-            tb.add_histogram("val/per_neuron_corr", corr, global_step=epoch)
+            tb.add_histogram("val/per_neuron_corr", corr, global_step=step)
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-        if self.every_n_epochs > 0 and (epoch % self.every_n_epochs == 0 or last or trainer.should_stop):
+        if self.every_n_epochs > 0 and (step % self.every_n_epochs == 0 or step == 1 or last or trainer.should_stop):
             from eirnn.plotting import psth_grid_figure
 
+            t = self._time_ms
+            if t is not None and t.shape[0] != arrays["psth_data"].shape[0]:
+                t = None
             fig = psth_grid_figure(
                 arrays["psth_data"], arrays["psth_model"], arrays["per_neuron_corr"],
                 is_excitatory=pl_module.model.is_excitatory[: pl_module.model.n_recorded].cpu().numpy(),
-                n_neurons=self.n_neurons, title=f"epoch {epoch}",
+                n_neurons=self.n_neurons, title=f"epoch {step}: validation PSTH, model vs data",
+                time_ms=t, events_ms=self._events if t is not None else None,
             )
-            tb.add_figure("val/psth_model_vs_data", fig, global_step=epoch, close=True)
+            tb.add_figure("val/psth_model_vs_data", fig, global_step=step, close=True)
 
 
 class MetricsWriter(L.Callback):

@@ -201,13 +201,16 @@ class DetailedReport(L.Callback):
 
 
 def _write_console(text: str, trainer: L.Trainer) -> None:
-    """Print above the epoch progress bar when there is one (tqdm.write), else plainly."""
+    """Print above the epoch progress bar when there is one (tqdm.write), else plainly; once into train.log."""
+    from eirnn.training.console import announce, to_file_only
+
     bar = getattr(trainer, "progress_bar_callback", None)
     tq = getattr(bar, "_bar", None)
     if tq is not None:
         tq.write(text, file=sys.stdout)
+        to_file_only("\n" + text)
     else:
-        print(text, flush=True)
+        announce(text)
 
 
 class GracefulInterrupt(L.Callback):

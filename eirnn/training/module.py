@@ -32,6 +32,7 @@ import torch
 
 from eirnn import metrics as M
 from eirnn.losses import masked_psth
+from eirnn.training import dashboard
 from eirnn.training.balancer import GradientBalancer
 from eirnn.training.lr_warmup import scaled_lr, step_unless_nonfinite, warmup_factor
 from eirnn.training.objective import FitObjective
@@ -375,6 +376,9 @@ class FitModule(L.LightningModule):
         item = {"rates": rates, "target": batch["rates"], "mask": batch["mask"]}
         if "true_rates" in batch:
             item["true_rates"] = batch["true_rates"]
+        if "condition" in batch:
+            item["condition"] = batch["condition"]
+        item.update(dashboard.validation_sums(out.rates, batch["mask"]))  # E/I currents (eirnn/training/dashboard.py)
         self._val_outputs.append(item)
 
     def _gather_val(self) -> dict[str, torch.Tensor]:
@@ -414,7 +418,10 @@ class FitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        vals, arrays = self.compute_val_metrics(self._gather_val())
+        gathered = self._gather_val()
+        vals, arrays = self.compute_val_metrics(gathered)
+        vals.update(dashboard.epoch_scalars(self.model, gathered))  # spectral radius, currents, E/I rates, ...
+        del gathered
         self._val_outputs = []
         if self.trainer.sanity_checking:
             return
@@ -423,6 +430,7 @@ class FitModule(L.LightningModule):
         self._check_skipped_steps()  # before the record (training ends its epoch after validation)
         lr = self.optimizers().param_groups[0]["lr"] * self.lr_factor(max(self.global_step - 1, 0))  # the last step's
         self.log("lr", lr)
+        self.log("train/skipped_steps", float(self.skipped_steps))  # non-finite steps undone so far (run total)
         for k, v in self.model.time_constants.summary().items():
             self.log(f"time_constants/{k}", v)
         epoch_time = time.perf_counter() - self._epoch_t0
