@@ -322,6 +322,12 @@ def load_config(run_dir: Path):
     return cfg
 
 
+def _epoch1(epoch) -> str:
+    """A checkpoint's 0-based ``epoch`` index as people read it (counted from 1, like the
+    console, train.log, TensorBoard's step, training_report.md and the export)."""
+    return "n/a" if epoch is None else str(int(epoch) + 1)
+
+
 def load_module(cfg, dm, checkpoint_path: Path):
     """Model + LightningModule of ``cfg`` on ``dm``, weights from ``checkpoint_path``.
 
@@ -524,7 +530,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
         except (ValueError, OSError):
             pass
     if write:
-        write_outputs(run_dir, result, step=int(epoch or 0))
+        write_outputs(run_dir, result, step=int(epoch or 0) + 1)  # TensorBoard step = epoch counted from 1, as in training
     return result
 
 
@@ -591,7 +597,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         f"({d.get('n_E')} E / {d.get('n_I')} I)",
         f"- split: {d.get('n_train')} training / {d.get('n_val')} validation trials"
         + (f" (fold {d.get('cv_fold')} of {d.get('cv_folds')})" if d.get("cv_folds") else ""),
-        f"- checkpoint: `{ck.get('path')}` (epoch {ck.get('epoch')}, rule `{result.get('checkpoint_rule')}`)",
+        f"- checkpoint: `{ck.get('path')}` (epoch {_epoch1(ck.get('epoch'))}, rule `{result.get('checkpoint_rule')}`)",
     ]
     if result.get("checkpoint_rule") == "best":
         lines.append("- note: the `best` checkpoint was selected on these validation trials, which biases "

@@ -17,7 +17,9 @@ numbers of that checkpoint) and the run folder receives::
     training_report.md            summary, metrics with E/I breakdown, config table, files, loading snippet
     artifacts.json                every file written, with its shape and dtype
 
-Options: ``--checkpoint best|last|interrupted|PATH``, ``--data-path FILE`` (when the session
+Options: ``--out DIR`` (write the artifacts there instead of into the run folder, e.g. when the
+run folder is read-only or shared; ``training_log.json`` and ``metrics.json`` are copied beside
+them), ``--checkpoint best|last|interrupted|PATH``, ``--data-path FILE`` (when the session
 moved), ``--no-figures``, ``--n-pcs K``. Training writes the same artifacts at its end when the
 config has an ``export`` section (``experiment=final_model``).
 """
@@ -78,15 +80,17 @@ def resolved_config(cfg, run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def write_config(run_dir: Path, cfg) -> dict[str, Any]:
-    """``config.yaml`` and ``config.json`` (the resolved config) in ``run_dir``; returns it."""
+def write_config(out_dir: Path, cfg, run_dir: Path | None = None) -> dict[str, Any]:
+    """``config.yaml`` and ``config.json`` (the resolved config of the run in ``run_dir``,
+    default ``out_dir``) in ``out_dir``; returns it."""
     from omegaconf import OmegaConf
 
     from eirnn.training.callbacks import write_json_atomic
 
+    run_dir = out_dir if run_dir is None else run_dir
     resolved = resolved_config(cfg, run_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    write_json_atomic(run_dir / "config.json", resolved)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    write_json_atomic(out_dir / "config.json", resolved)
     return resolved
 
 
@@ -194,8 +198,10 @@ def export_run(
     figures: bool = True,
     n_pcs: int = 10,
     data_path: str | None = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write every artifact of ``run_dir`` (see the module docstring); returns the manifest.
+    """Write every artifact of ``run_dir`` (see the module docstring) into ``out_dir``
+    (default: ``run_dir`` itself); returns the manifest.
 
     ``cfg`` / ``datamodule`` / ``summary`` / ``history`` are taken from the caller when
     given (end of training), else from the run folder.
@@ -209,6 +215,11 @@ def export_run(
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: not a directory")
+    out = run_dir if out_dir is None else Path(out_dir).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"{out}: cannot create the output folder ({err.strerror})") from err
     if cfg is None:
         cfg = load_run_config(run_dir, data_path)
     monitor = str(cfg.get("optimized_metric") or "val/psth_corr")
@@ -223,8 +234,10 @@ def export_run(
     if summary is None:
         mpath = run_dir / "metrics.json"
         summary = json.loads(mpath.read_text()) if mpath.exists() else _summary_from_history(history, monitor)
-    if not (run_dir / "training_log.json").exists():
-        write_json_atomic(run_dir / "training_log.json", history)
+    if not (out / "training_log.json").exists():
+        write_json_atomic(out / "training_log.json", history)
+    if out != run_dir and (run_dir / "metrics.json").exists() and not (out / "metrics.json").exists():
+        write_json_atomic(out / "metrics.json", summary)
 
     val = A.validation_rates(module, dm, attention=True)
     exc_all = model.is_excitatory.cpu().numpy().astype(bool)
@@ -243,9 +256,9 @@ def export_run(
 
     files: dict[str, list[dict]] = {}
     for folder, arrays in (("weights", weights), ("outputs", outputs), ("metrics", metrics), ("population", population)):
-        files[folder] = [dict(f, path=str(Path(f["path"]).relative_to(run_dir)))
-                         for f in A.save_arrays(run_dir / folder, arrays)]
-    resolved = write_config(run_dir, cfg)
+        files[folder] = [dict(f, path=str(Path(f["path"]).relative_to(out)))
+                         for f in A.save_arrays(out / folder, arrays)]
+    resolved = write_config(out, cfg, run_dir)
 
     corr = metrics["per_neuron_correlation"]
     from eirnn import metrics as M
@@ -253,7 +266,8 @@ def export_run(
     by_type = M.psth_corr_by_type(corr, exc)
     fm, fd = metrics["per_neuron_fano_model"], metrics["per_neuron_fano_target"]
     final_metrics = {
-        "checkpoint": str(ckpt_path.relative_to(run_dir)) if ckpt_path.is_relative_to(run_dir) else str(ckpt_path),
+        "checkpoint": (str(ckpt_path.relative_to(run_dir)) if ckpt_path.is_relative_to(run_dir) and out == run_dir
+                       else str(ckpt_path)),
         # the epoch whose weights these are (0-based, as in training_log.json)
         "checkpoint_epoch": int(module.history[-1]["epoch"]) if module.history else int(ckpt.get("epoch", 0)),
         "psth_corr": by_type["all"], "psth_corr_E": by_type["E"], "psth_corr_I": by_type["I"],
@@ -269,27 +283,27 @@ def export_run(
     try:  # the same arrays, labelled, in one file (xarray / NetCDF4)
         from eirnn.report.labelled import write_labelled
 
-        lab = write_labelled(run_dir / "results.nc", dm.session, outputs, metrics, weights, population,
+        lab = write_labelled(out / "results.nc", dm.session, outputs, metrics, weights, population,
                              attrs={k: v for k, v in final_metrics.items() if k != "model"})
-        files["labelled"] = [{"path": str(lab.relative_to(run_dir))}]
+        files["labelled"] = [{"path": str(lab.relative_to(out))}]
     except ImportError as err:  # xarray / h5netcdf not installed: the .npy folders are still there
         log.warning("results.nc not written (%s); pip install xarray h5netcdf", err)
 
     figure_files, figure_errors = [], {}
     if figures:
-        figure_files, figure_errors = write_figures(run_dir, history, weights, outputs, metrics, population, model,
+        figure_files, figure_errors = write_figures(out, history, weights, outputs, metrics, population, model,
                                                     monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")),
                                                     bin_ms=bin_ms, input_names=dm.session.input_names)
-    files["figures"] = [{"path": str(p.relative_to(run_dir))} for p in figure_files]
+    files["figures"] = [{"path": str(p.relative_to(out))} for p in figure_files]
 
     manifest = {
-        "run_dir": str(run_dir), "checkpoint": final_metrics["checkpoint"], "final_metrics": final_metrics,
+        "run_dir": str(run_dir), "out_dir": str(out), "checkpoint": final_metrics["checkpoint"], "final_metrics": final_metrics,
         "files": files, "figure_errors": figure_errors, "export_time_s": round(time.perf_counter() - t0, 2),
     }
-    report = write_report(run_dir, summary=summary, final_metrics=final_metrics, config=resolved, files=files,
+    report = write_report(out, summary=summary, final_metrics=final_metrics, config=resolved, files=files,
                           monitor=monitor, per_neuron=metrics, history=history)
-    manifest["report"] = str(report.relative_to(run_dir))
-    write_json_atomic(run_dir / "artifacts.json", manifest)
+    manifest["report"] = str(report.relative_to(out))
+    write_json_atomic(out / "artifacts.json", manifest)
     return manifest
 
 
@@ -355,6 +369,8 @@ def export_after_training(cfg, trainer, module, dm, summary: dict) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run folder of python -m eirnn.train")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="write the artifacts into DIR (default: the run folder itself)")
     parser.add_argument("--checkpoint", default="best", help="best | last | interrupted | PATH (default: best)")
     parser.add_argument("--data-path", default=None, help="the session file, when it is not where the run found it")
     parser.add_argument("--no-figures", action="store_true", help="arrays and report only")
@@ -365,14 +381,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         manifest = export_run(args.run_dir, checkpoint=args.checkpoint, figures=not args.no_figures,
-                              n_pcs=args.n_pcs, data_path=args.data_path)
+                              n_pcs=args.n_pcs, data_path=args.data_path, out_dir=args.out)
     except (ExportError, UserError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     fm = manifest["final_metrics"]
     n_files = sum(len(v) for v in manifest["files"].values())
     print(f"exported {manifest['checkpoint']} (epoch {fm['checkpoint_epoch'] + 1}): val PSTH corr {fm['psth_corr']:.4f} "
-          f"(E {fm['psth_corr_E']:.4f}, I {fm['psth_corr_I']:.4f}); {n_files} files in {manifest['run_dir']}; "
+          f"(E {fm['psth_corr_E']:.4f}, I {fm['psth_corr_I']:.4f}); {n_files} files in {manifest['out_dir']}; "
           f"report: {manifest['report']} ({manifest['export_time_s']:.1f} s)")
     if manifest["figure_errors"]:
         print(f"figures that failed: {', '.join(manifest['figure_errors'])}", file=sys.stderr)

@@ -92,7 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, info in res.items():
-        print(f"{args.run_dir}/{name}: epoch {info['epoch']}, readout gain median {info['gain_median']:.3f} "
+        ep = "n/a" if info["epoch"] is None else int(info["epoch"]) + 1  # counted from 1, as everywhere people read it
+        print(f"{args.run_dir}/{name}: epoch {ep}, readout gain median {info['gain_median']:.3f} "
               f"(range {info['gain_range'][0]:.3f}-{info['gain_range'][1]:.3f}), offset median "
               f"{info['offset_median_hz']:.2f} sp/s, fitted on {info['n_train_trials']} training trials")
     return 0

@@ -225,13 +225,14 @@ def build_rows(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]], list[J
         for key, _ in METRIC_COLUMNS:
             if key != metric:
                 row[key] = job.best_cell(key)
-        row["best_epoch"] = m.get("best", {}).get("epoch")
+        best_ep = m.get("best", {}).get("epoch")  # metrics.json: 0-based index; shown counted from 1
+        row["best_epoch"] = None if best_ep is None else int(best_ep) + 1
         for key in swept:
             row[key] = job.params.get(key, "")
         final = m.get("final", {})
         note = ""
         if metric in final and final[metric] is None:  # NaN at the last validation: the run diverged
-            note = f"NaN at epoch {final.get('epoch')}"
+            note = f"NaN at epoch {int(final['epoch']) + 1}" if final.get("epoch") is not None else "NaN"
         elif m.get("early_stopped"):
             note = "early stop"
         row.update(epochs_trained=m.get("epochs_trained"), early_stopped=m.get("early_stopped"), note=note,

@@ -273,7 +273,7 @@ def test_sweep_report_ranks_variants_and_lists_failures(tmp_path):
     assert "Common overrides: `data=sc_mat data.path=/x.mat trainer.max_epochs=60`" in text
     assert "1m16s" in text
     assert table[1].split("|")[-3].strip() == "7 (early stop)" and table[0].split("|")[-3].strip() == "7"
-    assert table[2].split("|")[-3].strip() == "7 (NaN at epoch 1)"  # diverged: NaN at the last validation
+    assert table[2].split("|")[-3].strip() == "7 (NaN at epoch 2)"  # diverged: NaN at the last validation (index 1)
     failed = text.split("Failed or unfinished jobs (3):")[1]
     assert "`gradbal_eps_0.05`" in failed and "/x.mat: file not found" in failed
     assert "ValueError: boom" in failed

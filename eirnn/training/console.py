@@ -88,10 +88,10 @@ def config_tree(cfg: Any) -> str:
     entries: list[tuple[str, list[str]]] = []
     for k in scalars:
         try:
-            v = OmegaConf.select(cfg, k, throw_on_resolution_failure=True)
+            text = OmegaConf.to_yaml(OmegaConf.create({k: OmegaConf.select(cfg, k, throw_on_resolution_failure=True)}))
         except Exception:
-            v = OmegaConf.to_container(cfg, resolve=False).get(k)
-        entries.append((f"{k}: {v}", []))
+            text = f"{k}: {OmegaConf.to_container(cfg, resolve=False).get(k)}"
+        entries.append((text.strip(), []))
     for k in groups:
         try:
             body = OmegaConf.to_yaml(cfg[k], resolve=True)

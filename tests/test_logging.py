@@ -1,0 +1,278 @@
+"""Issue 18: console / train.log, one TensorBoard axis, HParams, dashboard scalars, figures, export --out."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+N_EPOCHS = 12
+
+
+# ------------------------------------------------------------------ loggers
+def test_tensorboard_logger_puts_every_entry_at_epoch_plus_one(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from eirnn.training.loggers import EpochTensorBoardLogger
+
+    lg = EpochTensorBoardLogger(save_dir=str(tmp_path), name="tb", version="", default_hp_metric=False)
+    lg.log_metrics({"train/loss": 1.0, "epoch": 0}, step=13)    # Lightning: step = optimiser steps
+    lg.log_metrics({"val/psth_corr": 0.2, "epoch": 0}, step=13)
+    lg.log_metrics({"train/loss": 0.5, "epoch": 1}, step=26)
+    lg.log_hyperparams({"optim.lr": 5e-3, "model.rank": 20}, metrics={"hp/best_psth_corr": 0.2})
+    lg.finalize("success")
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+    assert [e.step for e in acc.Scalars("val/psth_corr")] == [1]
+    assert "epoch" not in acc.Tags()["scalars"]
+    hp = yaml.safe_load((tmp_path / "tb" / "hparams.yaml").read_text())
+    assert hp == {"optim.lr": 5e-3, "model.rank": 20}  # not {} (Lightning writes it before any HParams)
+
+
+def test_csv_logger_one_row_per_epoch(tmp_path):
+    from eirnn.training.loggers import EpochCSVLogger
+
+    lg = EpochCSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    for epoch in range(3):
+        lg.log_metrics({"train/loss": 1.0 / (epoch + 1), "epoch": epoch}, step=10 * epoch)
+        lg.log_metrics({"val/psth_corr": 0.1 * epoch, "epoch": epoch}, step=10 * epoch + 5)
+    lg.log_hyperparams({"seed": 1})
+    lg.finalize("success")
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(r["train/loss"] and r["val/psth_corr"] for r in rows) and "epoch" not in rows[0]
+    assert yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text()) == {"seed": 1}
+
+
+def test_run_hparams_resolved_numbers_choices_counts(compose, tmp_path):
+    from eirnn.training.loggers import run_hparams
+
+    cfg = compose(["debug=fast", "tags=[pilot,lowrank]", "model.tau_inh=null"], tmp_path)
+    model = torch.nn.Module()
+    model.recurrent = torch.nn.Linear(3, 3, bias=False)
+    model.W_in = torch.nn.Parameter(torch.zeros(3, 2))
+    hp = run_hparams(cfg, model)
+    assert hp["seed"] == 42 and hp["data.split_seed"] == 42          # ${seed} resolved, a number
+    assert isinstance(hp["optim.lr"], float) and isinstance(hp["trainer.max_epochs"], int)
+    assert "model.tau_inh" not in hp and "None" not in hp.values()   # unset: no column, never 'None'
+    assert not any(k.startswith(("threads", "paths", "callbacks", "logger", "trainer.accelerator", "hydra"))
+                   for k in hp)
+    assert not any(k.endswith("_target_") for k in hp)
+    assert hp["choice/model"] == "eirnn" and hp["choice/data"] == "synthetic"
+    assert hp["tags"] == "pilot,lowrank"
+    assert hp["params/total"] == 9 + 6 and hp["params/recurrent"] == 9 and hp["params/W_in"] == 6
+    assert all(isinstance(v, (int, float, str, bool)) for v in hp.values())
+
+
+# ------------------------------------------------------------------ console
+def test_lightning_info_lines_only_through_root(monkeypatch):
+    import lightning  # noqa: F401  (adds its stderr handler at import)
+
+    from eirnn.training.console import _NotOnConsole, setup_run_logging
+
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stdout)
+    monkeypatch.setattr(root, "handlers", [console])
+    lg = logging.getLogger("lightning")
+    monkeypatch.setattr(lg, "handlers", list(lg.handlers) + [logging.StreamHandler(sys.stderr)])
+    monkeypatch.setattr(lg, "propagate", False)
+    setup_run_logging()
+    assert not lg.handlers and lg.propagate
+    assert any(isinstance(f, _NotOnConsole) for f in console.filters)
+    rec = logging.LogRecord("x", logging.INFO, "", 0, "m", (), None)
+    rec.console = False
+    assert not console.filters[0].filter(rec)
+
+
+def test_config_tree_resolved(compose, tmp_path):
+    from eirnn.training.console import config_tree
+
+    tree = config_tree(compose(["debug=fast"], tmp_path))
+    lines = tree.splitlines()
+    assert lines[0] == "config" and "├── seed: 42" in lines and "├── model" in lines
+    assert "├── ckpt_path: null" in lines and "├── print_config: true" in lines  # YAML spelling
+    assert any(line.endswith(" split_seed: 42") for line in lines)  # ${seed} resolved
+    assert "└── data" in lines and not any("hydra" in line for line in lines if line.startswith(("├", "└")))
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from eirnn.training.callbacks import EpochProgressBar
+
+    bar = EpochProgressBar()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    assert not bar._want_bar()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert bar._want_bar() and not EpochProgressBar(bar="false")._want_bar()
+    with pytest.raises(ValueError, match="callbacks.progress.bar"):
+        EpochProgressBar(bar="sometimes")
+
+
+# ------------------------------------------------------------------ dashboard
+def test_epoch_scalars_spectral_radius_currents_rates():
+    from eirnn.models import EIRNN
+    from eirnn.training.dashboard import epoch_scalars, validation_sums
+
+    exc = np.array([1, 1, 1, 0, 0], bool)
+    model = EIRNN(n_inputs=3, recorded_is_excitatory=exc, n_hidden=3, dt=25.0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(6, 10, 3, generator=g)
+    with torch.no_grad():
+        out = model(u, noise=False)
+    target = torch.rand(6, 10, 5, generator=g) * 20
+    mask = torch.ones(6, 10, 5, dtype=torch.bool)
+    mask[:, 8:] = False
+    v = {"rates": out.rates[..., :5], "target": target, "mask": mask,
+         "condition": torch.tensor([0, 0, 1, 1, 2, 2]), **validation_sums(out.rates, mask)}
+    s = epoch_scalars(model, v)
+    W = (model.W_rec * model.rate_scale).detach().double()
+    assert s["dynamics/spectral_radius"] == pytest.approx(float(torch.linalg.eigvals(W).abs().max()))
+    assert s["dynamics/spectral_radius"] == pytest.approx(0.9, rel=1e-4)  # the init's model.spectral_radius
+    assert s["currents/E"] > 0 > s["currents/I"] and s["currents/I_over_E"] == pytest.approx(-s["currents/I"] / s["currents/E"])
+    rbar = out.rates.detach()[:, :8].mean((0, 1)).double()
+    ex = model.is_excitatory
+    assert s["currents/E"] == pytest.approx(float((model.W_rec.detach().double()[:, ex] @ rbar[ex]).mean()), rel=1e-5)
+    assert s["rates/data_E"] == pytest.approx(float(target[:, :8, :3].mean()), rel=1e-5)
+    assert s["rates/model_I"] == pytest.approx(float(out.rates[:, :8, 3:5].mean()), rel=1e-5)
+    assert -1 <= s["val/condition_psth_corr"] <= 1
+
+
+def test_psth_figure_ms_events_and_ei_legend():
+    from eirnn.plotting import E_COLOR, I_COLOR, psth_grid_figure
+
+    rng = np.random.default_rng(0)
+    T, N = 40, 10
+    exc = np.array([True] * 8 + [False] * 2)
+    corr = np.linspace(0.9, -0.5, N)  # both I neurons rank in the middle: still shown
+    t = np.arange(T) * 25.0 - 200.0
+    fig = psth_grid_figure(rng.random((T, N)), rng.random((T, N)), corr, is_excitatory=exc, n_neurons=4,
+                           time_ms=t, events_ms={"fixation": 0.0, "go": 500.0})
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert labels == ["data", "model (E neuron)", "model (I neuron)", "fixation", "go"]
+    axes = fig.axes
+    assert all(ax.get_xlabel() == "time (ms)" for ax in axes)
+    colors = {line.get_color() for ax in axes for line in ax.get_lines()}
+    assert E_COLOR in colors and I_COLOR in colors
+    vlines = [line for line in axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert sorted(float(line.get_xdata()[0]) for line in vlines) == [0.0, 500.0]
+
+
+def test_event_markers_from_inputs():
+    from eirnn.data import SessionDataModule
+    from eirnn.training.dashboard import event_markers_ms
+
+    dm = SessionDataModule(synthetic={"seed": 0, "n_trials": 60}, batch_size=0)
+    dm.setup("fit")
+    ev = event_markers_ms(dm)
+    assert {"fixation", "target", "go", "reward"} <= set(ev)
+    assert ev["fixation"] <= ev["target"] <= ev["go"] <= ev["reward"]
+    t = dm.session.time_axis_ms
+    assert all(t[0] <= x <= t[-1] for x in ev.values())
+
+
+# ------------------------------------------------------------------ epoch convention
+def test_evaluation_md_counts_epochs_from_one():
+    from eirnn.evaluate import _epoch1
+
+    assert _epoch1(504) == "505" and _epoch1(None) == "n/a"
+
+
+# ------------------------------------------------------------------ end to end (redirected stdout)
+@pytest.fixture(scope="module")
+def redirected_run(tmp_path_factory):
+    """One tiny training as on a cluster: stdout and stderr redirected to files."""
+    tmp = tmp_path_factory.mktemp("i18")
+    run = tmp / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    cmd = [sys.executable, "-m", "eirnn.train", "debug=fast", "threads=1", f"hydra.run.dir={run}",
+           f"trainer.max_epochs={N_EPOCHS}", "logger=many", "callbacks.progress.print_every=2",
+           "callbacks.figures.every_n_epochs=2", "callbacks.early_stopping.patience=3",
+           "callbacks.early_stopping.min_delta=0.5", "data.synthetic.n_trials=60", "model.n_hidden=6",
+           "tags=[smoke]"]
+    with open(tmp / "stdout.txt", "w") as out, open(tmp / "stderr.txt", "w") as err:
+        proc = subprocess.run(cmd, cwd=tmp, env=env, stdout=out, stderr=err, timeout=600)
+    assert proc.returncode == 0, (tmp / "stderr.txt").read_text()[-3000:]
+    return run, (tmp / "stdout.txt").read_text(), (tmp / "stderr.txt").read_text()
+
+
+@pytest.mark.slow
+def test_redirected_stdout_readable_and_train_log_complete(redirected_run):
+    run, stdout, stderr = redirected_run
+    assert "\r" not in stdout and "it/s" not in stdout and "epoch/s" not in stdout  # no tqdm frames
+    assert "INFO:" not in stderr and "GPU available" not in stderr                    # Lightning's lines once
+    assert stdout.count("GPU available") == 1
+    assert "config (print_config=false skips this)" in stdout and "├── model" in stdout
+    epoch_lines = [line.split(" - ", 1)[1] for line in stdout.splitlines() if "] - Epoch " in line]
+    stop = [line for line in stdout.splitlines() if "early stopping after epoch 4:" in line]
+    assert [line.split("|")[0].strip() for line in epoch_lines] == ["Epoch    2", "Epoch    4"] and len(stop) == 1
+    log = (run / "train.log").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 4 and metrics["early_stopped"]
+    for line in epoch_lines + [stop[0].split(" - ", 1)[1], "TRAINING COMPLETE", "GPU available",
+                               "├── model"]:
+        assert log.count(line) == 1, line  # every line that matters, exactly once
+    best_line = next(line for line in stdout.splitlines() if line.startswith("best val/psth_corr:"))
+    assert f" at epoch {metrics['best']['epoch'] + 1} " in best_line and log.count(best_line) == 1
+    summary = stdout[stdout.index("TRAINING COMPLETE"):]
+    assert summary.splitlines()[1].startswith("=") and "[" not in summary.splitlines()[1]  # plain block on stdout
+
+
+@pytest.mark.slow
+def test_tensorboard_one_axis_new_scalars_and_clean_hparams(redirected_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run, stdout, _ = redirected_run
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    epochs = list(range(1, 5))
+    for tag in ("train/loss", "val/psth_corr", "dynamics/spectral_radius", "currents/E", "currents/I",
+                "currents/I_over_E", "rates/model_E", "rates/data_E", "rates/model_I", "rates/data_I",
+                "train/skipped_steps", "val/condition_psth_corr", "lr"):
+        assert [e.step for e in acc.Scalars(tag)] == epochs, tag
+    assert "epoch" not in tags["scalars"]
+    assert [e.step for e in acc.Histograms("val/per_neuron_corr")] == epochs
+    assert [e.step for e in acc.Images("val/psth_model_vs_data")] == [1, 2, 4]
+    assert all(v.value == 0 for v in acc.Scalars("train/skipped_steps"))
+    best = json.loads((run / "metrics.json").read_text())["best"]
+    corr = acc.Scalars("val/psth_corr")
+    assert max(corr, key=lambda e: e.value).step == best["epoch"] + 1  # the summary's "at epoch N"
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    kinds = {k: v.WhichOneof("kind") for k, v in start.hparams.items()}
+    assert kinds["data.split_seed"] == "number_value" and kinds["optim.lr"] == "number_value"
+    assert kinds["tags"] == "string_value" and start.hparams["tags"].string_value == "smoke"
+    assert start.hparams["params/total"].number_value > 0
+    assert not any(k.startswith(("threads", "callbacks", "paths", "trainer.accelerator")) for k in kinds)
+    hp = yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text())
+    assert hp["seed"] == 42 and hp["choice/model"] == "eirnn"
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    per_epoch = [r for r in rows if r.get("train/loss")]
+    assert [int(r["step"]) for r in per_epoch] == epochs and all(r["val/psth_corr"] for r in per_epoch)
+
+
+@pytest.mark.slow
+def test_export_out_dir(redirected_run, tmp_path):
+    from eirnn.export import main
+
+    run, _, _ = redirected_run
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "exported"
+    assert main([str(run), "--out", str(out), "--no-figures"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == before  # the run folder is left as it was
+    manifest = json.loads((out / "artifacts.json").read_text())
+    assert manifest["out_dir"] == str(out.resolve()) and (out / "weights" / "W_rec.npy").exists()
+    assert (out / "training_report.md").exists() and (out / "training_log.json").exists()
+    assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
+    best = json.loads((run / "metrics.json").read_text())["best"]
+    assert manifest["final_metrics"]["checkpoint_epoch"] == best["epoch"]  # 0-based in JSON, like metrics.json
