@@ -35,6 +35,7 @@ def test_tensorboard_logger_puts_every_entry_at_epoch_plus_one(tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
     assert [e.step for e in acc.Scalars("val/psth_corr")] == [1]
     assert "epoch" not in acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars("hp/best_psth_corr")] == [2]  # on the axis: the last epoch
     hp = yaml.safe_load((tmp_path / "tb" / "hparams.yaml").read_text())
     assert hp == {"optim.lr": 5e-3, "model.rank": 20}  # not {} (Lightning writes it before any HParams)
 

@@ -37,12 +37,30 @@ def _epoch_step(metrics: Mapping[str, Any], step: int | None) -> tuple[dict[str,
 
 
 class EpochTensorBoardLogger(TensorBoardLogger):
-    """TensorBoard at ``step = epoch + 1``; ``hparams.yaml`` rewritten whenever HParams are set."""
+    """TensorBoard at ``step = epoch + 1``; the HParams metrics (``hp/best_*``) at the last
+    epoch's step (Lightning puts them at 0, off the axis); ``hparams.yaml`` rewritten whenever
+    HParams are set."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last_step = 0
+        self._hparams_call = False
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         metrics, step = _epoch_step(metrics, step)
+        if self._hparams_call:
+            step = self._last_step
+        elif step is not None:
+            self._last_step = max(self._last_step, int(step))
         if metrics:
             super().log_metrics(metrics, step)
+
+    def log_hyperparams(self, params: Any, metrics: Mapping[str, float] | None = None) -> None:
+        self._hparams_call = True
+        try:
+            super().log_hyperparams(params, metrics)
+        finally:
+            self._hparams_call = False
 
     def save(self) -> None:
         super().save()
