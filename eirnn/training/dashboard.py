@@ -95,8 +95,9 @@ def epoch_scalars(model, v: dict[str, torch.Tensor]) -> dict[str, float]:
 def event_markers_ms(dm: Any, split: str = "val") -> dict[str, float]:
     """Median time (ms, on the session's time axis) of each task event over ``split``'s trials.
 
-    Uses :func:`eirnn.data.conditions.event_times_ms` when the project has it; otherwise the
-    first onset of the SC input channels (fixation_on, any target_loc_*, go_signal, reward_on).
+    Uses :func:`eirnn.data.conditions.event_times_ms` when the project has it; otherwise
+    ``session.events`` when it has any, else the first onset of the SC input channels
+    (fixation_on, any target_loc_*, go_signal, reward_on).
     Empty when the data module has no session (task RNNs).
     """
     session = getattr(dm, "session", None)
@@ -105,11 +106,12 @@ def event_markers_ms(dm: Any, split: str = "val") -> dict[str, float]:
     idx = getattr(dm, "val_idx" if split == "val" else "train_idx", None)
     events: dict[str, np.ndarray] = {}
     try:
-        from eirnn.data.conditions import event_times_ms  # issue 15 / 17: shared definition
+        from eirnn.data.conditions import event_times_ms  # the shared definition (eirnn/data/conditions.py)
 
         events = {k: np.asarray(t, dtype=float) for k, t in event_times_ms(session).items()}
-    except Exception:  # not there (yet) or not an SC session: derive from the input channels
-        events = _events_from_inputs(session)
+    except Exception:  # not there (yet): the session's own events (NWB), else the SC input channels
+        own = getattr(session, "events", None) or {}
+        events = {k: np.asarray(t, dtype=float) for k, t in own.items()} or _events_from_inputs(session)
     out = {}
     for name, times in events.items():
         t = times if idx is None else times[np.asarray(idx)]
