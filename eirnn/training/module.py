@@ -363,22 +363,27 @@ class FitModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         xi = self._validation_noise(batch["inputs"], batch_idx)
         n_rec = self.model.n_recorded
+
+        def forward(inputs, mask, **noise) -> dict[str, torch.Tensor]:
+            r = self.model(inputs, noise=True, **noise).rates
+            # + per-batch sums of all units' rates for the E/I currents (eirnn/training/dashboard.py)
+            return {"rates": r[..., :n_rec], **dashboard.validation_sums(r, mask)}
+
         if xi is None:
-            rates = self.model(batch["inputs"], noise=True, generator=self._val_gen).rates[..., :n_rec]
+            res = forward(batch["inputs"], batch["mask"], generator=self._val_gen)
         elif self.graphs_enabled():  # the forward as a CUDA graph (the fixed noise of this batch baked in)
             key = ("val", batch_idx, tuple(batch["inputs"].shape), xi.data_ptr())
             res = self._step_graphs().run(
-                key, lambda inputs: {"rates": self.model(inputs, noise=True, noise_sample=xi).rates[..., :n_rec]},
-                {"inputs": batch["inputs"]})
-            rates = res["rates"].clone()  # the graph's buffer is overwritten by its next replay
+                key, lambda inputs, mask: forward(inputs, mask, noise_sample=xi),
+                {"inputs": batch["inputs"], "mask": batch["mask"]})
+            res = {k: v.clone() for k, v in res.items()}  # the graph's buffers are overwritten by its next replay
         else:
-            rates = self.model(batch["inputs"], noise=True, noise_sample=xi).rates[..., :n_rec]
-        item = {"rates": rates, "target": batch["rates"], "mask": batch["mask"]}
+            res = forward(batch["inputs"], batch["mask"], noise_sample=xi)
+        item = {**res, "target": batch["rates"], "mask": batch["mask"]}
         if "true_rates" in batch:
             item["true_rates"] = batch["true_rates"]
         if "condition" in batch:
             item["condition"] = batch["condition"]
-        item.update(dashboard.validation_sums(out.rates, batch["mask"]))  # E/I currents (eirnn/training/dashboard.py)
         self._val_outputs.append(item)
 
     def _gather_val(self) -> dict[str, torch.Tensor]:
