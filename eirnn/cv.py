@@ -58,6 +58,7 @@ def fold_config(cfg: DictConfig, fold: int, out_dir: Path, dale: bool | None = N
         fcfg.data.cv_seed = int(cfg.cv.seed)
         fcfg.paths.output_dir = str(out_dir)
         fcfg.task_name = "train"
+        fcfg.print_config = False  # logged once by run_cv, not again per fold and model
         if dale is not None:
             fcfg.model.dale = bool(dale)
     return fcfg
@@ -242,6 +243,10 @@ def run_cv(cfg: DictConfig) -> Dict[str, Any]:
     bad = [f for f in todo if not 0 <= f < k]
     if bad:
         raise UserError(f"cv.only_folds: {bad} not in 0..{k - 1}")
+    if cfg.get("print_config", True):
+        from eirnn.training.console import config_tree
+
+        log.info("config (print_config=false skips this):\n%s", config_tree(cfg))
     evaluations = {f: run_fold(cfg, f, out) for f in todo}
     for f in range(k):  # folds finished by earlier or parallel invocations
         p = out / f"fold_{f}" / "evaluation.json"
