@@ -277,3 +277,46 @@ def test_export_out_dir(redirected_run, tmp_path):
     assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
     best = json.loads((run / "metrics.json").read_text())["best"]
     assert manifest["final_metrics"]["checkpoint_epoch"] == best["epoch"]  # 0-based in JSON, like metrics.json
+
+
+@pytest.mark.slow
+def test_divergence_lines_once_in_train_log(compose, tmp_path, monkeypatch, capsys):
+    """Non-finite steps and the DIVERGED summary reach train.log once each (handlers as Hydra sets them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from eirnn.train import train
+    from eirnn.training.objective import FitObjective
+
+    real = FitObjective.neuron_term
+
+    def poisoned(self, rates, target, mask):  # every training step gets a NaN gradient
+        value = real(self, rates, target, mask)
+        return value + rates.sum() * float("nan") if torch.is_grad_enabled() else value
+
+    monkeypatch.setattr(FitObjective, "neuron_term", poisoned)
+    root = logging.getLogger()
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    console, logfile = logging.StreamHandler(sys.stdout), logging.FileHandler(tmp_path / "train.log")
+    for h in (console, logfile):
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        cfg = compose(["debug=fast", "data.synthetic.n_trials=40", "model.n_hidden=4", "optim.max_skipped_steps=2",
+                       "trainer.max_epochs=4", "print_config=false", "fit_spike_readout=false"], tmp_path)
+        summary = train(cfg)
+    finally:
+        for h in (console, logfile):
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(level)
+    assert summary["diverged"] and summary["epochs_trained"] == 2
+    log = (tmp_path / "train.log").read_text()
+    out = capsys.readouterr().out
+    for line in ("epoch 1: 1 optimiser step(s) had a non-finite gradient", "epoch 2: 1 optimiser step(s)",
+                 "TRAINING DIVERGED", "DIVERGED: 2 optimiser steps in a row had a non-finite gradient (epoch 2)"):
+        assert log.count(line) == 1 and out.count(line) == 1, line
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/skipped_steps")] == [(1, 1.0), (2, 2.0)]

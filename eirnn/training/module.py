@@ -316,11 +316,11 @@ class FitModule(L.LightningModule):
             return
         self.skipped_steps += epoch_total
         log.warning("epoch %d: %d optimiser step(s) had a non-finite gradient and were undone",
-                    self.current_epoch, epoch_total)
+                    self.current_epoch + 1, epoch_total)  # epochs counted from 1, like every console line
         limit = int(_cfg_get(self.optim_cfg, "max_skipped_steps", 20))
         if limit > 0 and in_a_row >= limit and self._trainer is not None:
             self.diverged = (f"{in_a_row} optimiser steps in a row had a non-finite gradient "
-                             f"(epoch {self.current_epoch}); lower optim.lr or raise optim.warmup_steps")
+                             f"(epoch {self.current_epoch + 1}); lower optim.lr or raise optim.warmup_steps")
             self.trainer.should_stop = True
 
     def on_train_epoch_start(self) -> None:
