@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,6 @@ pynwb = pytest.importorskip("pynwb")
 from eirnn.data import (DataFormatError, Session, load_arrays, load_mat, load_nwb, load_session,  # noqa: E402
                         make_synthetic_session, save_arrays, save_mat, save_nwb)
 
-REPO = Path(__file__).resolve().parents[1]
 SAME = ("rates", "inputs", "counts", "time_axis_ms", "trial_duration_ms", "is_excitatory", "neuron_ids",
         "brain_area", "eye_raw", "eye_norm", "trial_location", "trial_identity", "trial_reward",
         "trial_salience", "trial_probability")
@@ -33,14 +29,6 @@ def assert_same_session(a: Session, b: Session):
     assert list(a.factors) == list(b.factors)
     assert np.array_equal(a.condition_ids(), b.condition_ids())
     assert a.alignment_event == b.alignment_event
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-
-
-def _run(*args):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
 
 
 # ----------------------------------------------------------------------------- a foreign NWB task
@@ -91,6 +79,13 @@ def test_foreign_nwb_is_binned_around_the_event(tmp_path):
     again = load_nwb(q)
     assert_same_session(s, again)
     assert again.factor_labels["side"] == ("left", "right")
+    # the data report handles another task: its own factors, no SC-only checks
+    from eirnn.data.report import format_report, session_report
+
+    rep = session_report(again)
+    assert rep["conditions"]["factors"] == ["side", "contrast"] and "label_mismatch" not in rep["anomalies"]
+    assert list(rep["filters"]) == ["min_duration_ms"]
+    assert "| side | contrast | trials |" in format_report(rep)
 
 
 @pytest.mark.parametrize("name", ["s.npz", "s.h5"])
@@ -185,16 +180,20 @@ def test_bad_nwb_files_give_one_line_and_exit_2(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.slow
-def test_bad_nwb_config_stops_training_with_exit_2(tmp_path):
-    """Through python -m eirnn.train: a data problem is a user error (exit 2, file and field)."""
+def test_bad_nwb_config_is_a_user_error_in_training(compose, tmp_path):
+    """Through the training entry point a data problem is a UserError (python -m eirnn.train
+    prints it as one line and exits 2; tests/test_train.py checks that path on the CLI)."""
+    from eirnn.train import UserError, build_datamodule
+
     ok = tmp_path / "ok.nwb"
     make_foreign_nwb(ok, n_trials=5)
-    proc = _run("-m", "eirnn.train", "data=nwb", f"data.path={ok}", "logger=none", "threads=1",
-                "data.options.bin_size_ms=20", "data.options.align_event=cue_time", "data.options.factors=[sidee]",
-                "data.options.inputs=[stim]", "data.options.ei.default=E")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "trials.sidee" in proc.stderr and str(ok) in proc.stderr
+    cfg = compose(["data=nwb", f"data.path={ok}", "logger=none", "data.options.bin_size_ms=20",
+                   "data.options.align_event=cue_time", "data.options.factors=[sidee]", "data.options.inputs=[stim]",
+                   "data.options.ei.default=E"], tmp_path / "run")
+    with pytest.raises(UserError) as info:
+        build_datamodule(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg and str(ok) in msg and "field 'trials.sidee'" in msg
 
 
 def test_missing_ei_labels_name_the_fix(tmp_path):
@@ -225,7 +224,9 @@ def test_mat_export_loads_to_identical_arrays_after_conversion(tmp_path, real_se
 
     out = tmp_path / "full.nwb"
     assert main([str(real_session), str(out)]) == 0
-    assert_same_session(full, load_nwb(out))
+    back = load_nwb(out)
+    assert_same_session(full, back)
+    assert back.metadata["pipeline_version"] == full.metadata["pipeline_version"]
 
 
 # ----------------------------------------------------------------------------- training
@@ -285,8 +286,10 @@ def test_converted_real_session_trains_to_the_same_metrics(compose, tmp_path, re
     from eirnn.train import train
 
     nwb, npz = tmp_path / "s.nwb", tmp_path / "s.npz"
+    from eirnn.data.convert import main
+
     for out in (nwb, npz):
-        assert _run("-m", "eirnn.data.convert", str(real_session), str(out)).returncode == 0
+        assert main([str(real_session), str(out)]) == 0
     common = ["logger=none", "threads=1", "fit_spike_readout=false", "trainer.max_epochs=2", "seed=0"]
     results = {}
     for name, data in (("mat", ["data=sc_mat", f"data.path={real_session}"]),

@@ -17,7 +17,7 @@ size are required::
                                         or data.options.ei.default=E|I)
     time_axis_ms [T], trial_duration_ms [K], neuron_ids [N], brain_area [N],
     eye_raw [K, T, 2], eye_norm [2, 2], truth [K, T, N] (true rates, sp/s),
-    session_name, alignment_event (str)
+    session_name, alignment_event, metadata.NAME (str)
 
 lfads-torch files (keys ``train_encod_data`` / ``valid_encod_data`` [K, T, N] counts,
 ``*_ext_input`` [K, T, C], ``*_truth`` [K, T, N] expected counts per bin, and
@@ -232,6 +232,7 @@ def load_arrays(path: PathLike, options: Optional[Mapping[str, Any]] = None) -> 
         trial_columns={k[len("trial."):]: d[k] for k in d if k.startswith("trial.")},
         trial_probability=opt("trial_probability"), counts=counts,
         alignment_event=_str(d["alignment_event"]) if "alignment_event" in d else "",
+        metadata={k[len("metadata."):]: _str(d[k]) for k in d if k.startswith("metadata.")},
     )
 
 
@@ -269,6 +270,9 @@ def session_to_arrays(session: Session) -> Dict[str, np.ndarray]:
             out[k] = getattr(s, k)
     if s.truth is not None and s.truth.get("rates") is not None:
         out["truth"] = np.asarray(s.truth["rates"], dtype=np.float64)
+    for k, v in s.metadata.items():
+        if isinstance(v, str):
+            out[f"metadata.{k}"] = np.array(v)
     return out
 
 

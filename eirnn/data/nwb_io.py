@@ -363,8 +363,11 @@ def _read(nwb, src: str, options) -> Session:
     if "probability" in tcol and all(f in factors for f in ("location", "identity", "reward", "salience")):
         prob = tcol.pop("probability")
     name = layout.get("session_name") or nwb.session_id or Path(src).stem
-    meta = {"nwb_identifier": str(nwb.identifier), "n_trials_in_file": int(len(trials.id)),
-            "n_trials_dropped": int(len(trials.id) - K)}
+    meta = {k: v for k, v in dict(layout.get("metadata") or {}).items() if isinstance(v, str)}
+    if not meta:
+        meta = {"nwb_identifier": str(nwb.identifier)}
+    if K < len(trials.id):
+        meta["n_trials_dropped"] = int(len(trials.id) - K)
     return Session(
         rates=rates, inputs=inputs, is_excitatory=is_exc, bin_size_ms=bin_ms, time_axis_ms=time_axis,
         trial_duration_ms=duration, neuron_ids=neuron_ids, brain_area=area, session_name=str(name),
@@ -571,6 +574,7 @@ def save_nwb(session: Session, path: PathLike, gap_s: float = 1.0) -> Path:
         "area_column": "brain_area" if s.brain_area is not None else None, "neuron_id_column": "neuron_id",
         "session_name": s.session_name,
         "factor_labels": {k: list(v) for k, v in s.factor_labels.items() if v is not None},
+        "metadata": {k: v for k, v in s.metadata.items() if isinstance(v, str)},
     }
     nwb.add_scratch(json.dumps(layout), name="eirnn_layout", description="eirnn reader options for this file")
     nwb.add_scratch(np.asarray(s.time_axis_ms, np.float64), name="eirnn_time_axis_ms",

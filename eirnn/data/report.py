@@ -49,8 +49,10 @@ def _first(idx: np.ndarray, n: int = 10) -> List[int]:
 
 
 def _on(session: Session, name: str) -> np.ndarray:
-    """[K, T] bool: input channel ``name`` > 0.5 (NaN -> off)."""
-    return np.nan_to_num(session.inputs[:, :, _CH[name]], nan=0.0) > 0.5
+    """[K, T] bool: input channel ``name`` > 0.5 (NaN -> off; a channel the session lacks -> off)."""
+    if name not in session.input_names:
+        return np.zeros(session.inputs.shape[:2], bool)
+    return np.nan_to_num(session.inputs[:, :, session.input_names.index(name)], nan=0.0) > 0.5
 
 
 def _anomaly(count: int, idx: np.ndarray | None = None, unit: str = "trials", **extra) -> Dict[str, Any]:
@@ -127,7 +129,7 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
     before_fix = cue & (np.arange(T)[None, :] < first_fix[:, None])
     cue_wo_fix = np.flatnonzero(before_fix.any(axis=1))
     task_on = np.zeros((K, T), bool)
-    for name in _TASK_CHANNELS:
+    for name in (_TASK_CHANNELS if session.is_sc else [c for c in session.input_names if c not in ("eye_x", "eye_y")]):
         task_on |= _on(session, name)
     inputs_after = np.flatnonzero((task_on & after_end).any(axis=1))
     aborted = np.flatnonzero(dur < float(min_duration_ms))
@@ -139,9 +141,9 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
     for k in range(K):
         on = np.flatnonzero(any_loc[k])
         shown_loc[k] = on[0] + 1 if on.size == 1 else (-1 if on.size == 0 else 0)
-    loc_mismatch = (shown_loc > 0) & (shown_loc != session.trial_location)
+    loc_mismatch = (shown_loc > 0) & (shown_loc != session.trial_location) if session.is_sc else np.zeros(K, bool)
     ident_mismatch = np.zeros(K, bool)
-    for code, name in _IDENTITY_CHANNELS.items():
+    for code, name in (_IDENTITY_CHANNELS.items() if session.is_sc else ()):
         chan = _on(session, name).any(axis=1)
         others = [_on(session, o).any(axis=1) for c, o in _IDENTITY_CHANNELS.items() if c != code]
         ident_mismatch |= (session.trial_identity == code) & ~chan & np.any(others, axis=0)
@@ -172,12 +174,17 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
     }
     aborted_set = set(aborted.tolist())
     anomalies["no_fixation"]["of_which_aborted"] = int(sum(int(i) in aborted_set for i in np.flatnonzero(~has_fix)))
+    if not session.is_sc:  # the SC task's checks do not apply to another task's channels
+        for k in ("no_fixation", "cue_without_fixation", "label_mismatch", "multi_target"):
+            del anomalies[k]
 
     # --------------------------------------------------------------- filters
     filters = {}
-    for name, f in (("min_duration_ms", {"min_duration_ms": float(min_duration_ms)}),
-                    ("require_fixation", {"require_fixation": True}),
-                    ("both", {"min_duration_ms": float(min_duration_ms), "require_fixation": True})):
+    choices = [("min_duration_ms", {"min_duration_ms": float(min_duration_ms)})]
+    if "fixation_on" in session.input_names:
+        choices += [("require_fixation", {"require_fixation": True}),
+                    ("both", {"min_duration_ms": float(min_duration_ms), "require_fixation": True})]
+    for name, f in choices:
         kept, rep = apply_filters(session, f)
         k_cids = cids[kept]
         filters[name] = {"filters": f, "removed": int(K - kept.size), "kept": int(kept.size),
@@ -188,7 +195,7 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
                     "n_E": int(session.is_excitatory.sum()), "n_I": int((~session.is_excitatory).sum()),
                     "metadata": {k: v for k, v in session.metadata.items() if isinstance(v, (str, list))}},
         "trials": trials,
-        "conditions": {"n_conditions": len(conditions), "table": conditions,
+        "conditions": {"n_conditions": len(conditions), "table": conditions, "factors": list(session.factor_names),
                        "min_trials": int(counts.min()) if counts.size else 0,
                        "max_trials": int(counts.max()) if counts.size else 0,
                        f"fewer_than_{cv_folds}_trials": len(small)},
@@ -217,10 +224,10 @@ def format_report(rep: Dict[str, Any]) -> str:
     ]
     for k, v in s.get("metadata", {}).items():
         lines.append(f"- {k}: {v}")
+    fac = list(c.get("factors", ["location", "identity", "reward", "salience"]))
     lines += ["", f"## Conditions ({c['n_conditions']}, {c['min_trials']}-{c['max_trials']} trials each)", "",
-              "| location | identity | reward | salience | trials |", "|---|---|---|---|---|"]
-    lines += [f"| {r['location']} | {r['identity']} | {r['reward']} | {r['salience']} | {r['n_trials']} |"
-              for r in c["table"]]
+              "| " + " | ".join(fac + ["trials"]) + " |", "|" + "---|" * (len(fac) + 1)]
+    lines += ["| " + " | ".join(str(r[f]) for f in fac + ["n_trials"]) + " |" for r in c["table"]]
     small_key = next(k for k in c if k.startswith("fewer_than_"))
     lines += ["", f"{c[small_key]} condition(s) have {small_key.replace('_', ' ')}.", "",
               "## Neurons", "", "| # | id | type | mean sp/s | max sp/s | spikes | zero bins | flags |",
@@ -232,7 +239,7 @@ def format_report(rep: Dict[str, Any]) -> str:
     lines += ["", "## Anomalies", "", "| anomaly | count | first indices | note |", "|---|---|---|---|"]
     notes = {
         "aborted": f"duration < {a['aborted'].get('threshold_ms', 0):g} ms",
-        "no_fixation": f"fixation input never on ({a['no_fixation'].get('of_which_aborted', 0)} of them aborted)",
+        "no_fixation": f"fixation input never on ({a.get('no_fixation', {}).get('of_which_aborted', 0)} of them aborted)",
         "cue_without_fixation": "target/go input on before (or without) fixation input",
         "inputs_after_end": "task inputs still on past the trial's duration",
         "label_mismatch": "target-location / identity inputs disagree with the trial labels",
@@ -255,8 +262,8 @@ def format_report(rep: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.data.report",
-                                     description="Data-quality report of a lab MATLAB session export.")
-    parser.add_argument("file", help="the .mat export (v7.3 or v5)")
+                                     description="Data-quality report of a session file.")
+    parser.add_argument("file", help="the .mat export (v7.3 or v5), or an .nwb / .npz / .h5 session written by eirnn")
     parser.add_argument("--json", dest="json_out", help="also write the report as JSON to this path")
     parser.add_argument("--markdown", dest="md_out", help="also write the markdown to this path")
     parser.add_argument("--min-duration-ms", type=float, default=100.0,
