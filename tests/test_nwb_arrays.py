@@ -36,7 +36,7 @@ from eirnn.data.nwb_example import DEMO_OPTIONS as FOREIGN  # noqa: E402
 from eirnn.data.nwb_example import make_demo_nwb as make_foreign_nwb  # noqa: E402
 
 
-def test_foreign_nwb_is_binned_around_the_event(tmp_path):
+def test_foreign_nwb_is_binned_around_the_event(tmp_path, monkeypatch):
     p = tmp_path / "foreign.nwb"
     truth = make_foreign_nwb(p)
     s = load_nwb(p, FOREIGN)
@@ -73,6 +73,11 @@ def test_foreign_nwb_is_binned_around_the_event(tmp_path):
     no_rew = np.flatnonzero(~np.isfinite(truth["reward"][keep]))[0]
     assert np.nansum(s.inputs[no_rew, :, 2]) == 0
     assert np.allclose(s.events["go_time"], 600.0)
+    # a large TimeSeries is read trial by trial: same inputs
+    import eirnn.data.nwb_io as nwb_io
+
+    monkeypatch.setattr(nwb_io, "_READ_WHOLE_MAX", 0)
+    assert np.array_equal(load_nwb(p, FOREIGN).inputs, s.inputs, equal_nan=True)
     # the same file written back by eirnn and read with no options gives the same arrays
     q = tmp_path / "again.nwb"
     save_nwb(s, q)

@@ -64,6 +64,7 @@ NWB_DEFAULTS: Dict[str, Any] = {
     "area_column": None,      # units column with a brain-area code
     "neuron_id_column": None,  # units column with the neuron ids (default: units id)
 }
+_READ_WHOLE_MAX = 2 ** 25  # TimeSeries with more values are read trial by trial
 _EI_E = ("E", "e", "exc", "excitatory", "1", "True", "true")
 _EI_I = ("I", "i", "inh", "inhibitory", "2", "0", "False", "false")
 _INPUT_KEYS = {"name", "timeseries", "column", "event", "kind", "until", "duration_ms", "where", "value"}
@@ -390,25 +391,34 @@ def _bin_series(nwb, spec: Dict[str, Any], abs_edges: np.ndarray, src: str) -> n
     if len(shape) > 1 and shape[1] > 1 and col is None:
         raise DataFormatError(src, f"inputs.{spec['name']}", f"TimeSeries {name!r} has {shape[1]} columns: "
                                                              f"give column: INDEX")
-    if ts.timestamps is not None:
-        t = np.asarray(ts.timestamps[:], dtype=np.float64)
-    else:
-        t = float(ts.starting_time or 0.0) + np.arange(shape[0], dtype=np.float64) / float(ts.rate)
-    values = np.asarray(data[:], dtype=np.float64)
-    if values.ndim > 1:
-        values = values[:, int(col or 0)]
+    j = int(col or 0) if len(shape) > 1 else None
     K, T1 = abs_edges.shape
+    if ts.timestamps is not None:
+        stamps = np.asarray(ts.timestamps[:], dtype=np.float64)
+        bounds = np.searchsorted(stamps, np.stack([abs_edges[:, 0], abs_edges[:, -1]], 1), side="left")
+        times_of = lambda i0, i1: stamps[i0:i1]  # noqa: E731
+    else:  # regular sampling: sample i at starting_time + i / rate (no timestamps array built)
+        t0, rate = float(ts.starting_time or 0.0), float(ts.rate)
+        bounds = np.clip(np.ceil((np.stack([abs_edges[:, 0], abs_edges[:, -1]], 1) - t0) * rate - 1e-9),
+                         0, shape[0]).astype(np.int64)
+        times_of = lambda i0, i1: t0 + np.arange(i0, i1, dtype=np.float64) / rate  # noqa: E731
+    # small series are read once; large ones trial by trial (only the samples in the windows)
+    whole = int(np.prod(shape)) <= _READ_WHOLE_MAX
+    values = np.asarray(data[:], dtype=np.float64) if whole else None
     out = np.full((K, T1 - 1), np.nan)
     for k in range(K):
-        i0, i1 = np.searchsorted(t, [abs_edges[k, 0], abs_edges[k, -1]], side="left")
+        i0, i1 = int(bounds[k, 0]), int(bounds[k, 1])
         if i1 <= i0:
             continue
-        b = np.searchsorted(abs_edges[k], t[i0:i1], side="right") - 1
+        v = values[i0:i1] if whole else np.asarray(data[i0:i1], dtype=np.float64)
+        if j is not None:
+            v = v[:, j]
+        b = np.searchsorted(abs_edges[k], times_of(i0, i1), side="right") - 1
         ok = (b >= 0) & (b < T1 - 1)
-        s = np.bincount(b[ok], weights=values[i0:i1][ok], minlength=T1 - 1)
+        s_ = np.bincount(b[ok], weights=v[ok], minlength=T1 - 1)
         c = np.bincount(b[ok], minlength=T1 - 1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[k] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+            out[k] = np.where(c > 0, s_ / np.maximum(c, 1), np.nan)
     return out
 
 
