@@ -111,6 +111,9 @@ def test_synthetic_teacher_round_trips_through_nwb_and_arrays(tmp_path):
         back = load_session(save_nwb(s, tmp_path / name) if name.endswith(".nwb") else save_arrays(s, tmp_path / name))
         assert_same_session(s, back)
     assert np.array_equal(load_arrays(tmp_path / "t.npz").truth["rates"], s.truth["rates"], equal_nan=True)
+    from pynwb import validate
+
+    assert list(validate(path=str(tmp_path / "t.nwb"))) == []  # a valid NWB file (pynwb's schema validator)
 
 
 def test_plain_arrays_with_condition_ids_and_lfads_keys(tmp_path):
