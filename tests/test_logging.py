@@ -245,6 +245,8 @@ def test_tensorboard_one_axis_new_scalars_and_clean_hparams(redirected_run):
     assert [e.step for e in acc.Histograms("val/per_neuron_corr")] == epochs
     assert [e.step for e in acc.Images("val/psth_model_vs_data")] == [1, 2, 4]
     assert all(v.value == 0 for v in acc.Scalars("train/skipped_steps"))
+    card = acc.Tensors("run/model/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| `total` |" in card and "trainable parameters" in card
     best = json.loads((run / "metrics.json").read_text())["best"]
     corr = acc.Scalars("val/psth_corr")
     assert max(corr, key=lambda e: e.value).step == best["epoch"] + 1  # the summary's "at epoch N"

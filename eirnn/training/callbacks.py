@@ -200,6 +200,7 @@ class TensorBoardFigures(L.Callback):
         tb = self._tb(trainer)
         if tb is not None and trainer.is_global_zero and hasattr(tb, "add_custom_scalars"):
             tb.add_custom_scalars(CUSTOM_SCALARS)
+            tb.add_text("run/model", model_card(pl_module.model), global_step=trainer.current_epoch + 1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tb = self._tb(trainer)
@@ -226,6 +227,16 @@ class TensorBoardFigures(L.Callback):
                 time_ms=t, events_ms=self._events if t is not None else None,
             )
             tb.add_figure("val/psth_model_vs_data", fig, global_step=step, close=True)
+
+
+def model_card(model) -> str:
+    """Markdown for TensorBoard's Text tab: the model's one-line description and its trainable
+    parameter counts by part (:func:`eirnn.training.loggers.parameter_counts`)."""
+    from eirnn.training.loggers import parameter_counts
+
+    desc = model.describe() if hasattr(model, "describe") else type(model).__name__
+    rows = [f"| `{k.split('/', 1)[1]}` | {v} |" for k, v in parameter_counts(model).items()]
+    return "\n".join([desc, "", "| trainable parameters | count |", "|---|---|", *rows])
 
 
 class MetricsWriter(L.Callback):
