@@ -75,6 +75,16 @@ def test_run_hparams_resolved_numbers_choices_counts(compose, tmp_path):
     assert all(isinstance(v, (int, float, str, bool)) for v in hp.values())
 
 
+@pytest.mark.parametrize("choice,expected", [("csv", ["EpochCSVLogger"]), ("many", ["EpochCSVLogger", "EpochTensorBoardLogger"]),
+                                             ("tensorboard", ["EpochTensorBoardLogger"]), ("none", [])])
+def test_logger_choices(compose, tmp_path, choice, expected):
+    from eirnn.train import _instantiate_dict
+
+    loggers = _instantiate_dict(compose([f"logger={choice}"], tmp_path).get("logger"))
+    assert sorted(type(lg).__name__ for lg in loggers) == expected
+    assert all(Path(lg.log_dir).parent == tmp_path for lg in loggers)  # inside the run folder
+
+
 # ------------------------------------------------------------------ console
 def test_lightning_info_lines_only_through_root(monkeypatch):
     import lightning  # noqa: F401  (adds its stderr handler at import)
@@ -319,6 +329,7 @@ def test_divergence_lines_once_in_train_log(compose, tmp_path, monkeypatch, caps
     for line in ("epoch 1: 1 optimiser step(s) had a non-finite gradient", "epoch 2: 1 optimiser step(s)",
                  "TRAINING DIVERGED", "DIVERGED: 2 optimiser steps in a row had a non-finite gradient (epoch 2)"):
         assert log.count(line) == 1 and out.count(line) == 1, line
+    assert "├── model" not in log and "config (print_config" not in log  # print_config=false
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("train/skipped_steps")] == [(1, 1.0), (2, 2.0)]
