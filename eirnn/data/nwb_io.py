@@ -515,21 +515,29 @@ def save_nwb(session: Session, path: PathLike, gap_s: float = 1.0) -> Path:
                   session_start_time=_dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc),
                   session_id=s.session_name)
     # trials
-    nwb.add_trial_column(align, f"alignment event (0 ms of the session's time axis), s")
-    for e in s.events:
-        nwb.add_trial_column(e, f"event {e}, s (NaN = absent)")
-    for f in s.factors:
-        nwb.add_trial_column(f, f"condition factor {f} (integer code)")
+    events = {e: v for e, v in s.events.items() if e != align}  # the alignment event is its own column
     extra = dict(s.trial_columns)
     if s.trial_probability is not None and s.trial_location is not None:
         extra.setdefault("probability", s.trial_probability)
+    seen = {"start_time", "stop_time", "duration_ms", align}
+    for group, names in (("events", events), ("factors", s.factors), ("trial_columns", extra)):
+        for name in names:
+            if name in seen:
+                raise DataFormatError(src, f"{group}.{name}", "a trials column of this name is already written "
+                                                              "(names must differ across events, factors, labels)")
+            seen.add(name)
+    nwb.add_trial_column(align, f"alignment event (0 ms of the session's time axis), s")
+    for e in events:
+        nwb.add_trial_column(e, f"event {e}, s (NaN = absent)")
+    for f in s.factors:
+        nwb.add_trial_column(f, f"condition factor {f} (integer code)")
     for c in extra:
         nwb.add_trial_column(c, f"trial label {c}")
     nwb.add_trial_column("duration_ms", "trial duration, ms")
     for k in range(K):
         row = {"start_time": float(t_start[k]), "stop_time": float(stop[k]), align: float(event[k]),
                "duration_ms": float(s.trial_duration_ms[k])}
-        for e, v in s.events.items():
+        for e, v in events.items():
             row[e] = float(event[k] + v[k] / 1000.0)
         for f, v in s.factors.items():
             row[f] = int(v[k])
