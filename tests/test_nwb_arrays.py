@@ -91,6 +91,9 @@ def test_foreign_nwb_is_binned_around_the_event(tmp_path, monkeypatch):
     assert rep["conditions"]["factors"] == ["side", "contrast"] and "label_mismatch" not in rep["anomalies"]
     assert list(rep["filters"]) == ["min_duration_ms"]
     assert "| side | contrast | trials |" in format_report(rep)
+    from eirnn.data.report import main as report_main
+
+    assert report_main([str(p), "--options", json.dumps(FOREIGN)]) == 0  # another lab's file, with its options
 
 
 @pytest.mark.parametrize("name", ["s.npz", "s.h5"])

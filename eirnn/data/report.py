@@ -269,11 +269,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--min-duration-ms", type=float, default=100.0,
                         help="trials shorter than this count as aborted (default %(default)s)")
     parser.add_argument("--cv-folds", type=int, default=5, help="flag conditions with fewer trials (default 5)")
+    parser.add_argument("--options", default=None,
+                        help="NWB / arrays reader options as JSON (the keys of data.options), e.g. for another lab's NWB")
     args = parser.parse_args(argv)
     from .mat_io import load_session
 
     try:
-        session = load_session(args.file)
+        options = json.loads(args.options) if args.options else None
+    except ValueError as err:
+        print(f"error: --options: not JSON: {err}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        session = load_session(args.file, None, options)
     except DataFormatError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
