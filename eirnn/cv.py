@@ -72,7 +72,9 @@ def _train_fold(fcfg: DictConfig, out_dir: Path, resume: bool) -> None:
         log.info("fold run %s already trained: reusing it", out_dir)
         return
     (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(fcfg, out_dir / ".hydra" / "config.yaml")
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(fcfg))
     train(fcfg)
 
 
@@ -126,7 +128,9 @@ def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[
 
     fcfg = fold_config(cfg, fold, fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(fcfg, fold_dir / "fold_config.yaml")
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(fold_dir / "fold_config.yaml", OmegaConf.to_yaml(fcfg))
     dm = build_datamodule(fcfg)
     result = evaluate_modules(dm, {}, baselines, int(cfg.cv.ceiling_splits), int(cfg.cv.seed),
                               trial_term=trial_term_from_config(fcfg.loss, dm.bin_size_ms),
@@ -256,7 +260,9 @@ def run_cv(cfg: DictConfig) -> Dict[str, Any]:
     agg["config_overrides"] = _overrides()
     md = format_markdown(agg, " ".join(agg["config_overrides"]))
     write_json_atomic(out / "cv_metrics.json", agg)
-    (out / "cv_metrics.md").write_text(md)
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(out / "cv_metrics.md", md)
     flat = {"sets": {s: {"scores": {p: {m: st["mean"] for m, st in sc.items() if st["mean"] is not None}
                                     for p, sc in v["scores"].items()},
                          "ceiling": {m: st["mean"] for m, st in v["ceiling"].items() if st["mean"] is not None}}

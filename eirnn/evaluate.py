@@ -97,6 +97,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from eirnn.errors import UserError
+
 log = logging.getLogger("eirnn.evaluate")
 
 #: Baselines fitted by default (names of :data:`eirnn.baselines.BASELINES`).
@@ -110,7 +112,7 @@ PER_NEURON_METRICS = ("psth_corr", "condition_psth_corr", "condition_psth_r2", "
 CEILING_METRICS = ("psth_corr", "condition_psth_corr", "condition_psth_r2")
 
 
-class EvaluationError(Exception):
+class EvaluationError(UserError):
     """A problem with the user's input (missing run folder, config or checkpoint)."""
 
 
@@ -631,7 +633,9 @@ def write_outputs(run_dir: Path, result: Mapping[str, Any], step: int = 0, prefi
 
     write_json_atomic(run_dir / f"{stem}.json", _clean(result))
     md = format_markdown(result) if stem == "evaluation" else result.get("markdown", "")
-    (run_dir / f"{stem}.md").write_text(md)
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(run_dir / f"{stem}.md", md)
     write_tensorboard(run_dir / "tensorboard", result, step, prefix, md)
 
 

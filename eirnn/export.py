@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from eirnn.errors import UserError
+
 log = logging.getLogger("eirnn.export")
 
 CHECKPOINT_NAMES = {"best": "best.ckpt", "last": "last.ckpt", "interrupted": "interrupted.ckpt"}
@@ -46,7 +48,7 @@ FIGURES = (
 )
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """A problem with the run folder or its inputs, reported in one line."""
 
 
@@ -89,7 +91,9 @@ def write_config(out_dir: Path, cfg, run_dir: Path | None = None) -> dict[str, A
 
     run_dir = out_dir if run_dir is None else run_dir
     resolved = resolved_config(cfg, run_dir)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     write_json_atomic(out_dir / "config.json", resolved)
     return resolved
 

@@ -44,11 +44,9 @@ def fit_spike_readout(module, dm, noise_draws: int = 10) -> Dict[str, Any]:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    import torch
+    from eirnn.utils import torch_save_atomic
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, str(tmp))
-    os.replace(tmp, path)
+    torch_save_atomic(obj, path)
 
 
 def fit_checkpoint_readouts(cfg, dm, paths: Iterable[Path], noise_draws: int = 10) -> Dict[str, Any]:

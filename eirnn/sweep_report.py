@@ -35,6 +35,8 @@ from typing import Any, Optional
 
 import yaml
 
+from eirnn.errors import UserError
+
 MD_NAME = "sweep_report.md"
 CSV_NAME = "sweep_report.csv"
 VARIANT_KEYS = ("variant",)
@@ -47,7 +49,7 @@ _LOG_ERROR = re.compile(r"\]\[(ERROR|CRITICAL)\] - ")  # a logging record: [time
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")  # last line of a traceback
 
 
-class SweepReportError(Exception):
+class SweepReportError(UserError):
     """Bad input (missing folder, no job in it): reported in one line."""
 
 
@@ -294,13 +296,15 @@ def render_markdown(sweep_dir: Path, jobs: list[Job]) -> str:
 
 def write_csv(path: Path, jobs: list[Job]) -> None:
     header, rows, *_ = build_rows(jobs)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    from eirnn.utils import atomic_write
+
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    tmp.replace(path)
+
+    atomic_write(path, write, mode="w")
 
 
 def report(sweep_dir: str | Path) -> tuple[str, Path, Path]:
@@ -316,9 +320,9 @@ def report(sweep_dir: str | Path) -> tuple[str, Path, Path]:
     jobs = [load_job(p) for p in paths]
     text = render_markdown(sweep_dir, jobs)
     md_path, csv_path = sweep_dir / MD_NAME, sweep_dir / CSV_NAME
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(md_path)
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(md_path, text)
     write_csv(csv_path, jobs)
     return text, md_path, csv_path
 

@@ -50,9 +50,12 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
+from eirnn.run_dir import register_resolvers  # noqa: E402  (${eirnn_token:} in the run folder's name)
 
-class UserError(Exception):
-    """A problem with the user's input (bad data file, missing setting): reported in one line."""
+register_resolvers()
+
+
+from eirnn.errors import EXIT_DIVERGED, UserError  # noqa: E402  (one user-error type for every command)
 
 
 def _output_dir(cfg: DictConfig) -> Path:
@@ -131,11 +134,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from eirnn.training.callbacks import MetricsWriter, write_json_atomic
+    from eirnn.config_check import check_config
+    from eirnn.training.callbacks import MetricsWriter, settle_outcome, write_json_atomic
     from eirnn.training.console import config_tree, setup_run_logging
+    from eirnn.utils import atomic_checkpoint_io
 
     _quiet_third_party()
     setup_run_logging()  # Lightning's INFO lines once (console + train.log), not also on stderr
+    check_config(cfg)  # again here for API callers; the CLI checked before the folder was made
     out_dir = _output_dir(cfg)
     if cfg.get("print_config", True):
         log.info("config (print_config=false skips this):\n%s", config_tree(cfg))
@@ -178,12 +184,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_dict(cfg.get("logger"))
     from hydra.utils import instantiate
 
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir)
+    trainer: L.Trainer = instantiate(  # checkpoints written atomically beside their target (eirnn/utils.py)
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir),
+        plugins=[atomic_checkpoint_io()],
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(str(cfg.ckpt_path), module)
     writer = next(c for c in callbacks if isinstance(c, MetricsWriter))
+    monitor = str(cfg.get("optimized_metric") or "val/psth_corr")
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    except BaseException as err:  # metrics.json says how the run ended, then the error goes on
+        _record_failure(writer, trainer, module, out_dir, err)
+        raise
+
     summary = writer.summary(trainer, module)
     summary["run_dir"] = str(out_dir)
     ckpt = getattr(trainer, "checkpoint_callback", None)
@@ -197,8 +211,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["ensemble"] = artifacts.write_summary(module)
         summary["early_stopped"] = bool(summary["ensemble"]["all_stopped"])
         announce("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)))
+    settle_outcome(summary, trainer=trainer, pl_module=module if n_members == 1 else None, monitor=monitor)
+    log.info("outcome: %s (%s)", summary["outcome"], summary["reason"])
     if (n_members == 1 and bool(cfg.get("fit_spike_readout", True)) and hasattr(module.model, "spike_readout")
-            and not summary.get("interrupted") and not summary.get("diverged")):
+            and summary["outcome"] in ("completed", "early_stopped") and summary.get("epochs_trained")):
         summary["spike_readout"] = _fit_readouts(cfg, dm, module, out_dir)
     write_json_atomic(writer.path, summary)
     _log_hparams(loggers, cfg, summary, module.model)
@@ -209,6 +225,63 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["report"] = str(out_dir / manifest["report"])
     _print_summary(summary, out_dir, str(cfg.get("optimized_metric") or "val/psth_corr"))
     return summary
+
+
+def check_resume_checkpoint(path: str, module) -> None:
+    """``ckpt_path`` must be a readable checkpoint of this configuration: a truncated file or
+    one of another model (a parameter missing or of another shape) is a :class:`UserError`
+    naming the file, instead of a traceback from inside Lightning."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"ckpt_path={path}: no such file") from None
+    except Exception as err:  # truncated zip, not a torch file, unpickling error
+        first = " ".join(str(err).split()).split(". ")[0]
+        raise UserError(f"ckpt_path={path}: not a readable checkpoint (truncated or corrupt: {first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
+    problems = checkpoint_mismatch(ckpt["state_dict"], module.state_dict())
+    if problems:
+        raise UserError(f"ckpt_path={path}: belongs to another configuration ({problems}); "
+                        "resume with the overrides that trained it")
+
+
+def checkpoint_mismatch(saved: dict, expected: dict, limit: int = 3) -> str:
+    """``""`` when ``saved`` fits ``expected`` (same keys and shapes), else the first differences."""
+    out = []
+    for k, v in expected.items():
+        if k not in saved:
+            out.append(f"{k} missing")
+        elif tuple(getattr(saved[k], "shape", ())) != tuple(v.shape):
+            out.append(f"{k} {list(saved[k].shape)} in the file, {list(v.shape)} in this config")
+    extra = [k for k in saved if k not in expected]
+    out += [f"{k} not in this model" for k in extra]
+    if not out:
+        return ""
+    more = f" and {len(out) - limit} more" if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
+
+
+def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) -> None:
+    """Best effort: ``metrics.json`` with ``outcome`` ``failed`` (or ``interrupted`` for a second
+    Ctrl+C) and the reason; a previous good file stays if even this write fails."""
+    try:
+        summary = writer.summary(trainer, module)
+    except Exception:
+        summary = {}
+    interrupted = isinstance(err, KeyboardInterrupt)
+    summary.update(outcome="interrupted" if interrupted else "failed",
+                   reason="Ctrl+C (second signal: stopped at once)" if interrupted
+                   else f"{type(err).__name__}: {' '.join(str(err).split())}"[:500],
+                   run_dir=str(out_dir), early_stopped=False)
+    try:
+        from eirnn.utils import write_json_atomic
+
+        write_json_atomic(writer.path, summary)
+    except Exception:
+        pass
 
 
 def _fit_readouts(cfg: DictConfig, dm, module, out_dir: Path) -> dict:
@@ -290,13 +363,11 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
         lines.append(f"  weights/, outputs/, metrics/, population/, figures/; see {summary['report']}")
     if summary.get("skipped_steps"):
         lines.append(f"skipped steps:       {summary['skipped_steps']} (non-finite gradient: those updates were undone)")
-    no_metric = all(best.get(k) is None or (isinstance(best.get(k), float) and math.isnan(best[k]))
-                    for k in {monitor, "val/psth_corr"} & set(best) | {monitor})
+    if summary.get("outcome") and not summary.get("diverged"):
+        lines.append(f"outcome:             {summary['outcome']} ({summary.get('reason', '')})")
     if summary.get("diverged"):
         lines.append(f"DIVERGED: {summary['diverged']}")
-    elif no_metric and summary.get("epochs_trained") is not None and not summary.get("interrupted"):
-        lines.append(f"DIVERGED: {monitor} was never finite (the network's rates overflowed); "
-                     "lower optim.lr or raise optim.warmup_steps")
+        lines.append(f"  no spike readout was fitted; exit status {EXIT_DIVERGED}")
     if summary.get("interrupted"):
         lines.append(f"INTERRUPTED by {summary['interrupted']}: state saved to {summary.get('interrupted_checkpoint')}")
         lines.append(f"  resume: same command + ckpt_path={summary.get('interrupted_checkpoint')} hydra.run.dir={out_dir}")
@@ -336,6 +407,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(130)
     if summary.get("interrupted") and not _is_multirun():
         sys.exit(int(summary.get("exit_code", 130)))  # 128 + signal number, after every file is written
+    if summary.get("outcome") == "diverged" and not _is_multirun():
+        sys.exit(EXIT_DIVERGED)  # its own status: a script must not take a diverged run for a result
     value = summary.get("best", {}).get(cfg.get("optimized_metric") or "val/psth_corr")
     return None if value is None else float(value)
 

@@ -20,3 +20,174 @@ def flatten_config(cfg: Any, prefix: str = "", skip: Iterable[str] = ()) -> dict
             else:
                 out[key] = str(v)
     return out
+
+
+# ----------------------------------------------------------------- atomic writes
+_NO_SPACE = {28, 122}  # errno ENOSPC, EDQUOT
+
+
+def free_space(path) -> str:
+    """Free space of the file system holding ``path`` (or its nearest existing parent), e.g. ``'12.3 MiB'``."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    p = Path(os.fspath(path)).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"  # pragma: no cover
+
+
+def atomic_write(path, write, mode: str = "wb", by_path: bool = False):
+    """Write ``path`` all at once or not at all: ``write(f)`` fills a temporary file *beside*
+    ``path`` (same folder, so same file system), which is flushed, fsync'ed and then
+    ``os.replace``'d over ``path``. On any failure the temporary file is removed and the
+    previous ``path`` is left as it was; a full disk (ENOSPC/EDQUOT) becomes
+    :class:`eirnn.errors.DiskFullError` naming the path and the free space.
+
+    ``write`` is a callable taking the open file (``mode`` ``"wb"`` or ``"w"``), or the
+    ``bytes``/``str`` to write; with ``by_path=True`` it is called with the temporary
+    file's path instead (writers that want a file name, e.g. h5py). Returns ``path`` as a :class:`~pathlib.Path`.
+    The one writer of the package: JSON (:func:`write_json_atomic`), torch files
+    (:func:`torch_save_atomic`), checkpoints (:class:`AtomicCheckpointIO`), text, MAT files.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from eirnn.errors import DiskFullError
+
+    path = Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if by_path:
+            os.close(fd)
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+                if callable(write):
+                    write(f)
+                else:
+                    f.write(write)
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        tmp = None
+        try:  # make the rename itself durable
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+    except OSError as err:
+        if getattr(err, "errno", None) in _NO_SPACE or _caused_by_no_space(err):
+            raise DiskFullError(28, f"{path}: disk full ({free_space(path.parent)} free); "
+                                    f"not written, the previous file is unchanged") from err
+        raise
+    except RuntimeError as err:  # torch.save wraps the OSError of its writer
+        if _caused_by_no_space(err):
+            raise DiskFullError(28, f"{path}: disk full ({free_space(path.parent)} free); "
+                                    f"not written, the previous file is unchanged") from err
+        raise
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return path
+
+
+def _caused_by_no_space(err: BaseException) -> bool:
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and getattr(err, "errno", None) in _NO_SPACE:
+            return True
+        if "No space left on device" in str(err) or "Disk quota exceeded" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def write_json_atomic(path, obj) -> None:
+    """``obj`` as indented JSON (NaN/inf as ``null``, numpy scalars/arrays as numbers/lists), atomically."""
+    import json
+
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False)
+    atomic_write(path, text, mode="w")
+
+
+def write_text_atomic(path, text: str) -> None:
+    """``text`` into ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, text, mode="w")
+
+
+def savefig_atomic(fig, path, **kwargs) -> None:
+    """``fig.savefig`` into ``path`` atomically; the format is taken from the suffix."""
+    from pathlib import Path
+
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+def np_save_atomic(path, array) -> None:
+    """``np.save(path, array, allow_pickle=False)`` atomically."""
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def torch_save_atomic(obj, path) -> None:
+    """``torch.save(obj)`` into ``path`` atomically (:func:`atomic_write`)."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def jsonable(obj):
+    """``obj`` with numpy types made plain and non-finite floats made ``None`` (JSON ``null``)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    return obj
+
+
+def atomic_checkpoint_io():
+    """A Lightning ``CheckpointIO`` whose saves go through :func:`atomic_write` (temporary
+    file beside the checkpoint, fsync, rename): a full disk leaves the previous ``best.ckpt``
+    loadable and raises :class:`eirnn.errors.DiskFullError`. Pass as ``Trainer(plugins=[...])``."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            torch_save_atomic(checkpoint, path)
+
+    return AtomicCheckpointIO()

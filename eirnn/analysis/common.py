@@ -15,8 +15,11 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from eirnn.errors import UserError
+from eirnn.utils import savefig_atomic
 
-class AnalysisError(Exception):
+
+class AnalysisError(UserError):
     """Bad input to an analysis (missing run folder, checkpoint without task data): one line."""
 
 
@@ -176,7 +179,7 @@ def plot_losses(steps: Sequence[dict], history: Sequence[dict], path: Path,
     ax.legend(frameon=False, fontsize=8, loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -217,7 +220,7 @@ def plot_grad_norms(steps: Sequence[dict], path: Path, title: str = "gradient ma
     ax.grid(alpha=0.3, which="both", lw=0.4)
     ax.set_title(title + ("\n(thin: every step; dots: epoch mean)" if many else " (every step)"), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -242,7 +245,7 @@ def plot_member_losses(histories: Sequence[Sequence[dict]], seeds: Sequence[int]
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label="seed")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 

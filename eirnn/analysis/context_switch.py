@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eirnn.utils import np_save_atomic, savefig_atomic
+
 from eirnn.analysis.common import (AnalysisError, build_task, cli_main, find_checkpoint, load_checkpoint,
                                    write_json)
 from eirnn.tasks import context_switch as cs
@@ -115,12 +117,12 @@ def analyze(model, task: dict, out_dir: str | Path, n_test: int = 400, test_seed
         acc[f"acc_ctx{c}"] = float(correct[test["context"].numpy() == c].mean())
     clean_choice = cs.choices(res.output, clean["mask"]).numpy()
 
-    np.save(out_dir / "proj_M.npy", proj_M.astype(np.float32))
-    np.save(out_dir / "proj_N.npy", proj_N.astype(np.float32))
-    np.save(out_dir / "proj_w.npy", proj_w.astype(np.float32))
-    np.save(out_dir / "readout.npy", y.astype(np.float32))
-    np.save(out_dir / "overlap_matrix.npy", ov["matrix"])
-    np.save(out_dir / "sigma_mn.npy", ov["sigma_mn"])
+    np_save_atomic(out_dir / "proj_M.npy", proj_M.astype(np.float32))
+    np_save_atomic(out_dir / "proj_N.npy", proj_N.astype(np.float32))
+    np_save_atomic(out_dir / "proj_w.npy", proj_w.astype(np.float32))
+    np_save_atomic(out_dir / "readout.npy", y.astype(np.float32))
+    np_save_atomic(out_dir / "overlap_matrix.npy", ov["matrix"])
+    np_save_atomic(out_dir / "sigma_mn.npy", ov["sigma_mn"])
     conditions = [{"index": i, "context": int(c), "sign1": int(s[0]), "sign2": int(s[1]),
                    "relevant_sign": int(s[c - 1]), "clean_choice": int(clean_choice[i])}
                   for i, (c, s) in enumerate(zip(ctx, signs))]
@@ -182,7 +184,7 @@ def _plot_trajectories(path, ctx, signs, proj_M, proj_N, y, params, lay) -> None
     axes[1, 0].legend(fontsize=7, frameon=False, ncol=2)
     fig.suptitle("red/blue: relevant sign +/-;  solid: context 1, dashed: context 2", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -208,7 +210,7 @@ def _plot_overlaps(path, ov) -> None:
     axes[1].set_title("gain-modulated overlaps of n with the stimulus inputs")
     axes[1].legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -44,6 +44,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from eirnn.utils import atomic_write, savefig_atomic
+
 from eirnn.analysis.common import (AnalysisError, build_task, cli_main, cosine, eig_cov, find_checkpoint,
                                    load_checkpoint, participation_ratio, write_json, _plt)
 from eirnn.tasks.system_a import SystemADataModule
@@ -159,7 +161,7 @@ def _plot_eval(path: Path, arrays: dict, durations, dt: float, title: str, prec:
     ax.set(xlabel="time (ms)", ylabel="output", title=title + "  (dashed: target; thin: input x 0.1)")
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    savefig_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -203,7 +205,7 @@ def plot_performance(path: Path, rows: list[dict], pr: str = "readme") -> None:
         _plain_log_ticks(axes[0])
     fig.suptitle(f"System A: {len(rows)} models (labels: seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -234,10 +236,12 @@ def analyze_sweep(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, c
                    dm.params["cost_onset"])
     rows.sort(key=lambda r: r["seed"])
     keys = list(rows[0].keys())
-    with open(out / "system_a_summary.csv", "w", newline="") as f:
+    def write_csv(f) -> None:
         wr = csv.DictWriter(f, fieldnames=keys)
         wr.writeheader()
         wr.writerows(rows)
+
+    atomic_write(out / "system_a_summary.csv", write_csv, mode="w")
     write_json(out / "system_a_summary.json", {"n_models": len(rows), "pr": pr, "n_pcs": n_pcs, "pc_rtol": pc_rtol,
                                                      "models": rows})
     plot_performance(out / "performance.png", rows, pr)

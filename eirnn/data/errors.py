@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from eirnn.errors import UserError
+
 __all__ = ["DataFormatError"]
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A session file (or in-memory Session) does not follow the export schema.
 
     Attributes:

@@ -29,7 +29,6 @@ the saved data's own (a ``subset``), it also writes the extra 2 x 2 field
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Union
@@ -486,16 +485,7 @@ def save_mat(session: Session, path: PathLike, version: str = "7.3", compress: b
     if not p.parent.is_dir():
         raise FileNotFoundError(f"directory does not exist: {p.parent}")
     fields = session_to_fields(session)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(fields, tmp, compress)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from eirnn.utils import atomic_write
+
+    atomic_write(p, lambda tmp: writer(fields, tmp, compress), by_path=True)
     return p

@@ -287,10 +287,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep = session_report(session, args.min_duration_ms, args.cv_folds)
     text = format_report(rep)
     print(text, end="", flush=True)
+    from eirnn.utils import write_text_atomic
+
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rep, indent=2))
+        write_text_atomic(args.json_out, json.dumps(rep, indent=2))
     if args.md_out:
-        Path(args.md_out).write_text(text)
+        write_text_atomic(args.md_out, text)
     return 0
 
 

@@ -145,8 +145,11 @@ class LowRankWeights(RecurrentWeights):
         gain: float = 1.0,
     ):
         super().__init__(is_excitatory, dale, gain)
-        if int(rank) < 1:
+        if isinstance(rank, bool) or int(rank) != rank or int(rank) < 1:
             raise ValueError(f"model.rank must be a positive integer, got {rank!r}")
+        if int(rank) > int(is_excitatory.numel()):
+            raise ValueError(f"model.rank={int(rank)} exceeds the network's {int(is_excitatory.numel())} units "
+                             f"(recorded + model.n_hidden); use 1..{int(is_excitatory.numel())}, or rank=full")
         if mode not in ("product", "factors"):
             raise ValueError(f"model.lowrank_dale must be 'product' or 'factors', got {mode!r}")
         self.rank = int(rank)
@@ -200,9 +203,10 @@ def build_recurrent_weights(
     gain: float = 1.0,
     init_signs: str = "dale",
 ) -> RecurrentWeights:
-    """Full rank when ``rank`` is ``None`` (or ``0``), else :class:`LowRankWeights`
-    (whose unconstrained start is Gaussian factors, sign-free: ``init_signs`` is full rank only)."""
-    if rank is None or rank == 0 or (isinstance(rank, str) and rank.lower() in ("full", "none", "null")):
+    """Full rank when ``rank`` is ``None`` (or ``"full"``), else :class:`LowRankWeights`
+    (whose unconstrained start is Gaussian factors, sign-free: ``init_signs`` is full rank only).
+    ``rank=0`` is refused (it used to mean full rank silently, under ``model=lowrank``)."""
+    if rank is None or (isinstance(rank, str) and rank.lower() in ("full", "none", "null")):
         return FullRankWeights(is_excitatory, dale=dale, generator=generator, gain=gain, init_signs=init_signs)
     if init_signs != "dale":
         raise ValueError("model.init_signs applies to full-rank W_rec only (low-rank factors start sign-free)")

@@ -254,12 +254,14 @@ def group_psths(rates: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> tupl
 
 def save_arrays(folder: Path, arrays: dict[str, Any]) -> list[dict[str, Any]]:
     """``np.save`` each array as ``folder/<name>.npy``; returns ``[{path, shape, dtype}]``."""
+    from eirnn.utils import np_save_atomic
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, arr in arrays.items():
         a = np.asarray(arr)
         path = folder / f"{name}.npy"
-        np.save(path, a, allow_pickle=False)
+        np_save_atomic(path, a)
         written.append({"path": str(path), "shape": list(a.shape), "dtype": str(a.dtype)})
     return written

@@ -30,7 +30,9 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    from eirnn.utils import savefig_atomic
+
+    savefig_atomic(fig, path, dpi=dpi)
     return path
 
 

@@ -270,5 +270,7 @@ def write_report(run_dir: Path, summary, final_metrics, config, files, monitor: 
     """Write ``run_dir/training_report.md``; returns its path."""
     run_dir = Path(run_dir)
     path = run_dir / "training_report.md"
-    path.write_text(render_report(run_dir, summary, final_metrics, config, files, monitor, per_neuron, history))
+    from eirnn.utils import write_text_atomic
+
+    write_text_atomic(path, render_report(run_dir, summary, final_metrics, config, files, monitor, per_neuron, history))
     return path

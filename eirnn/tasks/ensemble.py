@@ -427,9 +427,9 @@ class EnsembleArtifacts(L.Callback):
             return
         folder = self.member_dir(k) / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{which}.ckpt.tmp"
-        torch.save(ckpt, tmp)
-        tmp.replace(folder / f"{which}.ckpt")
+        from eirnn.utils import torch_save_atomic
+
+        torch_save_atomic(ckpt, folder / f"{which}.ckpt")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: SystemAEnsembleModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -252,14 +252,16 @@ class MetricsWriter(L.Callback):
         super().__init__()
         self.path = Path(output_dir) / filename
         self.log_path = Path(output_dir) / log_filename
-        self._t0 = 0.0
+        self._t0: float | None = None  # None until training starts (trainer.max_epochs=0: never)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
 
     def summary(self, trainer: L.Trainer, pl_module) -> dict:
+        """The run summary, with ``outcome``/``reason`` as far as the trainer knows them
+        (:func:`run_outcome`; ``eirnn.train`` settles them after interruption handling)."""
         stopped = getattr(trainer, "early_stopping_callback", None)
-        return {
+        out = {
             "best": dict(pl_module.best_val),
             "final": dict(pl_module.last_val),
             "epochs_trained": int(trainer.current_epoch),
@@ -267,10 +269,14 @@ class MetricsWriter(L.Callback):
                 stopped is not None and (stopped.stopped_epoch > 0 or stopped.wait_count >= stopped.patience
                                          or (trainer.should_stop and trainer.current_epoch < (trainer.max_epochs or 0)))
             ),
-            "train_time_s": round(time.perf_counter() - self._t0, 2),
+            "train_time_s": 0.0 if self._t0 is None else round(time.perf_counter() - self._t0, 2),
             **({"skipped_steps": int(pl_module.skipped_steps)} if getattr(pl_module, "skipped_steps", 0) else {}),
             **({"diverged": pl_module.diverged} if getattr(pl_module, "diverged", None) else {}),
         }
+        monitor = getattr(stopped, "monitor", None) or getattr(getattr(trainer, "checkpoint_callback", None),
+                                                              "monitor", None) or "val/psth_corr"
+        settle_outcome(out, trainer=trainer, pl_module=pl_module, monitor=monitor)
+        return out
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -278,26 +284,71 @@ class MetricsWriter(L.Callback):
             write_json_atomic(self.log_path, pl_module.history)
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temporary file in the same folder (no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
-    tmp.replace(path)
+OUTCOMES = ("completed", "early_stopped", "diverged", "interrupted", "failed")
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else v
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def params_finite(pl_module) -> bool:
+    """Every parameter and buffer of ``pl_module`` is finite."""
+    import torch
+
+    for t in list(pl_module.parameters()) + list(pl_module.buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return False
+    return True
+
+
+def settle_outcome(summary: dict, trainer=None, pl_module=None, monitor: str = "val/psth_corr") -> dict:
+    """Set ``summary["outcome"]`` (one of :data:`OUTCOMES`) and ``summary["reason"]``.
+
+    In order: ``interrupted`` (a signal: ``summary["interrupted"]``); ``diverged`` (the
+    module's own verdict, non-finite weights, or the monitored metric non-finite at the last
+    validation / never finite) -- then ``summary["diverged"]`` holds the reason and
+    ``early_stopped`` is false; ``early_stopped``; ``completed`` (``trainer.max_epochs``
+    reached, including ``max_epochs=0``: nothing trained). ``failed`` is set by
+    ``eirnn.train`` when training raised.
+    """
+    epochs = summary.get("epochs_trained")
+    best, final = summary.get("best") or {}, summary.get("final") or {}
+    max_epochs = getattr(trainer, "max_epochs", None) if trainer is not None else None
+    if summary.get("interrupted"):
+        summary["outcome"] = "interrupted"
+        summary["reason"] = f"{summary['interrupted']} after {epochs} epochs; state saved to " \
+                            f"{summary.get('interrupted_checkpoint')}"
+        return summary
+    reason = summary.get("diverged")
+    if not reason and pl_module is not None and not params_finite(pl_module):
+        reason = "the model's weights are not finite (NaN or inf)"
+    if not reason and final and monitor in final and not _finite(final.get(monitor)):
+        if any(_finite(best.get(k)) for k in (monitor,)):
+            ep = final.get("epoch")
+            reason = f"{monitor} became non-finite (epoch {'?' if ep is None else int(ep) + 1}); " \
+                     "lower optim.lr or raise optim.warmup_steps"
+        else:
+            reason = f"{monitor} was never finite (the network's rates overflowed); " \
+                     "lower optim.lr or raise optim.warmup_steps"
+    if reason:
+        summary.update(outcome="diverged", reason=str(reason), diverged=str(reason), early_stopped=False)
+        return summary
+    if not epochs:
+        summary["outcome"] = "completed"
+        summary["reason"] = (f"trainer.max_epochs={max_epochs}: no epoch to train" if max_epochs is not None
+                             and max_epochs <= (epochs or 0) else "no epoch trained")
+        return summary
+    if summary.get("early_stopped"):
+        es = getattr(trainer, "early_stopping_callback", None) if trainer is not None else None
+        detail = (f" by {abs(es.min_delta):g} for {es.patience} validations" if es is not None else "")
+        summary["outcome"] = "early_stopped"
+        summary["reason"] = f"{monitor} did not improve{detail}; stopped after {epochs} epochs"
+        return summary
+    summary["outcome"] = "completed"
+    summary["reason"] = f"reached trainer.max_epochs={max_epochs}" if max_epochs is not None else "training ended"
+    return summary
+
+
+# The package's one atomic writer lives in eirnn/utils.py; these names stay importable from here.
+from eirnn.utils import jsonable as _jsonable  # noqa: E402
+from eirnn.utils import write_json_atomic  # noqa: E402,F401

@@ -673,9 +673,9 @@ class EnsembleArtifacts(L.Callback):
             return
         folder = self.output_dir / "members" / f"m{k}"
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "best.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(folder / "best.pt")
+        from eirnn.utils import torch_save_atomic
+
+        torch_save_atomic(state, folder / "best.pt")
         rec = pl_module.member_best_record[k]
         write_json_atomic(folder / "best.json", {"member": k, "seed": pl_module.model.seeds[k],
                                                  "epoch": rec.get("epoch"), "metrics": rec})
