@@ -289,7 +289,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         agg = run_cv(cfg)
-    except (UserError, EvaluationError) as err:
+    except (UserError, EvaluationError) as err:  # EvaluationError is a UserError; kept for readers
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -337,11 +337,11 @@ def load_module(cfg, dm, checkpoint_path: Path):
     """
     import torch
 
-    from eirnn.train import build_model, build_module
+    from eirnn.train import build_model, build_module, read_checkpoint
 
     model = build_model(cfg, dm)
     module = build_module(cfg, model, dm)
-    ckpt = torch.load(str(checkpoint_path), map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(checkpoint_path, module, hint="is it this run's checkpoint?")
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     return module, ckpt.get("epoch")
@@ -500,7 +500,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
     checkpoint): their models are scored on the same trials. ``baseline_kwargs`` =
     ``{baseline: constructor kwargs}``.
     """
-    from eirnn.train import UserError, build_datamodule
+    from eirnn.run_dir import refuse_if_running
+    from eirnn.train import build_datamodule
+
+    refuse_if_running(run_dir, "evaluate")  # its split, config and checkpoints may still change
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
@@ -705,9 +708,10 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
             raise EvaluationError(f"--noise-draws must be >= 0, got {args.noise_draws}")
         result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed,
                               noise_draws=args.noise_draws, calibrate=not args.no_calibration)
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+    except UserError as err:  # EvaluationError, DataFormatError, RunFolderError, DiskFullError, ...
+        from eirnn.errors import exit_user_error
+
+        return exit_user_error(err)
     print_summary(result)
     print(f"wrote {run_dir / 'evaluation.json'}, {run_dir / 'evaluation.md'} and TensorBoard scalars "
           f"under {run_dir / 'tensorboard'}", flush=True)

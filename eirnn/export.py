@@ -166,16 +166,14 @@ def load_module(cfg, dm, ckpt_path: Path):
     """Model + LightningModule rebuilt with :mod:`eirnn.train`'s builders, weights from ``ckpt_path``."""
     import torch
 
-    from eirnn.train import build_model, build_module
+    from eirnn.train import build_model, build_module, read_checkpoint
 
     model = build_model(cfg, dm)
     module = build_module(cfg, model, dm)
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception:  # older checkpoints hold omegaconf containers; the run's own file is trusted
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if "state_dict" not in ckpt:
-        raise ExportError(f"{ckpt_path}: not a Lightning checkpoint (no state_dict)")
+        ckpt = read_checkpoint(ckpt_path, module, hint="does it belong to this run?")
+    except UserError as err:
+        raise ExportError(str(err)) from None
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
@@ -189,7 +187,10 @@ def load_module(cfg, dm, ckpt_path: Path):
 def _summary_from_history(history: list[dict], monitor: str) -> dict[str, Any]:
     vals = [(h.get(monitor), i) for i, h in enumerate(history) if h.get(monitor) is not None and math.isfinite(h[monitor])]
     best = history[max(vals)[1]] if vals else {}
-    return {"best": best, "final": history[-1] if history else {}, "epochs_trained": len(history)}
+    return {"best": best, "final": history[-1] if history else {}, "epochs_trained": len(history),
+            "outcome": "unfinished",
+            "reason": "no metrics.json: training did not finish (killed, or stopped by an error); "
+                      f"{len(history)} validated epochs in training_log.json"}
 
 
 def export_run(
@@ -215,10 +216,13 @@ def export_run(
     from eirnn.train import build_datamodule
     from eirnn.training.callbacks import write_json_atomic
 
+    from eirnn.run_dir import refuse_if_running
+
     t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: not a directory")
+    refuse_if_running(run_dir, "export")  # a report of a run still training would misdescribe it
     out = run_dir if out_dir is None else Path(out_dir).resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -381,14 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-pcs", type=int, default=10, help="principal components kept (default 10)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from eirnn.train import UserError
+    from eirnn.errors import exit_user_error
 
     try:
         manifest = export_run(args.run_dir, checkpoint=args.checkpoint, figures=not args.no_figures,
                               n_pcs=args.n_pcs, data_path=args.data_path, out_dir=args.out)
-    except (ExportError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+    except UserError as err:  # ExportError, DataFormatError, RunFolderError, DiskFullError, ...
+        return exit_user_error(err)
     fm = manifest["final_metrics"]
     n_files = sum(len(v) for v in manifest["files"].values())
     print(f"exported {manifest['checkpoint']} (epoch {fm['checkpoint_epoch'] + 1}): val PSTH corr {fm['psth_corr']:.4f} "

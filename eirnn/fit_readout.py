@@ -81,14 +81,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="best, last, or checkpoint paths (default: best last)")
     parser.add_argument("--noise-draws", type=int, default=10)
     args = parser.parse_args(argv)
+    from eirnn.errors import UserError, exit_user_error
+    from eirnn.run_dir import refuse_if_running
+
     try:
+        refuse_if_running(args.run_dir, "refit the readout of")
         cfg = load_config(args.run_dir)
         paths = list(dict.fromkeys(_resolve_checkpoint(args.run_dir, c) for c in args.checkpoint))
         dm = build_datamodule(cfg)
         res = fit_checkpoint_readouts(cfg, dm, paths, args.noise_draws)
+    except UserError as err:
+        return exit_user_error(err)
     except (EvaluationError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_user_error(err)
     for name, info in res.items():
         ep = "n/a" if info["epoch"] is None else int(info["epoch"]) + 1  # counted from 1, as everywhere people read it
         print(f"{args.run_dir}/{name}: epoch {ep}, readout gain median {info['gain_median']:.3f} "

@@ -333,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         text, md_path, csv_path = report(args.sweep_dir)
-    except SweepReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except UserError as err:  # SweepReportError, DiskFullError
+        from eirnn.errors import exit_user_error
+
+        return exit_user_error(err)
     print(text, end="")
     print(f"written: {md_path}, {csv_path}")
     return 0

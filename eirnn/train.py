@@ -227,25 +227,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def check_resume_checkpoint(path: str, module) -> None:
-    """``ckpt_path`` must be a readable checkpoint of this configuration: a truncated file or
-    one of another model (a parameter missing or of another shape) is a :class:`UserError`
-    naming the file, instead of a traceback from inside Lightning."""
+def read_checkpoint(path, module=None, label: str = "", hint: str = "use the overrides that trained it"):
+    """Load a Lightning checkpoint file; a missing, truncated or corrupt file, or one of
+    another model than ``module`` (a parameter missing or of another shape), is a
+    :class:`UserError` naming the file (``label`` e.g. ``"ckpt_path="``) in one line, instead
+    of a traceback from inside torch or Lightning. Returns the checkpoint dict."""
     import torch
 
+    name = f"{label}{path}"
+    if not Path(path).is_file():
+        raise UserError(f"{name}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise UserError(f"ckpt_path={path}: no such file") from None
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as err:  # older checkpoints hold omegaconf containers; the run's own file is trusted
+            if "weights_only" not in str(err) and "Unsupported global" not in str(err):
+                raise
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as err:  # truncated zip, not a torch file, unpickling error
         first = " ".join(str(err).split()).split(". ")[0]
-        raise UserError(f"ckpt_path={path}: not a readable checkpoint (truncated or corrupt: {first})") from None
+        raise UserError(f"{name}: not a readable checkpoint (truncated or corrupt: {first})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
-    problems = checkpoint_mismatch(ckpt["state_dict"], module.state_dict())
-    if problems:
-        raise UserError(f"ckpt_path={path}: belongs to another configuration ({problems}); "
-                        "resume with the overrides that trained it")
+        raise UserError(f"{name}: not a Lightning checkpoint (no state_dict)")
+    if module is not None:
+        problems = checkpoint_mismatch(ckpt["state_dict"], module.state_dict())
+        if problems:
+            raise UserError(f"{name}: belongs to another configuration ({problems}); {hint}")
+    return ckpt
+
+
+def check_resume_checkpoint(path: str, module) -> None:
+    """``ckpt_path`` must be a readable checkpoint of this configuration (:func:`read_checkpoint`)."""
+    read_checkpoint(path, module, label="ckpt_path=", hint="resume with the overrides that trained it")
 
 
 def checkpoint_mismatch(saved: dict, expected: dict, limit: int = 3) -> str:

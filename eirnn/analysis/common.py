@@ -264,7 +264,8 @@ def cli_main(run: Any, argv: Optional[Iterable[str]] = None) -> int:
 
     try:
         run(list(sys.argv[1:] if argv is None else argv))
-    except AnalysisError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+    except UserError as err:  # AnalysisError, DiskFullError, ...
+        from eirnn.errors import exit_user_error
+
+        return exit_user_error(err)
     return 0

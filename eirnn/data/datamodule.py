@@ -26,6 +26,7 @@ try:
 except ImportError:  # pragma: no cover
     import pytorch_lightning as L  # type: ignore
 
+from .errors import DataFormatError
 from .mat_io import load_session
 from .session import INPUT_CHANNELS, Session, session_to_tensors
 from .synthetic import make_synthetic_session
@@ -92,7 +93,8 @@ def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
 
     Returns (kept trial indices into ``session``, report) where report maps each
     applied filter to the number of trials it removed, plus ``n_before``/``n_after``.
-    ``min_duration_ms``: drop trials with trial_duration_ms < value.
+    ``min_duration_ms``: drop trials with trial_duration_ms < value, and those whose duration
+    is NaN (unknown; counted apart as ``min_duration_ms_nan``, included in ``min_duration_ms``).
     ``require_fixation``: (truthy) drop trials whose fixation_on channel is never > 0.5.
     """
     filters = dict(filters or {})
@@ -102,8 +104,11 @@ def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
     keep = np.ones(session.n_trials, bool)
     report: Dict[str, int] = {"n_before": session.n_trials}
     if filters.get("min_duration_ms") is not None:
-        new = keep & (session.trial_duration_ms >= float(filters["min_duration_ms"]))
+        dur = session.trial_duration_ms
+        new = keep & (dur >= float(filters["min_duration_ms"]))  # NaN compares False: dropped
         report["min_duration_ms"] = int(keep.sum() - new.sum())
+        if np.isnan(dur).any():
+            report["min_duration_ms_nan"] = int((keep & np.isnan(dur)).sum())
         keep = new
     if filters.get("require_fixation"):
         if "fixation_on" not in session.input_names:
@@ -238,9 +243,15 @@ class SessionDataModule(L.LightningDataModule):
         if self.session is not None:
             return
         raw = self.load_raw()
+        if raw.n_trials == 0:
+            raise DataFormatError(raw.source or self.path, "firing_rates", "the session has no trials")
         kept, self.filter_report = apply_filters(raw, self.filters)
         if kept.size == 0:
-            raise ValueError(f"filters {self.filters} removed every trial of {raw.source}")
+            removed = ", ".join(f"{k} removed {v}" for k, v in self.filter_report.items()
+                                if k not in ("n_before", "n_after"))
+            raise DataFormatError(raw.source or self.path, None,
+                                  f"data.filters removed all {raw.n_trials} trials ({removed}); "
+                                  f"loosen data.filters (e.g. a lower min_duration_ms)")
         if self.cv_folds is not None:  # folds of the unfiltered trials (see class docstring)
             self.cv_partition = stratified_kfold(raw.condition_ids(), self.cv_folds, self.cv_seed)
         session = raw if kept.size == raw.n_trials else raw.subset(kept)
@@ -251,6 +262,13 @@ class SessionDataModule(L.LightningDataModule):
         else:
             self.train_idx, self.val_idx = stratified_split(session.condition_ids(), self.val_fraction,
                                                             self.split_seed)
+        for name, idx in (("validation", self.val_idx), ("training", self.train_idx)):
+            if idx.size == 0:
+                raise DataFormatError(session.source or self.path, None,
+                                      f"no {name} trials: {session.n_trials} trials in "
+                                      f"{np.unique(session.condition_ids()).size} conditions after the filters "
+                                      + (f"(fold {self.cv_fold} of {self.cv_folds} is empty)" if self.cv_folds
+                                         else f"with data.val_fraction={self.val_fraction:g}"))
         full = session_to_tensors(session)
         tr, va = torch.from_numpy(self.train_idx), torch.from_numpy(self.val_idx)
         self._train = {k: v.index_select(0, tr) for k, v in full.items()}
@@ -338,6 +356,9 @@ class SessionDataModule(L.LightningDataModule):
         s = self.summary()
         rep = self.filter_report
         removed = ", ".join(f"{k} -{v}" for k, v in rep.items() if k not in ("n_before", "n_after"))
+        from .validate import caveat_line
+
+        caveats = caveat_line(self._need().metadata.get("caveats") or {})
         return "\n".join([
             self._need().describe(),
             f"  split: {s['n_train']} train / {s['n_val']} val trials (stratified by condition, "
@@ -346,7 +367,7 @@ class SessionDataModule(L.LightningDataModule):
             f"-> {s['n_train_batches']} train batch(es)",
             f"  filters: {rep.get('n_before')} -> {rep.get('n_after')} trials"
             + (f" ({removed})" if removed else ""),
-        ])
+        ] + ([f"  accepted with caveats: {caveats}"] if caveats else []))
 
     # ------------------------------------------------------------ dataloaders
     def _epoch(self) -> Optional[int]:

@@ -37,6 +37,7 @@ import numpy as np
 
 from .errors import DataFormatError
 from .session import INPUT_CHANNELS, Session, apply_eye_norm, eye_norm_stats
+from .validate import check_integer_overflow, validate_session
 
 __all__ = ["REQUIRED_FIELDS", "OPTIONAL_FIELDS", "load_mat", "load_session", "save_mat", "counts_from_rates",
            "detect_format", "FORMATS",
@@ -193,6 +194,7 @@ def session_from_fields(fields: Dict[str, Any], path: PathLike, source: str | No
         a = np.asarray(v)
         if a.dtype.kind not in "fiub":
             raise err(name, f"expected a numeric array, got dtype {a.dtype}")
+        check_integer_overflow(path, name, a)  # e.g. int8 rates saturated at 127
         return a.astype(np.float64, copy=False)
 
     def no_inf(name, a):
@@ -323,13 +325,15 @@ def session_from_fields(fields: Dict[str, Any], path: PathLike, source: str | No
     if extra:
         metadata["extra_fields"] = extra
 
-    return Session(
+    session = Session(
         rates=rates, inputs=inputs, is_excitatory=is_exc, bin_size_ms=bin_ms,
         time_axis_ms=time_axis, trial_duration_ms=duration, neuron_ids=neuron_ids,
         brain_area=brain_area, session_name=name, source=source or path, eye_raw=eye_raw,
         eye_norm=eye_norm, metadata=metadata, counts=counts_from_rates(rates, bin_ms),
         alignment_event="fixation_on", **trial,
     )
+    validate_session(session)  # duplicates, time axis, ids; caveat counts in metadata["caveats"]
+    return session
 
 
 def counts_from_rates(rates: np.ndarray, bin_size_ms: float) -> "np.ndarray | None":

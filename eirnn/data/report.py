@@ -73,11 +73,14 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
     t_axis = session.time_axis_ms
     rates = session.rates
     finite = np.isfinite(rates)
+    valid = session.missing_mask()  # True = usable (finite rate and every input finite)
+    input_nan = ~np.isfinite(session.inputs).all(axis=2)  # [K, T]
 
     # ---------------------------------------------------------------- trials
     after_end = t_axis[None, :] > dur[:, None]  # [K, T] bins whose centre is past the end
     nan_bin = ~np.isfinite(rates).all(axis=2)
-    q = np.percentile(dur, [0, 5, 25, 50, 75, 95, 100]) if K else np.zeros(7)
+    dur_known = dur[np.isfinite(dur)]
+    q = np.percentile(dur_known, [0, 5, 25, 50, 75, 95, 100]) if dur_known.size else np.full(7, np.nan)
     trials = {
         "n_trials": K, "n_time_bins": T, "bin_size_ms": bs,
         "time_axis_ms": [float(t_axis[0]), float(t_axis[-1])] if T else [],
@@ -85,6 +88,7 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
                                           [float(v) for v in q])),
         "bins_past_end": int(after_end.sum()),
         "bins_past_end_nan_padded": int((after_end & nan_bin).sum()),
+        "duration_nan": int(np.isnan(dur).sum()),
     }
 
     # ------------------------------------------------------------ conditions
@@ -132,7 +136,7 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
     for name in (_TASK_CHANNELS if session.is_sc else [c for c in session.input_names if c not in ("eye_x", "eye_y")]):
         task_on |= _on(session, name)
     inputs_after = np.flatnonzero((task_on & after_end).any(axis=1))
-    aborted = np.flatnonzero(dur < float(min_duration_ms))
+    aborted = np.flatnonzero(~(dur >= float(min_duration_ms)))  # NaN (unknown) duration counts: the filter drops it
 
     loc_on = np.stack([_on(session, f"target_loc_{i}") for i in range(1, 5)], axis=2)  # [K, T, 4]
     multi = loc_on.sum(axis=2) > 1
@@ -159,14 +163,17 @@ def session_report(session: Session, min_duration_ms: float = 100.0, cv_folds: i
             eye = "present"
     silent = [n["index"] for n in neurons if "silent" in n["flags"]]
     anomalies = {
-        "aborted": _anomaly(aborted.size, aborted, threshold_ms=float(min_duration_ms)),
+        "aborted": _anomaly(aborted.size, aborted, threshold_ms=float(min_duration_ms),
+                            of_which_nan_duration=int(np.isnan(dur).sum())),
         "no_fixation": _anomaly(int((~has_fix).sum()), np.flatnonzero(~has_fix)),
         "cue_without_fixation": _anomaly(cue_wo_fix.size, cue_wo_fix),
         "inputs_after_end": _anomaly(inputs_after.size, inputs_after),
         "label_mismatch": _anomaly(mismatch.size, mismatch),
         "multi_target": _anomaly(int(multi.any(axis=1).sum()), np.flatnonzero(multi.any(axis=1))),
-        "missing_bins": _anomaly(int((~finite).sum()), None, unit="neuron-bins",
-                                 trials_affected=int((~finite).any(axis=(1, 2)).sum())),
+        # the training mask: a bin is missing for a neuron when its rate or any task input is NaN
+        "missing_bins": _anomaly(int((~valid).sum()), None, unit="neuron-bins",
+                                 trials_affected=int((~valid).any(axis=(1, 2)).sum()),
+                                 nan_rates=int((~finite).sum()), nan_input_bins=int(input_nan.sum())),
         "non_integer_counts": _anomaly(int(nonint.sum()), None, unit="neuron-bins"),
         "silent_neurons": _anomaly(len(silent), np.asarray(silent, dtype=int), unit="neurons",
                                    threshold_hz=SILENT_HZ),
@@ -218,7 +225,7 @@ def format_report(rep: Dict[str, Any]) -> str:
         f"(time axis {t['time_axis_ms'][0]:g} .. {t['time_axis_ms'][1]:g} ms)" if t["time_axis_ms"] else "",
         f"- {s['n_neurons']} neurons ({s['n_E']} E / {s['n_I']} I); mean rate {rep['rates']['mean_hz']:.2f} sp/s, "
         f"max {rep['rates']['max_hz']:.0f} sp/s",
-        f"- trial duration (ms): min {q['min']:.0f}, 5% {q['p5']:.0f}, median {q['median']:.0f}, "
+        f"- trial duration (ms, {t.get('duration_nan', 0)} unknown/NaN): min {q['min']:.0f}, 5% {q['p5']:.0f}, median {q['median']:.0f}, "
         f"95% {q['p95']:.0f}, max {q['max']:.0f}; {t['bins_past_end']} trial-bins lie past the trial's end "
         f"({t['bins_past_end_nan_padded']} of them NaN-padded)",
     ]
@@ -238,13 +245,15 @@ def format_report(rep: Dict[str, Any]) -> str:
                      f"{n['spikes']:.0f} | {100 * n['fraction_zero_bins']:.0f}% | {', '.join(n['flags'])} |")
     lines += ["", "## Anomalies", "", "| anomaly | count | first indices | note |", "|---|---|---|---|"]
     notes = {
-        "aborted": f"duration < {a['aborted'].get('threshold_ms', 0):g} ms",
+        "aborted": f"duration < {a['aborted'].get('threshold_ms', 0):g} ms or unknown "
+                   f"({a['aborted'].get('of_which_nan_duration', 0)} with NaN trial_duration_ms)",
         "no_fixation": f"fixation input never on ({a.get('no_fixation', {}).get('of_which_aborted', 0)} of them aborted)",
         "cue_without_fixation": "target/go input on before (or without) fixation input",
         "inputs_after_end": "task inputs still on past the trial's duration",
         "label_mismatch": "target-location / identity inputs disagree with the trial labels",
         "multi_target": "more than one target location on in one bin",
-        "missing_bins": "NaN rates or inputs",
+        "missing_bins": f"NaN rate ({a['missing_bins'].get('nan_rates', 0)}) or a NaN task input in the bin "
+                        f"({a['missing_bins'].get('nan_input_bins', 0)} trial-bins, masked for every neuron)",
         "non_integer_counts": "rates x bin / 1000 not an integer spike count",
         "silent_neurons": f"mean rate < {SILENT_HZ:g} sp/s",
     }

@@ -122,6 +122,9 @@ def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def _stopped_line(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     trainer = config.get("trainer") or {}
+    outcome = summary.get("outcome")
+    if outcome in ("diverged", "failed", "unfinished") or (outcome == "completed" and not summary.get("epochs_trained")):
+        return f"{outcome.upper() if outcome != 'completed' else outcome}: {summary.get('reason', '')}"
     if summary.get("interrupted"):
         ck = summary.get("interrupted_checkpoint") or "checkpoints/interrupted.ckpt"
         return (f"interrupted by {summary['interrupted']}; resume with "
