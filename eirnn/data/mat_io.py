@@ -231,6 +231,10 @@ def session_from_fields(fields: Dict[str, Any], path: PathLike, source: str | No
     if fr.ndim != 3:
         raise err("firing_rates", f"expected 3 dimensions [neurons x bins x trials], got shape {fr.shape}")
     N, T, K = fr.shape
+    for count, what in ((K, "trials"), (N, "neurons"), (T, "time bins")):
+        if count == 0:
+            raise err("firing_rates", f"holds no {what} (shape {fr.shape} [neurons x bins x trials]): "
+                                      "nothing to fit")
     rates = np.ascontiguousarray(fr.transpose(2, 1, 0))
     no_inf("firing_rates", rates)
     neg = rates < 0
