@@ -55,6 +55,12 @@ def _positive_number(v) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
+def _learning_rate(v) -> str | None:
+    if not _is_num(v) or not math.isfinite(float(v)):
+        return "must be a finite number > 0"
+    return None if v >= 0 else "must be > 0 (0 only to keep the weights frozen)"
+
+
 def _non_negative_number_or_null(v) -> str | None:
     if v is None:
         return None
@@ -98,7 +104,7 @@ _CHECKS: list[tuple[str, Callable[[Any], str | None]]] = [
     ("trainer.max_epochs", _max_epochs),
     ("trainer.min_epochs", _int_or_null_at_least(0)),
     ("trainer.check_val_every_n_epoch", _int_or_null_at_least(1)),
-    ("optim.lr", _positive_number),
+    ("optim.lr", _learning_rate),
     ("optim.weight_decay", _non_negative_number_or_null),
     ("optim.grad_clip", _non_negative_number_or_null),
     ("optim.warmup_steps", _int_or_null_at_least(0)),

@@ -259,7 +259,7 @@ class MetricsWriter(L.Callback):
 
     def summary(self, trainer: L.Trainer, pl_module) -> dict:
         """The run summary, with ``outcome``/``reason`` as far as the trainer knows them
-        (:func:`run_outcome`; ``eirnn.train`` settles them after interruption handling)."""
+        (:func:`settle_outcome`; ``eirnn.train`` settles them after interruption handling)."""
         stopped = getattr(trainer, "early_stopping_callback", None)
         out = {
             "best": dict(pl_module.best_val),
