@@ -32,7 +32,6 @@ writes counts when the session's rates are integer counts, else rates, so
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -153,12 +152,18 @@ def load_arrays(path: PathLike, options: Optional[Mapping[str, Any]] = None) -> 
                 raise err("counts", "expected integer spike counts, got non-integer values (store rates instead)")
         elif c.dtype.kind not in "iub":
             raise err("counts", f"expected integer spike counts, got dtype {c.dtype}")
+        from .validate import check_integer_overflow
+
+        check_integer_overflow(src, "counts", c)  # e.g. uint8 counts stuck at 255
         mask = np.isfinite(c) if c.dtype.kind == "f" else np.ones(c.shape, bool)
         counts = np.where(mask, c, 0).astype(np.int64)
         if np.any(counts < 0):
             raise err("counts", "negative spike counts")
         rates = counts * (1000.0 / bin_ms)
     elif "rates" in d:
+        from .validate import check_integer_overflow
+
+        check_integer_overflow(src, "rates", d["rates"])  # e.g. int8 rates stuck at 127
         rates = np.asarray(d["rates"], dtype=np.float64)
         if rates.ndim != 3:
             raise err("rates", f"expected 3 dimensions [trials x time x neurons], got shape {rates.shape}")
@@ -285,9 +290,9 @@ def save_arrays(session: Session, path: PathLike) -> Path:
     if not p.parent.is_dir():
         raise FileNotFoundError(f"directory does not exist: {p.parent}")
     arrays = session_to_arrays(session)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from eirnn.utils import atomic_write  # temp file beside p, fsync, rename (full disk: p unchanged)
+
+    def write(tmp: str) -> None:
         if suffix == ".npz":
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
@@ -301,12 +306,6 @@ def save_arrays(session: Session, path: PathLike) -> Path:
                         v = v.astype(h5py.string_dtype()) if v.ndim else np.bytes_(str(v).encode())
                     kw = {"compression": "gzip", "shuffle": True} if v.ndim and v.size >= 4096 else {}
                     f.create_dataset(k, data=v, **kw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(p, write, by_path=True)
     return p

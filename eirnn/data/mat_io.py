@@ -378,10 +378,14 @@ def load_session(path: PathLike, format: str | None = None, options: Dict[str, A
     fmt = detect_format(path) if format in (None, "auto") else str(format)
     if fmt == "nwb":
         from .nwb_io import load_nwb
-        return load_nwb(path, options)
+        session = load_nwb(path, options)
+        validate_session(session)  # the MAT reader validates in session_from_fields
+        return session
     if fmt == "arrays":
         from .arrays_io import load_arrays
-        return load_arrays(path, options)
+        session = load_arrays(path, options)
+        validate_session(session)
+        return session
     if fmt != "mat":
         raise DataFormatError(path, "format", f"unknown data format {fmt!r}; one of {list(FORMATS)}")
     if options:

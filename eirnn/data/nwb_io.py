@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -603,19 +602,13 @@ def save_nwb(session: Session, path: PathLike, gap_s: float = 1.0) -> Path:
     p = Path(os.path.expanduser(os.fspath(path)))
     if not p.parent.is_dir():
         raise FileNotFoundError(f"directory does not exist: {p.parent}")
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from eirnn.utils import atomic_write  # temp file beside p, fsync, rename (full disk: p unchanged)
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with NWBHDF5IO(tmp, "w") as io:
                 io.write(nwb)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(p, write, by_path=True)
     return p

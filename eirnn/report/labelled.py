@@ -21,8 +21,6 @@ and the checkpoint are global attributes.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -116,17 +114,8 @@ def write_labelled(path, session, outputs, metrics, weights, population, attrs=N
     """Write :func:`results_dataset` to ``path`` (NetCDF4, h5netcdf); temp file + rename."""
     ds = results_dataset(session, outputs, metrics, weights, population, attrs)
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        enc = {k: {"zlib": True, "complevel": 3} for k, v in ds.data_vars.items() if v.size >= 4096}
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=enc)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from eirnn.utils import atomic_write  # temp file beside p, fsync, rename (full disk: p unchanged)
+
+    enc = {k: {"zlib": True, "complevel": 3} for k, v in ds.data_vars.items() if v.size >= 4096}
+    atomic_write(p, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf", encoding=enc), by_path=True)
     return p
