@@ -233,15 +233,10 @@ def build_rows(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]], list[J
             row[key] = job.params.get(key, "")
         final = m.get("final", {})
         note = ""
-<<<<<<< HEAD
-        if metric in final and final[metric] is None:  # NaN at the last validation: the run diverged
-            note = f"NaN at epoch {int(final['epoch']) + 1}" if final.get("epoch") is not None else "NaN"
-=======
         if m.get("outcome") == "diverged":  # metrics.json's own verdict (eirnn.train, issue 19)
             note = f"diverged: {m.get('reason', '')}"
         elif metric in final and final[metric] is None:  # NaN at the last validation: the run diverged
-            note = f"NaN at epoch {final.get('epoch')}"
->>>>>>> 8b28296 (Issue 19: tests (tests/test_faults.py), README section on faults and mistakes, zero-trial file message, sweep_report uses outcome)
+            note = f"NaN at epoch {int(final['epoch']) + 1}" if final.get("epoch") is not None else "NaN"
         elif m.get("early_stopped"):
             note = "early stop"
         row.update(epochs_trained=m.get("epochs_trained"), early_stopped=m.get("early_stopped"), note=note,
