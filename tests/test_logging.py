@@ -316,7 +316,8 @@ def test_divergence_lines_once_in_train_log(compose, tmp_path, monkeypatch, caps
     root.setLevel(logging.INFO)
     try:
         cfg = compose(["debug=fast", "data.synthetic.n_trials=40", "model.n_hidden=4", "optim.max_skipped_steps=2",
-                       "trainer.max_epochs=4", "print_config=false", "fit_spike_readout=false"], tmp_path)
+                       "trainer.max_epochs=4", "print_config=false", "fit_spike_readout=false",
+                       "callbacks.progress.bar=true"], tmp_path)  # as on a terminal: warnings come during the bar
         summary = train(cfg)
     finally:
         for h in (console, logfile):
@@ -329,6 +330,9 @@ def test_divergence_lines_once_in_train_log(compose, tmp_path, monkeypatch, caps
     for line in ("epoch 1: 1 optimiser step(s) had a non-finite gradient", "epoch 2: 1 optimiser step(s)",
                  "TRAINING DIVERGED", "DIVERGED: 2 optimiser steps in a row had a non-finite gradient (epoch 2)"):
         assert log.count(line) == 1 and out.count(line) == 1, line
+    pieces = out.replace("\r", "\n").splitlines()
+    assert any("epoch/s" in x for x in pieces)  # the bar was drawn ...
+    assert not any("epoch/s" in x and "non-finite" in x for x in pieces)  # ... and log lines are not glued onto it
     assert "├── model" not in log and "config (print_config" not in log  # print_config=false
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()

@@ -56,6 +56,7 @@ class EpochProgressBar(ProgressBar):
         self._bar = None
         self._t0 = 0.0
         self._last_line_epoch = -1
+        self._redirect = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -79,6 +80,24 @@ class EpochProgressBar(ProgressBar):
             initial=trainer.current_epoch, desc="train", unit="epoch", dynamic_ncols=True,
             file=sys.stdout, mininterval=0.5, leave=True,
         )
+        import logging
+
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        # other log records (Lightning's "fit stopped", warnings) above the bar, not glued onto it;
+        # only where the root logger prints to the console (a Hydra run), with its format and filters
+        if any(type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)
+               for h in logging.getLogger().handlers):
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
     def _emit(self, line: str) -> None:
         """One line on the console (above the bar when there is one) and in ``train.log``."""
@@ -118,9 +137,7 @@ class EpochProgressBar(ProgressBar):
             self._last_line_epoch = epoch
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close_bar()
         if not self._enabled or not trainer.is_global_zero:
             return
         history = getattr(pl_module, "history", None) or []
@@ -134,9 +151,7 @@ class EpochProgressBar(ProgressBar):
             self._emit(notice)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close_bar()
 
 
 def early_stopping_notice(trainer: L.Trainer, pl_module, monitor: str) -> str | None:
