@@ -117,6 +117,13 @@ _CHECKS: list[tuple[str, Callable[[Any], str | None]]] = [
     ("model.n_hidden", _int_or_null_at_least(0)),
     ("model.tau", _positive_number),
     ("model.dt", lambda v: None if v is None else _positive_number(v)),
+    ("model.noise_scale", _non_negative_number_or_null),
+    ("model.spectral_radius", _positive_number),
+    ("model.rate_scale", _positive_number),
+    ("model.embed_dim", _int_at_least(1)),
+    ("data.synthetic.n_trials", _int_at_least(1)),
+    ("data.split_seed", lambda v: None if v is None or _is_int(v) else "must be an integer"),
+    ("callbacks.early_stopping.min_delta", _non_negative_number_or_null),
     ("ensemble.size", _int_at_least(1)),
     ("callbacks.early_stopping.patience", _int_or_null_at_least(0)),
 ]

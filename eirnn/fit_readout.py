@@ -63,6 +63,11 @@ def fit_checkpoint_readouts(cfg, dm, paths: Iterable[Path], noise_draws: int = 1
         module, epoch = load_module(cfg, dm, path)
         if not hasattr(module.model, "spike_readout"):
             raise ValueError(f"{path}: model {type(module.model).__name__} has no spike readout")
+        from eirnn.errors import UserError
+        from eirnn.training.callbacks import params_finite
+
+        if not params_finite(module):  # a diverged model: a readout fitted to NaN rates means nothing
+            raise UserError(f"{path}: the model's weights are not finite (a diverged run); no readout fitted")
         info = fit_spike_readout(module, dm, noise_draws)
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
         ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}

@@ -249,6 +249,8 @@ def test_cli_bad_config_values_one_line_exit_2_nothing_written(tmp_path):
     (["optim.lr=inf"], "optim.lr=inf"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1"),
     (["ensemble.size=0"], "ensemble.size=0"),
+    (["model.noise_scale=-1"], "model.noise_scale=-1"),
+    (["data.synthetic.n_trials=0"], "data.synthetic.n_trials=0"),
     (["data.cv_folds=5", "data.cv_fold=7"], "data.cv_fold=7"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: no such file"),
 ])
