@@ -67,8 +67,11 @@ class EpochTensorBoardLogger(TensorBoardLogger):
         if self.hparams:  # Lightning writes hparams.yaml once, before any HParams exist ({})
             from lightning.pytorch.core.saving import save_hparams_to_yaml
 
+            from eirnn.utils import atomic_write  # temp file beside it, fsync, rename
+
             os.makedirs(self.log_dir, exist_ok=True)
-            save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+            atomic_write(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE),
+                         lambda tmp: save_hparams_to_yaml(tmp, self.hparams), by_path=True)
 
 
 class EpochCSVLogger(CSVLogger):
