@@ -84,7 +84,10 @@ def lock_holder(run_dir: Path | str) -> dict | None:
 def _describe(info: dict) -> str:
     started = info.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-    return f"pid {info.get('pid')} on {info.get('host')}, started {when}"
+    text = f"pid {info.get('pid')} on {info.get('host')}, started {when}"
+    if info.get("host") != socket.gethostname():  # cannot see that machine's processes
+        text += f"; if that job no longer runs, delete its {LOCK_NAME}"
+    return text
 
 
 def refuse_if_running(run_dir: Path | str, what: str = "read") -> None:
