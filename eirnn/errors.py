@@ -52,6 +52,9 @@ class RunFolderError(UserError):
 class DiskFullError(UserError, OSError):
     """A write failed for lack of space (ENOSPC/EDQUOT); the previous file is left as it was."""
 
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] ..."
+        return one_line(self.strerror if self.strerror else super().__str__())
+
 
 def exit_user_error(err: BaseException, prog: str | None = None) -> int:
     """Print ``error: <message>`` on stderr in one line; returns :data:`EXIT_USER_ERROR`."""

@@ -94,16 +94,17 @@ def atomic_write(path, write, mode: str = "wb", by_path: bool = False):
                 os.close(dfd)
         except OSError:
             pass
-    except OSError as err:
-        if getattr(err, "errno", None) in _NO_SPACE or _caused_by_no_space(err):
-            raise DiskFullError(28, f"{path}: disk full ({free_space(path.parent)} free); "
-                                    f"not written, the previous file is unchanged") from err
-        raise
-    except RuntimeError as err:  # torch.save wraps the OSError of its writer
-        if _caused_by_no_space(err):
-            raise DiskFullError(28, f"{path}: disk full ({free_space(path.parent)} free); "
-                                    f"not written, the previous file is unchanged") from err
-        raise
+    except (OSError, RuntimeError) as err:  # torch.save wraps its writer's OSError in a RuntimeError
+        if isinstance(err, DiskFullError) or not _caused_by_no_space(err):
+            raise
+        if tmp is not None:  # free the partial file first: the free space reported is what is left
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            tmp = None
+        raise DiskFullError(28, f"{path}: disk full ({free_space(path.parent)} free after removing the partial "
+                                f"file); not written, the previous file is unchanged") from err
     finally:
         if tmp is not None:
             try:

@@ -99,6 +99,34 @@ def test_full_disk_on_a_real_small_tmpfs(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def _small_tmpfs(mnt: Path, size: str) -> None:
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+
+
+@pytest.mark.slow
+def test_cli_training_on_a_full_tmpfs_keeps_good_checkpoints(tmp_path):
+    """A real full disk: a 220 KiB tmpfs holds two checkpoints of the tiny model but not a third
+    file beside them; the run stops in one line naming the file and the free space."""
+    mnt = tmp_path / "disk"
+    _small_tmpfs(mnt, "220k")
+    try:
+        run = mnt / "run"
+        res = _cli("eirnn.train", [*TINY, "trainer.max_epochs=30", f"hydra.run.dir={run}"], tmp_path)
+        line = _one_line_error(res, "disk full", "free", ".ckpt", "the previous file is unchanged")
+        assert "[Errno" not in line
+        for name in ("best.ckpt", "last.ckpt"):
+            assert torch.load(run / "checkpoints" / name, weights_only=False)["state_dict"]
+        assert not [p for p in run.rglob("*.tmp")]
+        assert json.loads((run / "metrics.json").read_text())["outcome"] == "failed"
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def test_checkpoint_save_is_atomic_beside_the_target(tmp_path, monkeypatch):
     import eirnn.utils as U
 
