@@ -284,11 +284,15 @@ def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) 
         summary = writer.summary(trainer, module)
     except Exception:
         summary = {}
-    interrupted = isinstance(err, KeyboardInterrupt)
-    summary.update(outcome="interrupted" if interrupted else "failed",
-                   reason="Ctrl+C (second signal: stopped at once)" if interrupted
-                   else f"{type(err).__name__}: {' '.join(str(err).split())}"[:500],
+    sigterm = type(err).__name__ == "SIGTERMException"  # Lightning's, raised mid-epoch
+    interrupted = isinstance(err, KeyboardInterrupt) or sigterm
+    reason = ("SIGTERM: stopped in the middle of an epoch (the last epoch's checkpoints are kept)" if sigterm
+              else "Ctrl+C: stopped at once" if interrupted
+              else f"{type(err).__name__}: {' '.join(str(err).split())}"[:500])
+    summary.update(outcome="interrupted" if interrupted else "failed", reason=reason,
                    run_dir=str(out_dir), early_stopped=False)
+    if sigterm:
+        summary.update(interrupted="SIGTERM", exit_code=143)
     try:
         from eirnn.utils import write_json_atomic
 
@@ -418,6 +422,13 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:  # outside training (data loading, export): nothing to save
         print("interrupted (Ctrl+C)", file=sys.stderr, flush=True)
         sys.exit(130)
+    except SystemExit as err:  # Lightning's SIGTERMException (exit status 0 of its own): say so, status 143
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        print(f"interrupted by SIGTERM in the middle of an epoch; last saved state: "
+              f"{_output_dir(cfg) / 'checkpoints' / 'last.ckpt'} (callbacks=final stops at the end of the "
+              f"epoch instead)", file=sys.stderr, flush=True)
+        sys.exit(143)
     if summary.get("interrupted") and not _is_multirun():
         sys.exit(int(summary.get("exit_code", 130)))  # 128 + signal number, after every file is written
     if summary.get("outcome") == "diverged" and not _is_multirun():

@@ -494,3 +494,29 @@ def test_filters_removing_every_trial_is_one_line(small_session, tmp_path):
     dm = SessionDataModule(path=str(path), filters={"min_duration_ms": 1e9})
     with pytest.raises(DataFormatError, match=r"data.filters removed all 24 trials \(min_duration_ms removed 24\)"):
         dm.setup("fit")
+
+
+@pytest.mark.slow
+def test_sigterm_without_graceful_callback_is_reported_as_interrupted(tmp_path):
+    """Default callbacks: Lightning stops mid-epoch on SIGTERM with exit status 0 of its own;
+    eirnn.train says interrupted (metrics.json, stderr) and exits 143."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    args = [a for a in TINY if not a.startswith("trainer.max_epochs")]
+    proc = subprocess.Popen([sys.executable, "-m", "eirnn.train", *args, "trainer.max_epochs=5000",
+                             "callbacks.early_stopping.patience=5000", f"hydra.run.dir={run}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.time() - t0 < 240 and proc.poll() is None:
+        time.sleep(0.5)
+    assert (run / "run.lock").exists()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["outcome"] == "interrupted" and m["interrupted"] == "SIGTERM"
+    assert not (run / "run.lock").exists()
