@@ -381,7 +381,7 @@ def test_diverged_run_exits_3_and_fits_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_into_its_own_folder_allowed_and_export_refuses_a_running_run(tmp_path):
+def test_resume_into_its_own_folder_allowed_and_export_refuses_a_running_run(tmp_path, capsys):
     run = tmp_path / "run"
     res = _cli("eirnn.train", [*TINY, f"hydra.run.dir={run}"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -396,8 +396,13 @@ def test_resume_into_its_own_folder_allowed_and_export_refuses_a_running_run(tmp
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run / "run.lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": 0}))
-        _one_line_error(_cli("eirnn.export", [run, "--no-figures"], tmp_path), "still being written")
-        _one_line_error(_cli("eirnn.evaluate", [run, "--baselines", ""], tmp_path), "still being written")
+        from eirnn import evaluate, export
+
+        for main, argv in ((export.main, [str(run), "--no-figures"]), (evaluate.main, [str(run), "--baselines", ""])):
+            capsys.readouterr()
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "still being written" in err[0] and str(sleeper.pid) in err[0], err
     finally:
         sleeper.kill()
         sleeper.wait()
