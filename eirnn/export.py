@@ -193,6 +193,27 @@ def _summary_from_history(history: list[dict], monitor: str) -> dict[str, Any]:
                       f"{len(history)} validated epochs in training_log.json"}
 
 
+def _check_out_dir(out: Path, run_dir: Path) -> None:
+    """Refuse an ``--out`` folder that is a run folder or holds the export of another run
+    (its ``metrics.json`` / ``training_log.json`` / arrays would be mixed with this run's)."""
+    from eirnn.run_dir import LOCK_NAME
+
+    if not out.is_dir():
+        return
+    found = [n for n in (".hydra", "checkpoints", "tensorboard", LOCK_NAME) if (out / n).exists()]
+    if found:
+        raise ExportError(f"{out}: is a run folder ({', '.join(found)}); --out needs a folder of its own")
+    previous = out / "artifacts.json"
+    if previous.exists():
+        try:
+            other = json.loads(previous.read_text()).get("run_dir")
+        except (OSError, ValueError, AttributeError):
+            other = None
+        if other is not None and Path(other).resolve() != run_dir:
+            raise ExportError(f"{out}: holds the export of another run ({other}); choose another --out "
+                              "(or remove that folder)")
+
+
 def export_run(
     run_dir: str | Path,
     cfg=None,
@@ -224,6 +245,8 @@ def export_run(
         raise ExportError(f"{run_dir}: not a directory")
     refuse_if_running(run_dir, "export")  # a report of a run still training would misdescribe it
     out = run_dir if out_dir is None else Path(out_dir).resolve()
+    if out != run_dir:
+        _check_out_dir(out, run_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -242,9 +265,9 @@ def export_run(
     if summary is None:
         mpath = run_dir / "metrics.json"
         summary = json.loads(mpath.read_text()) if mpath.exists() else _summary_from_history(history, monitor)
-    if not (out / "training_log.json").exists():
+    if out != run_dir or not (out / "training_log.json").exists():  # --out: this run's, never a stale copy
         write_json_atomic(out / "training_log.json", history)
-    if out != run_dir and (run_dir / "metrics.json").exists() and not (out / "metrics.json").exists():
+    if out != run_dir and (run_dir / "metrics.json").exists():
         write_json_atomic(out / "metrics.json", summary)
 
     val = A.validation_rates(module, dm, attention=True)
@@ -309,7 +332,7 @@ def export_run(
         "files": files, "figure_errors": figure_errors, "export_time_s": round(time.perf_counter() - t0, 2),
     }
     report = write_report(out, summary=summary, final_metrics=final_metrics, config=resolved, files=files,
-                          monitor=monitor, per_neuron=metrics, history=history)
+                          monitor=monitor, per_neuron=metrics, history=history, source_run=run_dir)
     manifest["report"] = str(report.relative_to(out))
     write_json_atomic(out / "artifacts.json", manifest)
     return manifest

@@ -289,6 +289,34 @@ def test_export_out_dir(redirected_run, tmp_path):
     assert (out / "metrics.json").exists() and (out / "config.yaml").exists()
     best = json.loads((run / "metrics.json").read_text())["best"]
     assert manifest["final_metrics"]["checkpoint_epoch"] == best["epoch"]  # 0-based in JSON, like metrics.json
+    report = (out / "training_report.md").read_text()
+    assert f"Run folder: `{run.resolve()}`" in report and f"exported into `{out.resolve()}`" in report
+
+
+@pytest.mark.slow
+def test_export_out_never_mixes_runs(redirected_run, tmp_path, capsys):
+    """--out refuses a run folder and another run's export; a stale metrics.json / training_log.json is replaced."""
+    from eirnn.export import main
+
+    run, _, _ = redirected_run
+    other = tmp_path / "other_run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "metrics.json").write_text('{"outcome": "completed"}')
+    assert main([str(run), "--out", str(other), "--no-figures"]) == 2
+    assert "is a run folder (checkpoints)" in capsys.readouterr().err
+    assert (other / "metrics.json").read_text() == '{"outcome": "completed"}' and not (other / "weights").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "artifacts.json").write_text(json.dumps({"run_dir": str(tmp_path / "elsewhere")}))
+    assert main([str(run), "--out", str(foreign), "--no-figures"]) == 2
+    assert "holds the export of another run" in capsys.readouterr().err
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "metrics.json").write_text('{"stale": true}')
+    (stale / "training_log.json").write_text("[]")
+    assert main([str(run), "--out", str(stale), "--no-figures"]) == 0
+    assert json.loads((stale / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
+    assert json.loads((stale / "training_log.json").read_text()) == json.loads((run / "training_log.json").read_text())
 
 
 @pytest.mark.slow

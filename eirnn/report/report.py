@@ -144,16 +144,21 @@ def render_report(
     monitor: str = "val/psth_corr",
     per_neuron: Mapping[str, np.ndarray] | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
+    source_run: Path | None = None,
 ) -> str:
-    """The report as markdown text (see the module docstring)."""
+    """The report as markdown text (see the module docstring); ``run_dir`` is the folder the
+    report and arrays are in, ``source_run`` the run folder when that is another (``--out``)."""
     best, final = summary.get("best") or {}, summary.get("final") or {}
     history = list(history or [])
     sum_epochs = sum(float(h.get("epoch_time_s") or 0.0) for h in history)
     data = config.get("data") or {}
+    elsewhere = source_run is not None and Path(source_run) != Path(run_dir)
+    where = (f"Run folder: `{source_run}` (checkpoints, `.hydra/`, TensorBoard); exported into `{run_dir}`  "
+             if elsewhere else f"Run folder: `{run_dir}`  ")
     lines = [
         "# Final Model Training Report",
         "",
-        f"Run folder: `{run_dir}`  ",
+        where,
         f"Written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by `python -m eirnn.export` from "
         f"`{final_metrics.get('checkpoint')}` (weights of epoch {int(final_metrics.get('checkpoint_epoch', -1)) + 1}).  ",
         "Epochs are counted from 1 here and on the console; the `epoch` field of `training_log.json` counts from 0.",
@@ -211,6 +216,8 @@ def render_report(
     lines += ["", "Callbacks, logger and paths: see `config.yaml` / `config.json` (the full resolved config).", "",
               "## Saved Files", ""]
     lines += [
+        *([f"Checkpoints and `.hydra/` are in the run folder `{source_run}`; the rest is here.", ""]
+          if elsewhere else []),
         "| file | content |", "|---|---|",
         "| `checkpoints/best.ckpt`, `last.ckpt` | best by the monitored metric; the last epoch (`ckpt_path=` resumes) |",
         "| `checkpoints/epochNNNN.ckpt` | every N completed epochs |",
@@ -269,11 +276,13 @@ print(f"{{len(log)}} epochs logged; best epoch {{max(log, key=lambda r: r['val/p
 
 
 def write_report(run_dir: Path, summary, final_metrics, config, files, monitor: str = "val/psth_corr",
-                 per_neuron: Mapping[str, np.ndarray] | None = None, history=None) -> Path:
-    """Write ``run_dir/training_report.md``; returns its path."""
+                 per_neuron: Mapping[str, np.ndarray] | None = None, history=None, source_run: Path | None = None) -> Path:
+    """Write ``run_dir/training_report.md`` (``source_run``: the run folder, when ``run_dir`` is an
+    ``--out`` folder); returns its path."""
     run_dir = Path(run_dir)
     path = run_dir / "training_report.md"
     from eirnn.utils import write_text_atomic
 
-    write_text_atomic(path, render_report(run_dir, summary, final_metrics, config, files, monitor, per_neuron, history))
+    write_text_atomic(path, render_report(run_dir, summary, final_metrics, config, files, monitor, per_neuron, history,
+                                          source_run))
     return path
