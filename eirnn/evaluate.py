@@ -321,6 +321,14 @@ def load_config(run_dir: Path):
     with open_dict(cfg):
         cfg.paths = cfg.get("paths") or {}
         cfg.paths.output_dir = str(run_dir)
+        data = cfg.get("data")
+        if data is not None and isinstance(data.get("path", None), str):
+            from eirnn.run_dir import run_relative_path
+
+            # a relative data.path is relative to where the training started, not to here
+            found = run_relative_path(run_dir, data.path)
+            if found is not None:
+                data.path = found
     return cfg
 
 

@@ -102,8 +102,8 @@ def load_run_config(run_dir: Path, data_path: str | None = None):
     """The composed config of ``run_dir`` with ``paths.output_dir = run_dir`` and a usable ``data.path``.
 
     ``data.path`` is, in order: ``data_path``; the path in ``.hydra/config.yaml`` (its
-    ``${oc.env:...}`` resolved now, relative paths against the current directory); the
-    absolute path recorded in ``config.json`` at the end of training.
+    ``${oc.env:...}`` resolved now, relative paths against the current directory, then against
+    the directory the training started from); the absolute path recorded in ``config.json``.
     """
     from omegaconf import OmegaConf, open_dict
 
@@ -127,7 +127,9 @@ def load_run_config(run_dir: Path, data_path: str | None = None):
             except Exception as err:  # an interpolation that cannot be resolved here
                 current = f"<{err}>"
             if not Path(current).exists():
-                recorded = _recorded_data_path(run_dir)
+                from eirnn.run_dir import run_relative_path
+
+                recorded = run_relative_path(run_dir, current) or _recorded_data_path(run_dir)
                 if recorded and Path(recorded).exists():
                     cfg.data.path = recorded
                 else:

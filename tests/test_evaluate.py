@@ -231,3 +231,24 @@ def test_real_data_config_runs_unchanged_on_other_exports(compose, tmp_path, var
     assert res["data"]["n_neurons"] == s.n_neurons and res["data"]["n_trials_loaded"] == s.n_trials
     assert np.isfinite(res["sets"]["val"]["scores"]["model"]["psth_corr"])
     assert np.isfinite(res["sets"]["val"]["scores"]["model"]["bits_per_spike"])
+
+
+def test_relative_data_path_found_from_another_directory(tmp_path, monkeypatch):
+    """A run trained with a relative data.path is evaluated / exported from anywhere: the path is
+    taken relative to the directory the training started in (.hydra/hydra.yaml runtime.cwd)."""
+    import yaml
+
+    from eirnn.evaluate import load_config
+    from eirnn.export import load_run_config
+
+    start, run, elsewhere = tmp_path / "lab", tmp_path / "lab" / "outputs" / "run", tmp_path / "elsewhere"
+    (run / ".hydra").mkdir(parents=True)
+    elsewhere.mkdir()
+    (start / "session.npz").write_bytes(b"x")
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"path": "session.npz"}, "paths": {}}))
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(start)}}}))
+    monkeypatch.chdir(elsewhere)
+    assert load_config(run).data.path == str(start / "session.npz")
+    assert load_run_config(run).data.path == str(start / "session.npz")
+    monkeypatch.chdir(start)  # where it was started: left as written
+    assert load_config(run).data.path == "session.npz"
