@@ -160,6 +160,15 @@ def test_filters(tmp_path):
     assert "96 -> 84 trials" in text and "require_fixation -7" in text
 
 
+def test_filter_line_leaves_out_empty_filters_and_counts_nan_once():
+    from eirnn.data.datamodule import removed_by_filters
+
+    assert removed_by_filters({"n_before": 100, "min_duration_ms": 0, "n_after": 100}) == ""  # not "-0"
+    assert removed_by_filters({"n_before": 100, "min_duration_ms": 6, "min_duration_ms_nan": 3,
+                               "require_fixation": 2, "n_after": 92}) == \
+        "min_duration_ms -6 (3 of them NaN durations), require_fixation -2"
+
+
 def test_real_session_filters():
     if not REAL.exists():
         pytest.skip(f"real session file not available at {REAL} (shared data not mounted)")

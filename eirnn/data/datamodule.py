@@ -122,6 +122,18 @@ def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
     return np.flatnonzero(keep).astype(np.int64), report
 
 
+def removed_by_filters(report: Dict[str, int]) -> str:
+    """What each filter of an :func:`apply_filters` report removed, e.g.
+    ``"min_duration_ms -41 (3 of them NaN durations)"``; filters that removed nothing are left out."""
+    parts = []
+    for k, v in report.items():
+        if k in ("n_before", "n_after", "min_duration_ms_nan") or not v:
+            continue
+        nan = report.get("min_duration_ms_nan") if k == "min_duration_ms" else 0
+        parts.append(f"{k} -{v}" + (f" ({nan} of them NaN durations)" if nan else ""))
+    return ", ".join(parts)
+
+
 class TrialBatchLoader:
     """Iterable of batch dicts cut from pre-built tensors (all with trials first).
 
@@ -355,7 +367,7 @@ class SessionDataModule(L.LightningDataModule):
         """Short multi-line human summary: session, split and filters."""
         s = self.summary()
         rep = self.filter_report
-        removed = ", ".join(f"{k} -{v}" for k, v in rep.items() if k not in ("n_before", "n_after"))
+        removed = removed_by_filters(rep)
         from .validate import caveat_line
 
         caveats = caveat_line(self._need().metadata.get("caveats") or {})
