@@ -334,7 +334,10 @@ def export_run(
         "files": files, "figure_errors": figure_errors, "export_time_s": round(time.perf_counter() - t0, 2),
     }
     report = write_report(out, summary=summary, final_metrics=final_metrics, config=resolved, files=files,
-                          monitor=monitor, per_neuron=metrics, history=history, source_run=run_dir)
+                          monitor=monitor, per_neuron=metrics, history=history, source_run=run_dir,
+                          session_info={"factors": list(dm.session.factors or {}),
+                                        "alignment_event": dm.session.alignment_event,
+                                        "input_names": list(dm.session.input_names)})
     manifest["report"] = str(report.relative_to(out))
     write_json_atomic(out / "artifacts.json", manifest)
     return manifest

@@ -247,3 +247,18 @@ def test_figures_name_e_and_i():
     axes = [c for a in fig.axes for c in (a, *a.child_axes)]  # the E/I labels sit on secondary axes
     labels = {t.get_text(): t.get_color() for a in axes for t in a.get_xticklabels() + a.get_yticklabels()}
     assert labels["E (8)"] == F.E_COLOR and labels["I (4)"] == F.I_COLOR
+
+
+def test_report_descriptions_follow_the_session():
+    """A non-SC session's files are described with its own factors, event and inputs; SC keeps its wording."""
+    from eirnn.report.report import DESCRIPTIONS, session_descriptions
+
+    d, fig = session_descriptions({"factors": ["side", "contrast"], "alignment_event": "cue_time",
+                                   "input_names": ["stim", "go"]})
+    assert d["val_trial_factors"].startswith("side, contrast") and d["condition_table"].startswith("side, contrast")
+    assert d["time_ms"] == "bin centres, ms from cue_time" and "(stim, go)" in d["val_inputs"]
+    assert "side" in d["location_labels"] and "location" not in fig["pca_state_space"]
+    sc, _ = session_descriptions({"factors": ["location", "identity", "reward", "salience"],
+                                  "alignment_event": "fixation_on"})
+    assert sc["time_ms"] == DESCRIPTIONS["time_ms"] and sc["location_labels"] == DESCRIPTIONS["location_labels"]
+    assert session_descriptions(None)[0] == DESCRIPTIONS

@@ -83,6 +83,34 @@ FIGURE_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def session_descriptions(session_info: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """:data:`DESCRIPTIONS` and :data:`FIGURE_DESCRIPTIONS` with the session's own factor names,
+    alignment event and input channels (``session_info``: ``factors``, ``alignment_event``,
+    ``input_names``); the SC wording when it is ``None``."""
+    d, fig = dict(DESCRIPTIONS), dict(FIGURE_DESCRIPTIONS)
+    if not session_info:
+        return d, fig
+    factors = [str(f) for f in (session_info.get("factors") or [])]
+    names = ", ".join(factors) if factors else "(no condition factors)"
+    d["val_trial_factors"] = f"{names} of each validation trial"
+    d["condition_table"] = f"{names} of each condition id"
+    align = str(session_info.get("alignment_event") or "")
+    if align and align != "fixation_on":
+        d["time_ms"] = f"bin centres, ms from {align}"
+    inputs = [str(c) for c in (session_info.get("input_names") or [])]
+    if inputs:
+        d["val_inputs"] = f"the {len(inputs)} task input channels of the validation trials ({', '.join(inputs)})"
+    first = factors[0] if factors else None
+    if first != "location":  # the export groups by the first factor (SC: target location)
+        group = f"value of {first}" if first else "group (all trials: no factors)"
+        d["pca_real_by_location"] = f"data PSTHs per {group} on the components"
+        d["pca_model_by_location"] = f"model PSTHs per {group} on the components"
+        d["location_labels"] = (f"{first} of each row of the *_by_location arrays" if first
+                                else "group of each row of the *_by_location arrays")
+        fig["pca_state_space"] = f"PC1 vs PC2, data vs model, all trials and per {group}"
+    return d, fig
+
+
 def _f(v: Any, spec: str = ".4f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -145,6 +173,7 @@ def render_report(
     per_neuron: Mapping[str, np.ndarray] | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
     source_run: Path | None = None,
+    session_info: Mapping[str, Any] | None = None,
 ) -> str:
     """The report as markdown text (see the module docstring); ``run_dir`` is the folder the
     report and arrays are in, ``source_run`` the run folder when that is another (``--out``)."""
@@ -152,6 +181,7 @@ def render_report(
     history = list(history or [])
     sum_epochs = sum(float(h.get("epoch_time_s") or 0.0) for h in history)
     data = config.get("data") or {}
+    descriptions, figure_descriptions = session_descriptions(session_info)
     elsewhere = source_run is not None and Path(source_run) != Path(run_dir)
     where = (f"Run folder: `{source_run}` (checkpoints, `.hydra/`, TensorBoard); exported into `{run_dir}`  "
              if elsewhere else f"Run folder: `{run_dir}`  ")
@@ -236,14 +266,14 @@ def render_report(
         for f in entries:
             stem = Path(f["path"]).stem
             lines.append(f"| `{Path(f['path']).name}` | {tuple(f.get('shape', ()))} | {f.get('dtype', '')} | "
-                         f"{DESCRIPTIONS.get(stem, '')} |")
+                         f"{descriptions.get(stem, '')} |")
         lines.append("")
     figs = files.get("figures") or []
     if figs:
         lines += ["### `figures/`", "", "| file | content |", "|---|---|"]
         for f in figs:
             stem = Path(f["path"]).stem
-            lines.append(f"| `{Path(f['path']).name}` | {FIGURE_DESCRIPTIONS.get(stem, '')} |")
+            lines.append(f"| `{Path(f['path']).name}` | {figure_descriptions.get(stem, '')} |")
         lines.append("")
     lines += ["## Code Snippets for Analysis", "", "```python", *snippet(run_dir).splitlines(), "```", ""]
     return "\n".join(lines)
@@ -276,7 +306,8 @@ print(f"{{len(log)}} epochs logged; best epoch {{max(log, key=lambda r: r['val/p
 
 
 def write_report(run_dir: Path, summary, final_metrics, config, files, monitor: str = "val/psth_corr",
-                 per_neuron: Mapping[str, np.ndarray] | None = None, history=None, source_run: Path | None = None) -> Path:
+                 per_neuron: Mapping[str, np.ndarray] | None = None, history=None, source_run: Path | None = None,
+                 session_info: Mapping[str, Any] | None = None) -> Path:
     """Write ``run_dir/training_report.md`` (``source_run``: the run folder, when ``run_dir`` is an
     ``--out`` folder); returns its path."""
     run_dir = Path(run_dir)
@@ -284,5 +315,5 @@ def write_report(run_dir: Path, summary, final_metrics, config, files, monitor: 
     from eirnn.utils import write_text_atomic
 
     write_text_atomic(path, render_report(run_dir, summary, final_metrics, config, files, monitor, per_neuron, history,
-                                          source_run))
+                                          source_run, session_info))
     return path
