@@ -207,8 +207,14 @@ def claim(run_dir: Path | str, cfg=None) -> Path:
                 f"{run_dir}: already holds another run ({', '.join(markers)}); a new run needs its own folder "
                 f"(leave hydra.run.dir at its default, or choose a new one); to continue that run pass "
                 f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_lock(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_lock(run_dir)
+    except UserError:
+        raise
+    except OSError as err:  # read-only file system, permissions, a full disk
+        raise RunFolderError(f"{run_dir}: cannot create the run folder or its {LOCK_NAME} "
+                             f"({err.strerror or err})") from None
     return run_dir
 
 
