@@ -293,10 +293,14 @@ def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) 
                    run_dir=str(out_dir), early_stopped=False)
     if sigterm:
         summary.update(interrupted="SIGTERM", exit_code=143)
-    try:
-        from eirnn.utils import write_json_atomic
+    from eirnn.utils import write_json_atomic
 
+    try:
         write_json_atomic(writer.path, summary)
+    except Exception:
+        pass
+    try:  # the epochs validated so far (on_train_end, which writes it otherwise, does not run)
+        write_json_atomic(writer.log_path, list(getattr(module, "history", None) or []))
     except Exception:
         pass
 
