@@ -293,6 +293,9 @@ def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) 
                    run_dir=str(out_dir), early_stopped=False)
     if sigterm:
         summary.update(interrupted="SIGTERM", exit_code=143)
+        last = out_dir / "checkpoints" / "last.ckpt"  # no interrupted.ckpt mid-epoch: resume from the last epoch
+        if last.exists():
+            summary["interrupted_checkpoint"] = str(last)
     from eirnn.utils import write_json_atomic
 
     try:

@@ -262,3 +262,12 @@ def test_report_descriptions_follow_the_session():
                                   "alignment_event": "fixation_on"})
     assert sc["time_ms"] == DESCRIPTIONS["time_ms"] and sc["location_labels"] == DESCRIPTIONS["location_labels"]
     assert session_descriptions(None)[0] == DESCRIPTIONS
+
+
+def test_report_resume_line_names_the_checkpoint_that_exists():
+    from eirnn.report.report import _stopped_line
+
+    line = _stopped_line({"interrupted": "SIGTERM", "run_dir": "/r", "interrupted_checkpoint": "/r/checkpoints/last.ckpt"}, {})
+    assert "ckpt_path=/r/checkpoints/last.ckpt hydra.run.dir=/r" in line and "interrupted.ckpt" not in line
+    assert "ckpt_path=/r/checkpoints/interrupted.ckpt hydra.run.dir=/r" in _stopped_line(
+        {"interrupted": "SIGINT", "run_dir": "/r"}, {})

@@ -524,6 +524,7 @@ def test_sigterm_without_graceful_callback_is_reported_as_interrupted(tmp_path):
     assert "interrupted by SIGTERM" in err and "Traceback" not in err
     m = json.loads((run / "metrics.json").read_text())
     assert m["outcome"] == "interrupted" and m["interrupted"] == "SIGTERM"
+    assert m["interrupted_checkpoint"] == str(run / "checkpoints" / "last.ckpt")  # what exists to resume from
     history = json.loads((run / "training_log.json").read_text())  # the validated epochs are not lost
     assert len(history) >= 1 and history[-1]["epoch"] == len(history) - 1
     assert not (run / "run.lock").exists()

@@ -154,9 +154,13 @@ def _stopped_line(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if outcome in ("diverged", "failed", "unfinished") or (outcome == "completed" and not summary.get("epochs_trained")):
         return f"{outcome.upper() if outcome != 'completed' else outcome}: {summary.get('reason', '')}"
     if summary.get("interrupted"):
-        ck = summary.get("interrupted_checkpoint") or "checkpoints/interrupted.ckpt"
+        ck = summary.get("interrupted_checkpoint")
+        run = summary.get("run_dir")
+        if not ck:
+            ck = str(Path(run) / "checkpoints" / "interrupted.ckpt") if run else "checkpoints/interrupted.ckpt"
+        into = f" hydra.run.dir={run}" if run else ""
         return (f"interrupted by {summary['interrupted']}; resume with "
-                f"`python -m eirnn.train <same overrides> ckpt_path={ck}`")
+                f"`python -m eirnn.train <same overrides> ckpt_path={ck}{into}`")
     if summary.get("early_stopped"):
         pat = ((config.get("callbacks") or {}).get("early_stopping") or {}).get("patience")
         return f"early stopping (no improvement of the monitored metric for {pat} epochs)"
