@@ -76,6 +76,22 @@ def fit_checkpoint_readouts(cfg, dm, paths: Iterable[Path], noise_draws: int = 1
     return out
 
 
+def refuse_diverged(run_dir: Path) -> None:
+    """A run whose ``metrics.json`` says ``diverged`` gets no readout: its rates are not finite,
+    and a readout fitted to them (gain 1, offset 0) would look like a result."""
+    import json
+
+    from eirnn.errors import UserError
+
+    path = Path(run_dir) / "metrics.json"
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(m, dict) and m.get("outcome") == "diverged":
+        raise UserError(f"{run_dir}: the run diverged ({m.get('reason', '')}); no readout fitted")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from eirnn.evaluate import EvaluationError, _resolve_checkpoint, load_config
     from eirnn.train import build_datamodule
@@ -91,6 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         refuse_if_running(args.run_dir, "refit the readout of")
+        refuse_diverged(args.run_dir)
         cfg = load_config(args.run_dir)
         paths = list(dict.fromkeys(_resolve_checkpoint(args.run_dir, c) for c in args.checkpoint))
         dm = build_datamodule(cfg)

@@ -378,6 +378,11 @@ def test_diverged_run_exits_3_and_fits_nothing(tmp_path):
     ck = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert torch.equal(ck["state_dict"]["model.spike_readout.gain"], torch.ones_like(ck["state_dict"]["model.spike_readout.gain"]))
     assert not (run / "run.lock").exists()
+    from eirnn.fit_readout import main as fit_readout_main
+
+    before = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert fit_readout_main([str(run)]) == 2  # refused: nothing fitted to a diverged model afterwards either
+    assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
 
 
 @pytest.mark.slow
