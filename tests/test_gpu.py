@@ -242,3 +242,41 @@ def test_graphed_ensemble_step_function_matches_the_eager_step_on_cpu(compose, t
             assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k], (k, a[k], b[k])
     for (n, p), (_, q) in zip(runs["eager"].model.named_parameters(), runs["graphed"].model.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_device_validation_metrics_match_the_numpy_metrics():
+    """The validation metrics computed with torch on the device (GPU runs) equal eirnn.metrics' numpy ones."""
+    import numpy as np
+
+    from eirnn import metrics as M
+    from eirnn.training.module import device_psth_corr_and_bps
+
+    g = torch.Generator().manual_seed(0)
+    rates = torch.rand(9, 30, 5, generator=g) * 40
+    target = torch.poisson(torch.rand(9, 30, 5, generator=g) * 2, generator=g) * 40
+    mask = torch.rand(9, 30, 5, generator=g) > 0.2
+    mask[:, :, 4] = False  # a neuron without valid bins: NaN correlation
+    target[:, :, 3] = 7.0  # a constant PSTH: NaN
+    r, bps = device_psth_corr_and_bps(rates, target, mask, 25.0)
+    ref = M.psth_correlation(rates, target, mask)
+    np.testing.assert_allclose(r.numpy(), ref, rtol=1e-12, atol=1e-12)
+    assert np.isnan(ref[4]) and np.isnan(ref[3])
+    assert float(bps) == pytest.approx(M.bits_per_spike(rates, target, mask, bin_size_ms=25.0), rel=1e-12)
+
+
+def test_device_validation_path_gives_the_cpu_metrics(compose, tmp_path):
+    """FitModule's one-transfer validation metrics (the GPU path, run here on CPU tensors) give the CPU path's values."""
+    import numpy as np
+
+    _, dm, model, module = _build(compose, tmp_path, [])
+    val = dm.tensors("val")
+    with torch.no_grad():
+        rates = model(val["inputs"], noise=True, generator=torch.Generator().manual_seed(0)).rates[..., :model.n_recorded]
+    v = {"rates": rates, "target": val["rates"], "mask": val["mask"]}
+    vals, arrays = module.compute_val_metrics(v)
+    pn, bps, ln, lt, pm, pd = module._device_val_metrics(rates.float(), val["rates"].float(), val["mask"])
+    np.testing.assert_allclose(pn, arrays["per_neuron_corr"], rtol=1e-10, atol=1e-12)
+    assert bps == pytest.approx(vals["val/bits_per_spike"], rel=1e-10)
+    assert ln == pytest.approx(vals["val/L_neuron"], rel=1e-6) and lt == pytest.approx(vals["val/L_trial"], rel=1e-6)
+    np.testing.assert_array_equal(pm, arrays["psth_model"])
+    np.testing.assert_array_equal(pd, arrays["psth_data"])

@@ -394,31 +394,59 @@ class FitModule(L.LightningModule):
         """All validation metrics from gathered ``rates``/``target``/``mask`` ``[B, T, N]``."""
         rates, target, mask = v["rates"].float(), v["target"].float(), v["mask"]
         exc = self.model.is_excitatory[: self.model.n_recorded].cpu().numpy()
-        per_neuron = M.psth_correlation(rates, target, mask)
+        if rates.device.type != "cpu":  # computed on the device, read back in one transfer
+            per_neuron, bps, l_neuron, l_trial, psth_model, psth_data = self._device_val_metrics(rates, target, mask)
+        else:
+            per_neuron = M.psth_correlation(rates, target, mask)
+            bps = float(M.bits_per_spike(rates, target, mask, bin_size_ms=self.bin_size_ms))
+            with torch.no_grad():
+                l_neuron = float(self.objective.neuron_term(rates, target, mask))
+                l_trial = (float(self.objective.trial_term(rates, target, mask)) if self.objective.trial_enabled
+                           else float("nan"))
+            psth_model, _ = masked_psth(rates, mask)
+            psth_data, valid = masked_psth(target, mask)
+            psth_model = psth_model.detach().cpu().numpy()
+            psth_data = torch.where(valid, psth_data, torch.nan).cpu().numpy()
         by_type = M.psth_corr_by_type(per_neuron, exc)
-        with torch.no_grad():
-            l_neuron = float(self.objective.neuron_term(rates, target, mask))
-            l_trial = float(self.objective.trial_term(rates, target, mask)) if self.objective.trial_enabled else float("nan")
         out = {
             "val/psth_corr": by_type["all"],
             "val/psth_corr_E": by_type["E"],
             "val/psth_corr_I": by_type["I"],
-            "val/bits_per_spike": float(M.bits_per_spike(rates, target, mask, bin_size_ms=self.bin_size_ms)),
+            "val/bits_per_spike": bps,
             "val/L_neuron": l_neuron,
             "val/L_trial": l_trial,
         }
-        psth_model, _ = masked_psth(rates, mask)
-        psth_data, valid = masked_psth(target, mask)
         arrays = {
             "per_neuron_corr": np.asarray(per_neuron),
-            "psth_model": psth_model.detach().cpu().numpy(),
-            "psth_data": torch.where(valid, psth_data, torch.nan).cpu().numpy(),
+            "psth_model": psth_model,
+            "psth_data": psth_data,
         }
         if "true_rates" in v:
             true_pn = M.psth_correlation(rates, v["true_rates"].float(), mask)
             out["val/true_psth_corr"] = float(np.nanmean(true_pn))
             arrays["per_neuron_true_corr"] = np.asarray(true_pn)
         return out, arrays
+
+    @torch.no_grad()
+    def _device_val_metrics(self, rates, target, mask):
+        """``psth_correlation`` (per neuron), ``bits_per_spike`` (:mod:`eirnn.metrics`, the same
+        formulas in float64), ``L_neuron``, ``L_trial`` and both PSTHs, evaluated where the tensors
+        are (a GPU) and copied to the host together: one synchronisation instead of a dozen."""
+        per_neuron, bps = device_psth_corr_and_bps(rates, target, mask, self.bin_size_ms)
+        l_neuron = self.objective.neuron_term(rates, target, mask)
+        l_trial = (self.objective.trial_term(rates, target, mask) if self.objective.trial_enabled
+                   else torch.full((), float("nan"), device=rates.device))
+        psth_model, _ = masked_psth(rates, mask)
+        psth_data, valid = masked_psth(target, mask)
+        psth_data = torch.where(valid, psth_data, torch.nan)
+        parts = [per_neuron, bps.reshape(1), l_neuron.double().reshape(1), l_trial.double().reshape(1),
+                 psth_model.double().reshape(-1), psth_data.double().reshape(-1)]
+        flat = torch.cat(parts).cpu().numpy()
+        n, tn = per_neuron.numel(), psth_model.numel()
+        shape = tuple(psth_model.shape)
+        return (flat[:n], float(flat[n]), float(flat[n + 1]), float(flat[n + 2]),
+                flat[n + 3:n + 3 + tn].reshape(shape).astype(np.float32),
+                flat[n + 3 + tn:].reshape(shape).astype(np.float32))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
@@ -484,6 +512,42 @@ class FitModule(L.LightningModule):
         else:
             raise ValueError(f"scheduler.name must be none, plateau or cosine, got {sname!r}")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch"}}
+
+
+@torch.no_grad()
+def device_psth_corr_and_bps(rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                             bin_size_ms: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`eirnn.metrics.psth_correlation` (``[N]``) and :func:`eirnn.metrics.bits_per_spike`
+    (0-d) of ``[B, T, N]`` tensors, computed in float64 with torch where the tensors are (no
+    host transfer; the same formulas: masked trial means, Pearson r over the valid bins,
+    Poisson gain over a per-neuron constant rate)."""
+    m = mask.bool()
+    x = torch.where(m, rates.double(), 0.0)
+    y = torch.where(m, target.double(), 0.0)
+    count = m.sum(0)  # [T, N]
+    px = x.sum(0) / count.clamp_min(1)
+    py = y.sum(0) / count.clamp_min(1)
+    valid = count > 0
+    n = valid.sum(0)  # [N]
+    nn_ = n.clamp_min(1)
+    xm = torch.where(valid, px, 0.0).sum(0) / nn_
+    ym = torch.where(valid, py, 0.0).sum(0) / nn_
+    xc = torch.where(valid, px - xm, 0.0)
+    yc = torch.where(valid, py - ym, 0.0)
+    sxx, syy = (xc ** 2).sum(0), (yc ** 2).sum(0)
+    tiny_x = 1e-24 * (torch.where(valid, px, 0.0) ** 2).sum(0).clamp_min(1e-300)
+    tiny_y = 1e-24 * (torch.where(valid, py, 0.0) ** 2).sum(0).clamp_min(1e-300)
+    ok = (n >= 2) & (sxx > tiny_x) & (syy > tiny_y)
+    r = torch.where(ok, ((xc * yc).sum(0) / torch.sqrt(sxx * syy)).clamp(-1.0, 1.0), torch.nan)
+    dt = bin_size_ms / 1000.0
+    k = torch.where(m, torch.round(y * dt), 0.0)
+    lam = (x * dt).clamp_min(M._LAM_FLOOR)
+    n_bins = m.sum((0, 1))
+    lam0 = (k.sum((0, 1)) / n_bins.clamp_min(1)).clamp_min(M._LAM_FLOOR)
+    gain = torch.where(m, k * (torch.log(lam) - torch.log(lam0)) - lam + lam0, 0.0).sum((0, 1))
+    total = k.sum()
+    bps = torch.where(total > 0, gain.sum() / (total * math.log(2.0)), torch.nan)
+    return r, bps
 
 
 def cosine_with_warmup(warmup: int, total: int, floor: float = 0.01):
