@@ -280,3 +280,40 @@ def test_device_validation_path_gives_the_cpu_metrics(compose, tmp_path):
     assert ln == pytest.approx(vals["val/L_neuron"], rel=1e-6) and lt == pytest.approx(vals["val/L_trial"], rel=1e-6)
     np.testing.assert_array_equal(pm, arrays["psth_model"])
     np.testing.assert_array_equal(pd, arrays["psth_data"])
+
+
+@pytest.mark.parametrize("with_inv", [False, True])
+def test_lean_recurrence_variant_matches_the_cpu_variant(with_inv, monkeypatch):
+    """The GPU variant of the fused E-I recurrence (fewer kernels per step) gives the CPU variant's
+    rates, states and gradients, for autograd's backward and for output_vjp's two cotangents (float64)."""
+    import eirnn.models.recurrence as rec
+
+    g = torch.Generator().manual_seed(2)
+    T, B, n, U = 15, 4, 6, 9
+    kw = dict(dtype=torch.float64)
+    drive = torch.randn(U, n, generator=g, **kw) if with_inv else torch.randn(T, B, n, generator=g, **kw)
+    inv = torch.randint(0, U, (T, B), generator=g) if with_inv else None
+    xi = torch.randn(B, T, n, generator=g, **kw)
+    base = [drive, torch.rand(n, generator=g, **kw) * 0.2, 0.3 * torch.randn(n, n, generator=g, **kw),
+            torch.rand(n, generator=g, **kw) * 0.5 + 0.3, torch.tensor(2.0, **kw), torch.tensor(0.4, **kw),
+            torch.randn(n, generator=g, **kw)]
+    cots = [torch.randn(T, B, n, generator=g, **kw) for _ in range(3)]
+    res = []
+    for lean in (False, True):
+        monkeypatch.setattr(rec, "LEAN_ON_CPU", lean)
+        d, coef, w_t, decay, s, b, h0 = [a.clone().requires_grad_() for a in base]
+        ins = [d, coef, w_t, decay, s, b, h0]
+        r, x = rec.FusedRecurrence.apply(d, inv, xi, coef, w_t, decay, s, b, h0, True, True)
+        one = torch.autograd.grad(r, ins, cots[0], retain_graph=True)
+        inputs, per_k = rec.output_vjp(r, cots[1:])
+        two = [[gk for gk in grads] for grads in per_k]
+        res.append((r.detach(), x.detach(), one, [t.shape for t in inputs], two))
+    (r0, x0, one0, s0, two0), (r1, x1, one1, s1, two1) = res
+    torch.testing.assert_close(r1, r0)
+    torch.testing.assert_close(x1, x0)
+    for a, b_ in zip(one0, one1):
+        torch.testing.assert_close(b_, a)
+    assert s0 == s1
+    for ga, gb in zip(two0, two1):
+        for a, b_ in zip(ga, gb):
+            torch.testing.assert_close(b_, a)

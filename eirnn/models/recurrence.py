@@ -53,6 +53,7 @@ from torch import Tensor
 __all__ = ["FusedRecurrence", "recurrence", "recurrence_reference", "output_vjp", "supports_output_vjp", "IMPLS"]
 
 IMPLS = ("fused", "autograd")
+LEAN_ON_CPU = False  # tests: run the GPU variant (fewer, larger kernels per step; see _lean) on CPU tensors
 SOFTPLUS_THRESHOLD = 20.0
 # backward nodes of injective views (no overlap, no reduction): a cotangent of such a view
 # of the rates is the cotangent of the rates scattered through the same strides
@@ -80,6 +81,9 @@ class FusedRecurrence(torch.autograd.Function):
         T, B = (inv.shape[0], inv.shape[1]) if inv is not None else (drive.shape[0], drive.shape[1])
         n = w_t.shape[0]
         keep_x = need_backward or want_states
+        if _lean(drive):
+            return _forward_lean(ctx, drive, inv, xi, coef, w_t, decay, scale, baseline, h0, want_states,
+                                 need_backward, T, B, n, keep_x)
         with torch.no_grad():
             X = drive.new_empty((T + 1 if keep_x else 2, B, n))  # X[t+1] = x[t], X[0] = x[-1] = h0
             SP = drive.new_empty((T + 1 if need_backward else 1, B, n))  # softplus(X)
@@ -140,6 +144,8 @@ def _sweep(ctx, G: Tensor | None, Gs: Tensor | None, needs: dict) -> dict[str, T
     if isinstance(G, _ViewCotangents):
         G = G.dense(T, B, X)
     K = (G if G is not None else Gs).shape[2]
+    if _lean(X):
+        return _sweep_lean(ctx, G, Gs, needs, K)
     need_w, need_decay, need_scale, need_base = needs["w_t"], needs["decay"], needs["scale"], needs["baseline"]
     need_coef = needs["coef"] and xi is not None
     # GX[t] = dL/dx[t] for every cotangent; with a looked-up drive nothing returned is a view of it,
@@ -219,6 +225,101 @@ def _sweep(ctx, G: Tensor | None, Gs: Tensor | None, needs: dict) -> dict[str, T
             out["drive"] = gd.view(-1, K, n).transpose(0, 1)
         else:
             out["drive"] = GX.permute(2, 0, 1, 3) if not reuse else GX.permute(2, 0, 1, 3).clone()
+    return out
+
+
+def _lean(t: Tensor) -> bool:
+    """The GPU variant: on a GPU the time loop is bound by kernel launches (or, replayed as a CUDA
+    graph, by the number of kernels), so it does per step what the CPU variant does in 6-8
+    kernels in 3-4, and moves the per-step reductions after the loop. Same equations; the
+    summation order differs (float round-off). The CPU keeps its variant (cache-friendly)."""
+    return t.device.type != "cpu" or LEAN_ON_CPU
+
+
+def _forward_lean(ctx, drive, inv, xi, coef, w_t, decay, scale, baseline, h0, want_states, need_backward,
+                  T, B, n, keep_x):
+    """:meth:`FusedRecurrence.forward`, GPU variant: the drive and noise of every step in one op before
+    the loop; per step ``x = d + decay x_prev`` (one ``addcmul``), ``x += r w_t`` (one in-place
+    ``addmm``), ``softplus`` and ``r = b + s softplus`` (one ``addcmul``)."""
+    with torch.no_grad():
+        D = drive.index_select(0, inv.reshape(-1)).view(T, B, n) if inv is not None else drive
+        if xi is not None:
+            D = torch.addcmul(D, xi.transpose(0, 1), coef)
+        X = drive.new_empty((T + 1 if keep_x else 2, B, n))
+        SP = drive.new_empty((T + 1 if need_backward else 1, B, n))
+        R = drive.new_empty((T + 1, B, n))
+        X[0].copy_(h0.expand(B, n))
+        _softplus_out(X[0], SP[0])
+        torch.addcmul(baseline, SP[0], scale, out=R[0])
+        for t in range(T):
+            xc, xp = (X[t + 1], X[t]) if keep_x else (X[(t + 1) % 2], X[t % 2])
+            sp = SP[t + 1] if need_backward else SP[0]
+            torch.addcmul(D[t], decay, xp, out=xc)
+            xc.addmm_(R[t], w_t)
+            _softplus_out(xc, sp)
+            torch.addcmul(baseline, sp, scale, out=R[t + 1])
+    if need_backward:
+        ctx.save_for_backward(X, SP, R, w_t, decay, scale, baseline, inv, xi, coef)
+        ctx.vjp_inputs = (drive, w_t, decay, scale, baseline, h0, coef)
+    ctx.need_backward = need_backward
+    ctx.h0_batched = h0.dim() == 2
+    ctx.n_drive_rows = drive.shape[0] if inv is not None else None
+    ctx.rates_storage = (R.untyped_storage().data_ptr(), R.storage_offset() + B * n, (T, B, n))
+    ctx.set_materialize_grads(False)
+    return R[1:], (X[1:] if want_states else None)
+
+
+def _sweep_lean(ctx, G, Gs, needs: dict, K: int) -> dict:
+    """:func:`_sweep`, GPU variant: ``dL/dr`` of every step kept (``GR`` ``[T+1, B, K, n]``, filled
+    with ``G`` first, so that each step is one in-place ``addmm``), ``s softplus'(x)`` of every step
+    evaluated before the loop, the ``dL/ds`` and ``dL/db`` sums after it. Per step: ``addmm``,
+    ``mul``, ``addcmul``."""
+    X, SP, R, w_t, decay, scale, baseline, inv, xi, coef = ctx.saved_tensors
+    Tp1, B, n = X.shape
+    T = Tp1 - 1
+    need_coef = needs["coef"] and xi is not None
+    GR = X.new_zeros((Tp1, B, K, n))  # GR[t + 1] = dL/dr[t], t = -1 .. T-1
+    if G is not None:
+        GR[1:].copy_(G)
+    ssig = torch.ops.aten.softplus_backward(scale.expand(T, B, n), X[1:], 1.0, SOFTPLUS_THRESHOLD).unsqueeze(2)
+    GX = X.new_empty((T, B, K, n))
+    w_tt = w_t.t()
+    BK = B * K
+    for t in range(T - 1, -2, -1):
+        gr = GR[t + 1]
+        if t < T - 1:  # gr[t] = G[t] + gx[t+1] @ w_t^T
+            gr.view(BK, n).addmm_(GX[t + 1].view(BK, n), w_tt)
+        if t < 0:
+            break
+        g = GX[t]  # gx[t] = s softplus'(x[t]) gr[t] + decay gx[t+1]
+        torch.mul(gr, ssig[t], out=g)
+        if t < T - 1:
+            g.addcmul_(decay, GX[t + 1])
+        if Gs is not None:
+            g.add_(Gs[t])
+    out: dict[str, Tensor | None] = dict.fromkeys(_DIFF_INPUTS)
+    GXf = GX.view(T * B, K * n)
+    if needs["w_t"]:
+        out["w_t"] = (R[:T].reshape(T * B, n).t() @ GXf).view(n, K, n).transpose(0, 1)
+    if needs["decay"]:
+        out["decay"] = (X[:T].unsqueeze(2) * GX).sum((0, 1))
+    if need_coef:
+        out["coef"] = (xi.transpose(0, 1).unsqueeze(2) * GX).sum((0, 1))
+    if needs["scale"]:  # sum_t <gr[t], softplus(x[t])>, t = -1 .. T-1
+        out["scale"] = (GR * SP.unsqueeze(2)).sum((0, 1, 3))
+    if needs["baseline"]:
+        out["baseline"] = GR.sum((0, 1, 3))
+    if needs["h0"]:
+        gr = GR[0]
+        sig0 = torch.ops.aten.softplus_backward(scale.expand(B, n), X[0], 1.0, SOFTPLUS_THRESHOLD)
+        gh = (gr * sig0.unsqueeze(1).expand(B, K, n)).addcmul_(decay, GX[0])
+        out["h0"] = gh.transpose(0, 1) if ctx.h0_batched else gh.sum(0)
+    if needs["drive"]:
+        if inv is not None:
+            gd = X.new_zeros((ctx.n_drive_rows, K * n)).index_add_(0, inv.reshape(-1), GXf)
+            out["drive"] = gd.view(-1, K, n).transpose(0, 1)
+        else:
+            out["drive"] = GX.permute(2, 0, 1, 3)
     return out
 
 
