@@ -317,3 +317,36 @@ def test_lean_recurrence_variant_matches_the_cpu_variant(with_inv, monkeypatch):
     for ga, gb in zip(two0, two1):
         for a, b_ in zip(ga, gb):
             torch.testing.assert_close(b_, a)
+
+
+@pytest.mark.parametrize("drive", ["linear", "table", "lookup"])
+def test_lean_ensemble_recurrence_matches_the_autograd_loop(drive, monkeypatch):
+    """The GPU variant of the K-member recurrence (run on CPU tensors) against the plain autograd loop (float64)."""
+    import eirnn.models.recurrence as rec
+    from eirnn.models.ensemble import FusedEnsembleRecurrence, ensemble_recurrence_reference
+
+    monkeypatch.setattr(rec, "LEAN_ON_CPU", True)
+    g = torch.Generator().manual_seed(1)
+    K, T, B, n, C, U = 3, 6, 4, 5, 3, 7
+    r_ = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    u = r_(T, B, C) if drive == "linear" else None
+    w_in = r_(K, C, n) * 0.3 if drive == "linear" else None
+    table = {"linear": None, "table": r_(K, T, B, n), "lookup": r_(K, U, n)}[drive]
+    inv = torch.randint(0, U, (T, B), generator=g) if drive == "lookup" else None
+    args = [u, w_in, table, inv, r_(K, n) * 0.1, r_(K, B, T, n), r_(K, n).abs() * 0.2, r_(K, n, n) * 0.2,
+            r_(K, n).abs() * 0.5 + 0.2, r_(K).abs() + 0.5, r_(K).abs() * 0.5, r_(K, n) * 0.1]
+    for i in (1, 2, 4, 6, 7, 8, 9, 10, 11):
+        if args[i] is not None:
+            args[i].requires_grad_()
+    want = [a for a in args if a is not None and a.requires_grad]
+    r1, x1 = FusedEnsembleRecurrence.apply({}, *args, True, True)
+    r2, x2 = ensemble_recurrence_reference(*args, return_states=True)
+    gr, gx = torch.randn_like(r1), torch.randn_like(r1)
+    torch.testing.assert_close(r1, r2)
+    torch.testing.assert_close(x1, x2)
+    for a, b in zip(torch.autograd.grad((r1 * gr).sum() + (x1 * gx).sum(), want),
+                    torch.autograd.grad((r2 * gr).sum() + (x2 * gx).sum(), want)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        r3, _ = FusedEnsembleRecurrence.apply({}, *args, False, False)
+    torch.testing.assert_close(r3, r2.detach())

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .eirnn import EIRNN, RNNOutput
 from .fastops import RepeatedRows, attention_pool
-from .recurrence import SOFTPLUS_THRESHOLD
+from .recurrence import SOFTPLUS_THRESHOLD, _lean
 
 __all__ = ["EnsembleEIRNN", "FusedEnsembleRecurrence", "MemberRecordedRates", "ensemble_recurrence_reference",
            "ensemble_drive"]
@@ -105,6 +105,9 @@ class FusedEnsembleRecurrence(torch.autograd.Function):
         else:  # table [K, T, B, n]: one row per step and trial
             T, B = table.shape[1], table.shape[2]
         like = w_t
+        if _lean(w_t):
+            return _ens_forward_lean(ctx, ws, u, w_in, table, inv, bias, xi, coef, w_t, decay, scale, baseline, h0,
+                                     want_states, need_backward, T, B, K, n)
         with torch.no_grad():
             dec = decay.view(K, 1, n)
             s, b = scale.view(K, 1, 1), baseline.view(K, 1, 1)
@@ -150,6 +153,8 @@ class FusedEnsembleRecurrence(torch.autograd.Function):
         Tp1, K, B, n = X.shape
         T = Tp1 - 1
         needs = ctx.needs_input_grad
+        if _lean(X):
+            return _ens_backward_lean(ctx, g_rates, g_states)
         need_w_in, need_table, need_bias, need_coef = needs[2], needs[3], needs[5], needs[7]
         need_w, need_decay, need_scale, need_base, need_h0 = needs[8:13]
         ws = ctx.ws
@@ -226,6 +231,90 @@ class FusedEnsembleRecurrence(torch.autograd.Function):
             grad_h0 = gh.sum(1)
         return (None, None, grad_w_in, grad_table, None, grad_bias, None, grad_coef,
                 grad_w, grad_decay, grad_scale, grad_base, grad_h0, None, None)
+
+
+def _ens_forward_lean(ctx, ws, u, w_in, table, inv, bias, xi, coef, w_t, decay, scale, baseline, h0, want_states,
+                      need_backward, T, B, K, n):
+    """:meth:`FusedEnsembleRecurrence.forward`, GPU variant (as
+    :func:`eirnn.models.recurrence._forward_lean`): the drive of every step materialised first
+    (:func:`ensemble_drive`, a few ops), then per step ``addcmul`` (drive + decay x),
+    ``baddbmm_`` (+ r w_t), ``softplus`` and ``addcmul`` (b + s softplus)."""
+    with torch.no_grad():
+        D = ensemble_drive(u, w_in, table, inv, bias, xi, coef, K, n)  # [T, K, B, n]
+        dec = decay.view(K, 1, n)
+        s, b = scale.view(K, 1, 1), baseline.view(K, 1, 1)
+        ring = not (need_backward or want_states)
+        X = _buffer(ws, "X2" if ring else "X", (2 if ring else T + 1, K, B, n), w_t)
+        R = _buffer(ws, "R", (T + 1, K, B, n), w_t)
+        sp = _buffer(ws, "sp", (K, B, n), w_t)
+        X[0].copy_(h0.view(K, 1, n).expand(K, B, n))
+        torch.ops.aten.softplus.out(X[0], 1.0, SOFTPLUS_THRESHOLD, out=sp)
+        torch.addcmul(b, sp, s, out=R[0])
+        for t in range(T):
+            x, x_prev = (X[(t + 1) % 2], X[t % 2]) if ring else (X[t + 1], X[t])
+            torch.addcmul(D[t], dec, x_prev, out=x)
+            x.baddbmm_(R[t], w_t)
+            torch.ops.aten.softplus.out(x, 1.0, SOFTPLUS_THRESHOLD, out=sp)
+            torch.addcmul(b, sp, s, out=R[t + 1])
+    ctx.save_for_backward(X, R, u, w_in, table, inv, xi, coef, w_t, decay, scale, baseline)
+    ctx.ws = ws
+    ctx.set_materialize_grads(False)
+    return R[1:], (X[1:] if want_states else None)
+
+
+def _ens_backward_lean(ctx, g_rates, g_states):
+    """:meth:`FusedEnsembleRecurrence.backward`, GPU variant: ``dL/dr`` and ``dL/dx`` of every step
+    kept (``[T+1, K, B, n]``, ``[T, K, B, n]``), three kernels per step, every parameter gradient
+    one product or reduction after the loop."""
+    X, R, u, w_in, table, inv, xi, coef, w_t, decay, scale, baseline = ctx.saved_tensors
+    Tp1, K, B, n = X.shape
+    T = Tp1 - 1
+    needs = ctx.needs_input_grad
+    need_w_in, need_table, need_bias, need_coef = needs[2], needs[3], needs[5], needs[7]
+    need_w, need_decay, need_scale, need_base, need_h0 = needs[8:13]
+    dec = decay.view(K, 1, n)
+    s = scale.view(K, 1, 1)
+    GR = X.new_zeros((Tp1, K, B, n))  # GR[t + 1] = dL/dr[t]
+    if g_rates is not None:
+        GR[1:].copy_(g_rates)
+    ssig = torch.ops.aten.softplus_backward(s.expand(K, B, n).expand(T, K, B, n), X[1:], 1.0, SOFTPLUS_THRESHOLD)
+    GX = X.new_empty((T, K, B, n))
+    w_tt = w_t.transpose(1, 2)
+    for t in range(T - 1, -2, -1):
+        gr = GR[t + 1]
+        if t < T - 1:
+            gr.baddbmm_(GX[t + 1], w_tt)
+        if t < 0:
+            break
+        torch.mul(gr, ssig[t], out=GX[t])
+        if t < T - 1:
+            GX[t].addcmul_(dec, GX[t + 1])
+        if g_states is not None:
+            GX[t].add_(g_states[t])
+    grad_w = torch.einsum("tkbi,tkbj->kij", R[:T], GX) if need_w else None
+    grad_decay = (X[:T] * GX).sum((0, 2)) if need_decay else None
+    grad_w_in = torch.einsum("tbc,tkbn->kcn", u, GX) if need_w_in else None
+    grad_table = None
+    if need_table:
+        gk = GX.permute(1, 0, 2, 3)  # [K, T, B, n]
+        grad_table = (X.new_zeros(table.shape).index_add_(1, inv.reshape(-1), gk.reshape(K, T * B, n))
+                      if inv is not None else gk.contiguous())
+    grad_bias = GX.sum((0, 2)) if need_bias else None
+    grad_coef = (xi.permute(2, 0, 1, 3) * GX).sum((0, 2)) if need_coef else None
+    grad_scale = grad_base = grad_h0 = None
+    if need_scale or need_base:
+        tot = GR.sum((0, 2, 3))  # sum_t sum gr
+        if need_scale:  # sum_t <gr[t], softplus(x[t])> = (<gr, r> - b sum gr) / s
+            grad_scale = ((GR * R).sum((0, 2, 3)) - baseline * tot) / scale
+        if need_base:
+            grad_base = tot
+    if need_h0:
+        gh = torch.ops.aten.softplus_backward(GR[0], X[0], 1.0, SOFTPLUS_THRESHOLD).mul_(s)
+        if T > 0:
+            gh.addcmul_(dec, GX[0])
+        grad_h0 = gh.sum(1)
+    return (None, None, grad_w_in, grad_table, None, grad_bias, None, grad_coef,
+            grad_w, grad_decay, grad_scale, grad_base, grad_h0, None, None)
 
 
 def ensemble_drive(u, w_in, table, inv, bias, xi, coef, K: int, n: int) -> Tensor:
