@@ -40,5 +40,17 @@ part cli ${CLI_LIMIT:-150} bash -c "
       logger=none hydra.run.dir=$TMP/ens; echo RC_ensemble=\$?
   $PY -m eirnn.train experiment=system_a seed=1 trainer.accelerator=gpu trainer.max_epochs=1 data.n_train=64 \
       data.n_val=32 logger=none hydra.run.dir=$TMP/sysa; echo RC_system_a=\$?"
+# plain jobs sharing the GPU: one lab_ltrial_21 configuration alone, then 4 at once (median epoch time of each)
+part share ${SHARE_LIMIT:-150} bash -c "
+  run() { $PY -m eirnn.train experiment=lab_ltrial_21 +variant=\$1 data=sc_mat data.path=$DATA trainer.accelerator=gpu \
+          trainer.max_epochs=25 logger=none fit_spike_readout=false hydra.run.dir=\$2 >\$2.log 2>&1; }
+  t0=\$SECONDS; run gradbal_scale_0.5 $TMP/alone; echo alone_wall_s=\$((SECONDS - t0))
+  t0=\$SECONDS
+  for v in gradbal_scale_0.5 gradbal_eps_0.05 gradbal_scale_0.25 gradbal_eps_0.1; do run \$v $TMP/share_\$v & done; wait
+  echo four_at_once_wall_s=\$((SECONDS - t0))
+  $PY -c 'import json, sys, statistics as st
+for p in (a.rstrip(\"/\") for a in sys.argv[1:]):
+    h = json.load(open(p + \"/training_log.json\"))
+    print(p.rsplit(\"/\", 1)[-1], len(h), \"epochs, median epoch s\", round(st.median(r[\"epoch_time_s\"] for r in h[2:]), 4))' $TMP/alone $TMP/share_*/"
 echo "=== summary"
 printf '%s\n' "${status[@]}" | tee "$OUT/summary.log"
