@@ -350,3 +350,24 @@ def test_lean_ensemble_recurrence_matches_the_autograd_loop(drive, monkeypatch):
     with torch.no_grad():
         r3, _ = FusedEnsembleRecurrence.apply({}, *args, False, False)
     torch.testing.assert_close(r3, r2.detach())
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.0])
+def test_trial_loss_of_k_models_at_once_matches_k_calls(sigma):
+    """trial_loss_members (the ensembles' batched L_trial on a GPU) = trial_loss per model, values and gradients."""
+    from eirnn.losses.trial import trial_loss, trial_loss_members
+
+    g = torch.Generator().manual_seed(4)
+    K, B, T, N = 3, 7, 20, 5
+    rates = (torch.rand(K, B, T, N, generator=g, dtype=torch.float64) * 30).requires_grad_()
+    target = torch.rand(B, T, N, generator=g, dtype=torch.float64) * 30
+    mask = torch.rand(B, T, N, generator=g) > 0.1
+    mask[2, 15:] = False
+    kw = dict(epsilon=0.5, n_iters=10, smooth_sigma_bins=sigma)
+    got = trial_loss_members(rates, target, mask, **kw)
+    want = torch.stack([trial_loss(rates[k], target, mask, **kw) for k in range(K)])
+    torch.testing.assert_close(got, want)
+    w = torch.rand(K, generator=g, dtype=torch.float64)
+    g1, = torch.autograd.grad((got * w).sum(), rates)
+    g2, = torch.autograd.grad((want * w).sum(), rates)
+    torch.testing.assert_close(g1, g2)

@@ -331,9 +331,14 @@ class EnsembleFitModule(FitModule):
         l_neuron = torch.where(keep, self._neuron_terms(rec, target, mask), zero)
         l_trial = None
         if self.objective.trial_active(self.current_epoch):
-            recs = rec.unbind(0)
-            l_trial = torch.stack([self.objective.trial_term(recs[k], target, mask) if k in members else zero
-                                   for k in range(K)])
+            # on a GPU, every member's L_trial in one batched evaluation (K times fewer kernels); the
+            # CPU keeps the per-member loop (its results stay as they were)
+            if rates.device.type != "cpu" and len(members) == K:
+                l_trial = self.objective.trial_term_members(rec, target, mask)
+            if l_trial is None:
+                recs = rec.unbind(0)
+                l_trial = torch.stack([self.objective.trial_term(recs[k], target, mask) if k in members else zero
+                                       for k in range(K)])
         alls = rates.unbind(0) if self.objective.activity_enabled else [None] * K
         weights = self.model.member_regularized_weights()
         extras: dict[str, list] = {}

@@ -99,6 +99,21 @@ class FitObjective:
             bin_size_ms=self.bin_size_ms,
         )
 
+    def trial_term_members(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None):
+        """``L_trial`` of ``K`` models at once (``rates`` ``[K, B, T, N]``) -> ``[K]``
+        (:func:`~eirnn.losses.trial.trial_loss_members`); ``None`` for the Poisson distance (no batched form)."""
+        if str(_get(self.trial, "distance", "euclidean")) != "euclidean":
+            return None
+        from eirnn.losses.trial import trial_loss_members
+
+        return trial_loss_members(
+            rates, target, mask,
+            epsilon=float(_get(self.trial, "epsilon", 0.1)),
+            n_iters=int(_get(self.trial, "n_iters", 20)),
+            smooth_sigma_bins=float(_get(self.trial, "smooth_sigma_bins", 1.0)),
+            bin_size_ms=self.bin_size_ms,
+        )
+
     # -- extra ----------------------------------------------------------------
     def extra_term(self, model: torch.nn.Module, all_rates: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Regularisers: ``{"L_reg": ..., "L_activity": ...}`` (the latter only when enabled)."""
