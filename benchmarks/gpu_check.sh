@@ -33,7 +33,7 @@ part() {  # part NAME SECONDS CMD...: run, log to $OUT/NAME.log, remember the ex
 part tests ${TESTS_LIMIT:-180} $PY -m pytest -q -p no:cacheprovider -o addopts="" -k cuda tests/test_gpu.py \
   "tests/test_losses.py::test_cuda_matches_cpu_without_host_sync"
 part bench ${BENCH_LIMIT:-240} $PY -m benchmarks.run --device cuda --quick --data "$DATA" --out "$OUT/bench.md" ${BENCH_ARGS:-}
-part cli ${CLI_LIMIT:-150} bash -c "
+[ -n "${SKIP_CLI:-}" ] || part cli ${CLI_LIMIT:-150} bash -c "
   $PY -m eirnn.train data=sc_mat data.path=$DATA trainer.accelerator=gpu trainer.max_epochs=3 logger=none \
       hydra.run.dir=$TMP/sc; echo RC_sc_mat=\$?
   $PY -m eirnn.train data=sc_mat data.path=$DATA trainer.accelerator=gpu trainer.max_epochs=2 ensemble.size=3 \
@@ -43,7 +43,7 @@ part cli ${CLI_LIMIT:-150} bash -c "
 # plain jobs sharing the GPU: one lab_ltrial_21 configuration alone, then 4 at once (median epoch time of each)
 part share ${SHARE_LIMIT:-150} bash -c "
   run() { $PY -m eirnn.train experiment=lab_ltrial_21 +variant=\$1 data=sc_mat data.path=$DATA trainer.accelerator=gpu \
-          trainer.max_epochs=25 logger=none fit_spike_readout=false hydra.run.dir=\$2 >\$2.log 2>&1; }
+          trainer.max_epochs=25 logger=none fit_spike_readout=false threads=${SHARE_THREADS:-2} hydra.run.dir=\$2 >\$2.log 2>&1; }
   t0=\$SECONDS; run gradbal_scale_0.5 $TMP/alone; echo alone_wall_s=\$((SECONDS - t0))
   t0=\$SECONDS
   for v in gradbal_scale_0.5 gradbal_eps_0.05 gradbal_scale_0.25 gradbal_eps_0.1; do run \$v $TMP/share_\$v & done; wait

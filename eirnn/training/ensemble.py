@@ -400,7 +400,7 @@ class EnsembleFitModule(FitModule):
                 log[f"balance/{name.replace('main', 'neuron').replace('aux', 'trial')}"] = mean(stats[name])
         for k in active:
             log[f"member_train/loss/m{k}"] = total[k]  # not train/*: the console line lists every train/* key
-        self.log_dict(log, on_step=False, on_epoch=True, batch_size=bs)
+        self._accumulate_train_logs(log, bs)  # logged once per epoch (FitModule.on_train_epoch_end)
         for name, v in log.items():
             self._train_sums[name] = self._train_sums.get(name, 0.0) + v
         self._train_count += 1
