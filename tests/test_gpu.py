@@ -51,6 +51,7 @@ class _EagerGraphs:
             return fn(**inputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", ["16", "0"])
 def test_graphed_step_function_matches_the_eager_step_on_cpu(compose, tmp_path, batch, monkeypatch):
     """The function a CUDA graph captures (forward with a pre-drawn noise, losses, balanced backward,
@@ -169,6 +170,7 @@ def _sync_checked(module, method):
     return checked
 
 
+@pytest.mark.slow
 @CUDA
 @pytest.mark.parametrize("graphs", ["true", "false"])
 def test_training_and_validation_steps_do_not_synchronise_on_cuda(compose, tmp_path, graphs):
@@ -185,6 +187,7 @@ def test_training_and_validation_steps_do_not_synchronise_on_cuda(compose, tmp_p
         assert module._graphs.captures >= 2  # a training and a validation graph at least
 
 
+@pytest.mark.slow
 @CUDA
 @pytest.mark.parametrize("graphs", ["true", "false"])
 def test_ensemble_steps_do_not_synchronise_on_cuda(compose, tmp_path, graphs):
@@ -205,6 +208,7 @@ def test_ensemble_steps_do_not_synchronise_on_cuda(compose, tmp_path, graphs):
         assert module._graphs.captures >= 2  # a training and a validation graph at least
 
 
+@pytest.mark.slow
 @CUDA
 def test_graphed_fit_on_cuda_follows_the_eager_fit(compose, tmp_path):
     """The same run with and without CUDA graphs on the GPU: the same trajectory up to float32 round-off."""
@@ -219,6 +223,7 @@ def test_graphed_fit_on_cuda_follows_the_eager_fit(compose, tmp_path):
         assert abs(a - b) < 1e-3, (hist["true"], hist["false"])
 
 
+@pytest.mark.slow
 def test_graphed_ensemble_step_function_matches_the_eager_step_on_cpu(compose, tmp_path, monkeypatch):
     """The same for an ensemble (K members as one batched model): the graphed step function run
     eagerly gives the eager ensemble step's run exactly."""
