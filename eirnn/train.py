@@ -48,6 +48,8 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).addFilter(_DropLightningAds())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # a resume into its own folder (the only non-empty checkpoints/ eirnn.run_dir lets a run write into)
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 from eirnn.run_dir import register_resolvers  # noqa: E402  (${eirnn_token:} in the run folder's name)

@@ -365,3 +365,17 @@ def test_divergence_lines_once_in_train_log(compose, tmp_path, monkeypatch, caps
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("train/skipped_steps")] == [(1, 1.0), (2, 2.0)]
+
+
+def test_resume_warning_about_a_non_empty_checkpoint_folder_is_silenced():
+    """Resuming into its own folder (ckpt_path=RUN/checkpoints/last.ckpt) prints nothing on stderr."""
+    import warnings
+
+    from eirnn.train import _quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quiet_third_party()
+        warnings.warn("Checkpoint directory /r/checkpoints exists and is not empty.", UserWarning)
+        warnings.warn("something else", UserWarning)
+    assert [str(w.message) for w in caught] == ["something else"]
