@@ -379,3 +379,20 @@ def test_resume_warning_about_a_non_empty_checkpoint_folder_is_silenced():
         warnings.warn("Checkpoint directory /r/checkpoints exists and is not empty.", UserWarning)
         warnings.warn("something else", UserWarning)
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_validation_psth_of_the_model_is_nan_where_no_trial_has_data(compose, tmp_path):
+    """The PSTH figure must not draw the model at 0 sp/s past the longest validation trial."""
+    from eirnn.train import build_datamodule, build_model, build_module
+
+    cfg = compose(["debug=fast", "data.synthetic.n_trials=40", "+data.synthetic.n_time=20", "model.n_hidden=4",
+                   "logger=none", "callbacks=none"], tmp_path)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, build_model(cfg, dm), dm)
+    n = module.model.n_recorded
+    rates = torch.rand(3, 20, n) + 1.0
+    mask = torch.ones(3, 20, n, dtype=torch.bool)
+    mask[:, -4:] = False  # no trial reaches the last 4 bins
+    _, arrays = module.compute_val_metrics({"rates": rates, "target": rates.clone(), "mask": mask})
+    assert np.isnan(arrays["psth_model"][-4:]).all() and np.isnan(arrays["psth_data"][-4:]).all()
+    assert np.isfinite(arrays["psth_model"][:-4]).all()

@@ -434,7 +434,8 @@ class FitModule(L.LightningModule):
         }
         arrays = {
             "per_neuron_corr": np.asarray(per_neuron),
-            "psth_model": psth_model,
+            # NaN where no validation trial has data (past the longest trial), as for the data: not 0 sp/s
+            "psth_model": np.where(np.isnan(psth_data), np.nan, psth_model),
             "psth_data": psth_data,
         }
         if "true_rates" in v:
