@@ -46,7 +46,9 @@ from eirnn.train import CONFIG_DIR, UserError
 log = logging.getLogger("eirnn.cv")
 
 #: Metrics compared fold by fold in ``beats`` (higher is better for each).
-COMPARED = ("psth_corr", "bits_per_spike", "condition_psth_corr", "condition_psth_r2")
+COMPARED = ("psth_corr", "bits_per_spike", "condition_psth_corr", "condition_psth_r2",
+            "marginal_corr_location", "marginal_corr_identity", "marginal_corr_salience", "marginal_corr_reward",
+            "selectivity_r_location", "selectivity_r_identity", "selectivity_r_salience", "selectivity_r_reward")
 
 
 def fold_config(cfg: DictConfig, fold: int, out_dir: Path, dale: bool | None = None) -> DictConfig:
@@ -123,7 +125,8 @@ def _noise_draws(cfg: DictConfig) -> int:
 
 def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[str]) -> Dict[str, Any]:
     """``cv.train_model=false``: baselines and the ceiling of one fold, no RNN trained."""
-    from eirnn.evaluate import data_info, evaluate_modules, trial_term_from_config, write_outputs
+    from eirnn.evaluate import (condition_config_of, data_info, evaluate_modules, trial_term_from_config,
+                                write_outputs)
     from eirnn.train import build_datamodule
 
     fcfg = fold_config(cfg, fold, fold_dir)
@@ -134,7 +137,8 @@ def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[
     dm = build_datamodule(fcfg)
     result = evaluate_modules(dm, {}, baselines, int(cfg.cv.ceiling_splits), int(cfg.cv.seed),
                               trial_term=trial_term_from_config(fcfg.loss, dm.bin_size_ms),
-                              calibrate=bool(cfg.cv.get("calibrate", True)))
+                              calibrate=bool(cfg.cv.get("calibrate", True)),
+                              condition_cfg=condition_config_of(fcfg))
     result.update({"run_dir": str(fold_dir), "checkpoints": {}, "checkpoint_rule": None, "data": data_info(dm)})
     write_outputs(fold_dir, result)
     return result
@@ -227,6 +231,17 @@ def format_markdown(agg: Mapping[str, Any], title: str = "") -> str:
         if s.get("ceiling"):
             lines.append("| noise ceiling | " + " | ".join(_ms(s["ceiling"].get(k)) if k in s["ceiling"] else ""
                                                          for k, _ in cols) + " |")
+        fcols = [("condition_psth_r2_raw", "cond. R2 raw"), ("condition_psth_corr", "cond. corr")] + [
+            (f"{m}_{f}", f"{h} {f[:3]}") for m, h in (("marginal_corr", "marg."), ("selectivity_r", "sel. r"),
+                                                      ("selectivity_auc_r", "AUC r"))
+            for f in ("location", "identity", "salience", "reward")]
+        lines += ["", "Condition- and factor-resolved metrics (issue 15; experiments/evaluation.md):", "",
+                  "| predictor | " + " | ".join(c for _, c in fcols) + " |", "|---" * (len(fcols) + 1) + "|"]
+        for p, sc in s["scores"].items():
+            lines.append(f"| {p} | " + " | ".join(_ms(sc.get(k)) for k, _ in fcols) + " |")
+        if s.get("ceiling"):
+            lines.append("| noise ceiling | " + " | ".join(_ms(s["ceiling"].get(k)) if k in s["ceiling"] else ""
+                                                         for k, _ in fcols) + " |")
         if s.get("beats"):
             lines += ["", "Model above the baseline on every fold: "
                       + "; ".join(f"{b}: " + ", ".join(f"{m} {'yes' if v else 'NO'}" for m, v in ms.items())

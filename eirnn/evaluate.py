@@ -102,14 +102,20 @@ from eirnn.errors import UserError
 log = logging.getLogger("eirnn.evaluate")
 
 #: Baselines fitted by default (names of :data:`eirnn.baselines.BASELINES`).
-DEFAULT_BASELINES: Tuple[str, ...] = ("train_mean", "train_mean_smoothed", "condition_mean", "glm")
+DEFAULT_BASELINES: Tuple[str, ...] = ("train_mean", "train_mean_smoothed", "condition_mean", "condition_mean_shrunk",
+                                      "glm")
 #: Count window of the Fano factors (ms; rounded to whole bins, at least one). Single
 #: 25 ms bins hold ~0.3 spikes, where any count distribution has a Fano factor near 1; the
 #: literature counts in windows of 100 ms or more.
 FANO_WINDOW_MS = 200.0
 #: Summary metrics of one predictor, in table order.
 PER_NEURON_METRICS = ("psth_corr", "condition_psth_corr", "condition_psth_r2", "bits_per_spike", "fano_within_2x")
+#: Ceilings of :func:`eirnn.metrics.psth_noise_ceiling` (the condition ones fixation-aligned,
+#: unsmoothed: the metrics before issue 15, kept as ``*_fixaligned``).
 CEILING_METRICS = ("psth_corr", "condition_psth_corr", "condition_psth_r2")
+#: Condition- and factor-resolved metrics (issue 15, :mod:`eirnn.condition_scores`).
+FACTOR_METRICS = tuple(f"{m}_{f}" for m in ("marginal_corr", "selectivity_r", "selectivity_auc_r")
+                       for f in ("location", "identity", "salience", "reward"))
 
 
 class EvaluationError(UserError):
@@ -127,7 +133,8 @@ def _by_type(per_neuron: np.ndarray, exc: np.ndarray, name: str) -> Dict[str, fl
 
 
 def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
-                     trial_term=None, sample: Optional[np.ndarray] = None
+                     trial_term=None, sample: Optional[np.ndarray] = None,
+                     calibrated: Optional[np.ndarray] = None, view=None, seed: int = 0
                      ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """All metrics of one predictor (see the module docstring for their definitions).
 
@@ -139,6 +146,11 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
             (``FitObjective.trial_term``) for ``L_trial``.
         sample: ``[K, T, N]`` one noise draw of a stochastic model (default ``pred``):
             scored by the Fano factor and ``L_trial``.
+        calibrated: ``[K, T, N]`` the predictor's calibrated rates (default ``pred``), scored
+            by the condition- and factor-resolved metrics (:mod:`eirnn.condition_scores`;
+            their ``*_raw`` versions score ``pred``).
+        view: a :class:`~eirnn.condition_scores.ConditionView` of ``trials`` (default: one
+            with the default windows).
 
     Returns:
         ``(summary {metric: float}, per_neuron {metric: [N]})``.
@@ -156,8 +168,8 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     fw = max(1, int(round(FANO_WINDOW_MS / bs)))
     per = {
         "psth_corr": M.psth_correlation(pred, y, m),
-        "condition_psth_corr": M.condition_psth_corr_per_neuron(pred, y, c, m),
-        "condition_psth_r2": M.condition_psth_r2_per_neuron(pred, y, c, m),
+        "condition_psth_corr_fixaligned": M.condition_psth_corr_per_neuron(pred, y, c, m),
+        "condition_psth_r2_fixaligned": M.condition_psth_r2_per_neuron(pred, y, c, m),
         "bits_per_spike": M.bits_per_spike_per_neuron(pred, y, m, bin_size_ms=bs),
         "fano_model": M.condition_fano_factor(sample, c, m, bin_size_ms=bs, poisson_model=True, count_bins=fw),
         "fano_data": M.condition_fano_factor(y, c, m, bin_size_ms=bs, count_bins=fw),
@@ -166,9 +178,17 @@ def score_prediction(pred: np.ndarray, trials, is_excitatory: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         within = np.abs(np.log(per["fano_model"] / per["fano_data"])) <= math.log(2.0) + 1e-12
     per["fano_within_2x"] = np.where(ok, within.astype(float), np.nan)
+    from eirnn.condition_scores import ConditionView
+
+    view = ConditionView(trials) if view is None else view
+    cs, cper = view.scores(pred if calibrated is None else np.asarray(calibrated, dtype=np.float64), pred, seed=seed)
+    per.update(cper)
     out: Dict[str, float] = {}
-    for name in ("psth_corr", "condition_psth_corr", "condition_psth_r2", "fano_within_2x"):
+    for name in ("psth_corr", "condition_psth_corr", "condition_psth_r2", "condition_psth_corr_raw",
+                 "condition_psth_r2_raw", "condition_psth_corr_fixaligned", "condition_psth_r2_fixaligned",
+                 "fano_within_2x"):
         out.update(_by_type(per[name], exc, name))
+    out.update({k: v for k, v in cs.items() if k not in out})
     # bits/spike pooled over the neurons of each group (NLB pools over all neurons)
     out["bits_per_spike"] = M.bits_per_spike(pred, y, m, bin_size_ms=bs)
     for tag, sel in (("E", exc), ("I", ~exc)):
@@ -199,7 +219,8 @@ def _bits_scores(pred: np.ndarray, trials, exc: np.ndarray) -> Tuple[Dict[str, f
     return out, M.bits_per_spike_per_neuron(pred, y, m, bin_size_ms=bs)
 
 
-def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0, reference=None
+def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0, reference=None,
+                  condition_cfg: Optional[Mapping[str, Any]] = None
                   ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """Split-half noise ceilings of the PSTH metrics of a prediction scored on ``trials``.
 
@@ -210,8 +231,12 @@ def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: i
     the reliability is extrapolated to a PSTH of ``trials.n_trials`` trials, which is
     what is scored: more trials, a less noisy (and less biased) ceiling. Data only, no
     model. Returns ``(summary, per_neuron)`` like :func:`score_prediction` for
-    ``psth_corr``, ``condition_psth_corr`` and ``condition_psth_r2``.
+    ``psth_corr``, the condition- and factor-resolved metrics
+    (:meth:`eirnn.condition_scores.ConditionView.ceiling`, windows and smoothing of
+    ``condition_cfg``) and the fixation-aligned ``condition_psth_*_fixaligned``.
     """
+    from eirnn.condition_scores import ConditionView
+
     from eirnn.metrics import psth_noise_ceiling
 
     exc = np.asarray(is_excitatory, dtype=bool)
@@ -220,9 +245,16 @@ def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: i
                            n_target=trials.n_trials)
     out, per = {}, {}
     for name in CEILING_METRICS:
-        per[name] = c[name]["per_neuron"]
-        per[f"{name}_reliability"] = c[name]["reliability"]
-        out.update(_by_type(per[name], exc, name))
+        key = name if name == "psth_corr" else f"{name}_fixaligned"
+        per[key] = c[name]["per_neuron"]
+        per[f"{key}_reliability"] = c[name]["reliability"]
+        out.update(_by_type(per[key], exc, key))
+    fc, fper = ConditionView(trials, condition_cfg).ceiling(ConditionView(ref, condition_cfg), n_splits, seed)
+    for name, v in fper.items():
+        per[name] = v
+        if name.startswith("condition_psth"):
+            out.update(_by_type(v, exc, name))
+    out.update({k: v for k, v in fc.items() if k not in out})
     out["n_trials_measured"] = ref.n_trials
     return out, per
 
@@ -392,7 +424,7 @@ def trial_term_from_config(loss_cfg: Mapping[str, Any] | None, bin_size_ms: floa
 def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = DEFAULT_BASELINES,
                      ceiling_splits: int = 50, seed: int = 0, baseline_kwargs: Optional[Mapping[str, dict]] = None,
                      trial_term=None, noise_draws: int = DEFAULT_NOISE_DRAWS,
-                     calibrate: bool = True) -> Dict[str, Any]:
+                     calibrate: bool = True, condition_cfg: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Score trained modules and baselines on the validation trials of ``dm``.
 
     Args:
@@ -405,6 +437,8 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         noise_draws: draws averaged into a model's predicted rate (:func:`predict_expected_rates`).
         calibrate: fit each predictor's per-neuron affine calibration on the training trials
             and score the calibrated rates (module docstring).
+        condition_cfg: ``evaluation.condition`` (windows, smoothing, selectivity window;
+            :data:`eirnn.condition_scores.CONDITION_DEFAULTS`).
 
     Returns:
         the ``evaluation.json`` dict (without run-specific fields).
@@ -448,12 +482,18 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
         if calibrate:
             calib[name] = fit_affine_calibration(p_train, train.rates, train.mask, bs)
             result["calibration"][name] = calib[name].info()
+    from eirnn.condition_scores import ConditionView
+
     for set_name, (trials, tensors) in sets.items():
         raw = {name: model_predictions(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
         raw.update({name: (b.predict(trials), None, None) for name, b in fitted.items()})
         scores, per_neuron = {}, {}
+        view = ConditionView(trials, condition_cfg)
         for name, (pred, sample, spike_rate) in raw.items():
-            scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term, sample=sample)
+            sr = pred if spike_rate is None else spike_rate
+            cal = calib[name](sr) if name in calib else sr
+            scores[name], per_neuron[name] = score_prediction(pred, trials, exc, trial_term, sample=sample,
+                                                              calibrated=cal, view=view, seed=seed)
             if spike_rate is not None and spike_rate is not pred:  # the model's fitted spike readout
                 scores[name]["bits_per_spike_network"] = scores[name]["bits_per_spike"]
                 sc, pn = _bits_scores(spike_rate, trials, exc)
@@ -469,10 +509,17 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
             if sample is not None:  # the logged validation metrics: one draw of the network, uncalibrated
                 scores[name]["psth_corr_sample"] = psth_corr(sample, trials.rates, trials.mask)
                 scores[name]["bits_per_spike_sample"] = bits_per_spike(sample, trials.rates, trials.mask, bs)
-        ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials))
+        ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials),
+                                      condition_cfg=condition_cfg)
         result["sets"][set_name] = {
             "n_trials": trials.n_trials, "scores": scores, "ceiling": ceil,
             "per_neuron": {**per_neuron, "ceiling": ceil_pn},
+            "selectivity_data": {**{f: v for f, v in view.data_sel.items()},
+                                 **{f"auc_{f}": v for f, v in view.data_auc.items()}},
+            "condition_view": {"windows_ms": view.cfg["windows_ms"], "smooth_sigma_ms": view.cfg["smooth_sigma_ms"],
+                               "selectivity_event": view.cfg["selectivity_event"],
+                               "selectivity_window_ms": view.cfg["selectivity_window_ms"],
+                               "n_events": {ev: int(np.isfinite(o).sum()) for ev, o in view.onsets.items()}},
         }
     result["is_excitatory"] = exc.tolist()
     result["noise_draws"] = int(noise_draws)
@@ -533,7 +580,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
         modules[name], oep = load_module(ocfg, dm, ock)
         ckpts[name] = {"path": str(ock), "epoch": oep}
     result = evaluate_modules(dm, modules, baselines, ceiling_splits, seed, baseline_kwargs, noise_draws=noise_draws,
-                              calibrate=calibrate)
+                              calibrate=calibrate, condition_cfg=condition_config_of(cfg))
     result.update({"run_dir": str(run_dir), "checkpoints": ckpts, "checkpoint_rule": checkpoint, "data": data_info(dm)})
     metrics_json = run_dir / "metrics.json"
     if metrics_json.exists():
@@ -545,6 +592,18 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
     if write:
         write_outputs(run_dir, result, step=int(epoch or 0) + 1)  # TensorBoard step = epoch counted from 1, as in training
     return result
+
+
+def condition_config_of(cfg) -> Dict[str, Any]:
+    """``evaluation.condition`` of a run config (defaults for runs that predate it); a bad
+    value is an :class:`EvaluationError`."""
+    from eirnn.condition_scores import condition_config
+
+    node = (cfg.get("evaluation") or {}).get("condition") if hasattr(cfg, "get") else None
+    try:
+        return condition_config(node)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from err
 
 
 # --------------------------------------------------------------------------- output
@@ -597,6 +656,24 @@ def table_rows(scores: Mapping[str, Mapping[str, Any]], ceiling: Optional[Mappin
     return lines
 
 
+#: Columns of the factor table: (metric key, header).
+FACTOR_COLUMNS = (("condition_psth_r2_raw", "cond. R2 raw"), ("condition_psth_r2_fixaligned", "cond. R2 fix-aligned"),
+                  *((f"marginal_corr_{f}", f"marg. {f[:3]}") for f in ("location", "identity", "salience", "reward")),
+                  *((f"selectivity_r_{f}", f"sel. r {f[:3]}") for f in ("location", "identity", "salience", "reward")),
+                  *((f"selectivity_auc_r_{f}", f"AUC r {f[:3]}") for f in ("location", "identity", "salience", "reward")))
+
+
+def factor_table_rows(scores: Mapping[str, Mapping[str, Any]], ceiling: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Markdown table of the condition- and factor-resolved metrics (issue 15)."""
+    lines = ["| predictor | " + " | ".join(h for _, h in FACTOR_COLUMNS) + " |", "|---" * (len(FACTOR_COLUMNS) + 1) + "|"]
+    rows = dict(scores)
+    if ceiling:
+        rows["noise ceiling (data)"] = ceiling
+    for name, s in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_f(s.get(k)) if k in s else "" for k, _ in FACTOR_COLUMNS) + " |")
+    return lines
+
+
 def format_markdown(result: Mapping[str, Any]) -> str:
     """The short ``evaluation.md`` report."""
     d = result.get("data", {})
@@ -623,6 +700,9 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         title = {"val": "Validation trials", "val_all": "All recorded trials of the validation fold (filtered ones included)"}
         lines += ["", f"## {title.get(set_name, set_name)} (n = {s['n_trials']})", ""]
         lines += table_rows(s["scores"], s.get("ceiling"))
+        lines += ["", "Condition- and factor-resolved (calibrated rates unless `raw`; event-aligned, smoothed; "
+                  "see experiments/evaluation.md):", ""]
+        lines += factor_table_rows(s["scores"], s.get("ceiling"))
     lines += ["", f"Models are scored on their expected rate given the trial's inputs (mean of "
               f"{result.get('noise_draws', DEFAULT_NOISE_DRAWS)} noise draws; 0 = noise-free), the Fano factor and "
               "L_trial on one draw"

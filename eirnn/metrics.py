@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -37,6 +37,21 @@ __all__ = [
     "count_windows",
     "fraction_within_factor",
     "mean_by_type",
+    "align_to_events",
+    "smooth_psths",
+    "group_psths",
+    "stacked_r2_per_neuron",
+    "stacked_corr_per_neuron",
+    "aligned_condition_scores",
+    "marginal_responses",
+    "marginal_corr_per_neuron",
+    "window_rates",
+    "dprime",
+    "selectivity_dprime",
+    "selectivity_auc",
+    "poisson_rate_draws",
+    "selectivity_r",
+    "factor_noise_ceiling",
 ]
 
 _LAM_FLOOR = 1e-9
@@ -633,3 +648,364 @@ def fraction_within_factor(model: Any, data: Any, factor: float = 2.0) -> float:
 def mean_by_type(per_neuron: Any, is_excitatory: Any) -> Dict[str, float]:
     """Alias of :func:`psth_corr_by_type` for any per-neuron metric: NaN-means over all / E / I."""
     return psth_corr_by_type(per_neuron, is_excitatory)
+
+
+
+# --------------------------------------------------------------------------- condition- and factor-resolved (issue 15)
+#
+# Shapes: ``xa``/``ma`` are event-aligned rates / validity ``[K, W, N]`` (:func:`align_to_events`),
+# ``seg`` ``[W]`` int the segment (event) of each aligned bin; smoothing never crosses a segment
+# border. The rationale for windows, smoothing and the selectivity window is in
+# experiments/evaluation.md ("Condition- and factor-resolved metrics").
+
+
+def align_to_events(x: Any, m: Any, onsets: Dict[str, Any], windows: Dict[str, Tuple[int, int]]
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut event-aligned windows out of ``[K, T, N]`` rates and concatenate them.
+
+    For event ``e`` with onset bin ``o_k`` (float, NaN = none) and window ``(a, b)`` in bins,
+    aligned bin ``j = 0 .. b-a-1`` of trial ``k`` is bin ``o_k + a + j``; it is valid when
+    ``o_k`` is finite, ``0 <= o_k + a + j < T`` and the source bin is valid.
+
+    Returns:
+        ``(xa [K, W, N], ma [K, W, N] bool, seg [W] int)`` with ``W = sum_e (b_e - a_e)``
+        and ``seg`` the index of the event (in ``windows`` order) of each aligned bin.
+    """
+    x, _, mm = _prep(x, None, m)
+    k, t, _ = x.shape
+    xs, ms, segs = [], [], []
+    for i, (ev, (a, b)) in enumerate(windows.items()):
+        o = _np(onsets[ev]).reshape(-1)
+        if o.shape[0] != k:
+            raise ValueError(f"onsets[{ev!r}] has {o.shape[0]} entries for {k} trials")
+        off = np.arange(int(a), int(b))
+        fin = np.isfinite(o)
+        idx = np.where(fin, o, 0.0).astype(np.int64)[:, None] + off[None, :]      # [K, W]
+        ok = fin[:, None] & (idx >= 0) & (idx < t)
+        idc = np.clip(idx, 0, t - 1)[:, :, None]
+        xs.append(np.where(ok[:, :, None], np.take_along_axis(x, idc, axis=1), 0.0))
+        ms.append(ok[:, :, None] & np.take_along_axis(mm, idc, axis=1))
+        segs.append(np.full(off.size, i, dtype=np.int64))
+    return np.concatenate(xs, axis=1), np.concatenate(ms, axis=1), np.concatenate(segs)
+
+
+def smooth_psths(p: np.ndarray, valid: np.ndarray, sigma_bins: float, seg: Optional[np.ndarray] = None
+                 ) -> np.ndarray:
+    """Gaussian smoothing along the time axis (-2) of ``[..., W, N]`` PSTHs, per segment.
+
+    Normalised convolution over the valid bins: ``s = G*(p v) / G*(v)`` (``G`` a Gaussian of
+    width ``sigma_bins``, truncated at 4 sigma, zero outside the segment), so missing bins
+    and segment edges do not pull the PSTH towards 0. Invalid bins stay 0 (and invalid).
+    ``sigma_bins <= 0`` returns ``p`` unchanged (0 where invalid).
+    """
+    p = np.where(valid, p, 0.0)
+    if sigma_bins <= 0:
+        return p
+    from scipy.ndimage import gaussian_filter1d
+
+    seg = np.zeros(p.shape[-2], dtype=np.int64) if seg is None else np.asarray(seg)
+    out = np.zeros_like(p)
+    v = valid.astype(np.float64)
+    for s in np.unique(seg):
+        sl = seg == s
+        num = gaussian_filter1d(p[..., sl, :], sigma_bins, axis=-2, mode="constant", truncate=4.0)
+        den = gaussian_filter1d(v[..., sl, :], sigma_bins, axis=-2, mode="constant", truncate=4.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[..., sl, :] = np.where(valid[..., sl, :] & (den > 0), num / np.where(den > 0, den, 1.0), 0.0)
+    return out
+
+
+def group_psths(xa: np.ndarray, ma: np.ndarray, labels: Any, sigma_bins: float = 0.0,
+                seg: Optional[np.ndarray] = None, levels: Any = None
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smoothed masked-mean PSTH of each label: ``P[l] = smooth(mean_{k: label_k = l} xa[k])``.
+
+    Returns ``(P [L, W, N], valid [L, W, N], levels [L])`` (``levels`` default: the sorted
+    unique labels; a level with no trial is all-invalid).
+    """
+    lab = _np(labels, dtype=None).reshape(-1)
+    if lab.shape[0] != xa.shape[0]:
+        raise ValueError(f"labels has {lab.shape[0]} entries for {xa.shape[0]} trials")
+    lv = np.unique(lab) if levels is None else np.asarray(levels)
+    ps, vs = [], []
+    for l in lv:
+        p, v = _psth(xa[lab == l], ma[lab == l]) if np.any(lab == l) else (np.zeros(xa.shape[1:]), np.zeros(xa.shape[1:], bool))
+        ps.append(p)
+        vs.append(v)
+    p, v = np.stack(ps), np.stack(vs)
+    return smooth_psths(p, v, sigma_bins, seg), v, lv
+
+
+def stacked_r2_per_neuron(pm: np.ndarray, pd: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``R2_n = 1 - sum_V (D - M)^2 / sum_V (D - mean_V D)^2`` over the valid ``(group, t)``
+    of ``[G, W, N]`` PSTHs; NaN where nothing is valid or ``D`` is constant."""
+    n_valid = valid.sum(axis=(0, 1))
+    d_mean = np.where(valid, pd, 0.0).sum(axis=(0, 1)) / np.maximum(n_valid, 1)
+    ss_res = np.where(valid, (pd - pm) ** 2, 0.0).sum(axis=(0, 1))
+    ss_tot = np.where(valid, (pd - d_mean) ** 2, 0.0).sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1.0 - ss_res / ss_tot
+    return np.where((n_valid > 0) & (ss_tot > 0), r2, np.nan)
+
+
+def stacked_corr_per_neuron(pm: np.ndarray, pd: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-neuron Pearson r of ``[G, W, N]`` PSTHs stacked over ``(group, t)`` (valid pairs)."""
+    g, w, n = pm.shape
+    return _masked_pearson(pm.reshape(g * w, n), pd.reshape(g * w, n), valid.reshape(g * w, n))
+
+
+def aligned_condition_scores(pred_a: np.ndarray, data_a: np.ndarray, ma: np.ndarray, conditions: Any,
+                             sigma_bins: float = 0.0, seg: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """``condition_psth_r2`` / ``condition_psth_corr`` per neuron on smoothed, event-aligned
+    condition PSTHs (:func:`group_psths` of predictor and data with the same trials and mask;
+    :func:`stacked_r2_per_neuron`, :func:`stacked_corr_per_neuron`)."""
+    pm, valid, _ = group_psths(pred_a, ma, conditions, sigma_bins, seg)
+    pd, _, _ = group_psths(data_a, ma, conditions, sigma_bins, seg)
+    return {"condition_psth_r2": stacked_r2_per_neuron(pm, pd, valid),
+            "condition_psth_corr": stacked_corr_per_neuron(pm, pd, valid)}
+
+
+def marginal_responses(xa: np.ndarray, ma: np.ndarray, levels: Any, sigma_bins: float = 0.0,
+                       seg: Optional[np.ndarray] = None, exclude: Sequence[Any] = ()
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Marginal response of one factor: ``R[l] = P_l - P_all`` (smoothed level PSTHs minus the
+    smoothed PSTH of all included trials; trials at an ``exclude`` level are left out).
+
+    Returns ``(R [L, W, N], valid [L, W, N], levels [L])``.
+    """
+    lab = _np(levels, dtype=None).reshape(-1)
+    keep = ~np.isin(lab, np.asarray(list(exclude))) if len(exclude) else np.ones(lab.shape, bool)
+    p, v, lv = group_psths(xa[keep], ma[keep], lab[keep], sigma_bins, seg)
+    g, gv, _ = group_psths(xa[keep], ma[keep], np.zeros(int(keep.sum())), sigma_bins, seg)
+    return p - g, v & gv, lv
+
+
+def marginal_corr_per_neuron(pred_a: np.ndarray, data_a: np.ndarray, ma: np.ndarray, levels: Any,
+                             sigma_bins: float = 0.0, seg: Optional[np.ndarray] = None,
+                             exclude: Sequence[Any] = ()) -> np.ndarray:
+    """``marginal_corr``: per neuron, Pearson r over ``(level, t)`` between the predictor's and
+    the data's marginal responses (:func:`marginal_responses`, same trials and mask)."""
+    rm, valid, _ = marginal_responses(pred_a, ma, levels, sigma_bins, seg, exclude)
+    rd, _, _ = marginal_responses(data_a, ma, levels, sigma_bins, seg, exclude)
+    return stacked_corr_per_neuron(rm, rd, valid)
+
+
+def window_rates(x: Any, m: Any, onsets: Any, start: int, stop: int, bin_size_ms: float = 25.0
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Trial-mean rate in bins ``onset + start .. onset + stop - 1``.
+
+    Returns ``(r [K, N], dur_s [K, N])``: the mean rate over the window's valid bins (NaN if
+    none) and the valid duration in seconds (0 if none).
+    """
+    xa, ma, _ = align_to_events(x, m, {"e": onsets}, {"e": (start, stop)})
+    n = ma.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(n > 0, np.where(ma, xa, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+    return r, n * (bin_size_ms / 1000.0)
+
+
+def dprime(a: np.ndarray, b: np.ndarray, extra_a: Optional[np.ndarray] = None,
+           extra_b: Optional[np.ndarray] = None) -> float:
+    """``d' = (mean a - mean b) / sqrt((var a + var b) / 2)`` (ddof 1; NaN entries dropped).
+
+    ``extra_*``: per-trial variance added to each group's variance as its mean (the Poisson
+    count variance of a rate predictor, :func:`selectivity_dprime`). NaN with fewer than 2
+    values in a group or a zero pooled variance.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if fa.sum() < 2 or fb.sum() < 2:
+        return float("nan")
+    va, vb = a[fa].var(ddof=1), b[fb].var(ddof=1)
+    if extra_a is not None:
+        va += float(np.mean(np.asarray(extra_a, float)[fa]))
+    if extra_b is not None:
+        vb += float(np.mean(np.asarray(extra_b, float)[fb]))
+    pooled = 0.5 * (va + vb)
+    if not pooled > 1e-24:
+        return float("nan")
+    return float((a[fa].mean() - b[fb].mean()) / math.sqrt(pooled))
+
+
+def _level_pairs(levels: np.ndarray, positive: Optional[Any], exclude: Sequence[Any]):
+    """``[(in_a, in_b)]`` bool trial masks: the positive level vs the other (two-level factor,
+    signed), or each level vs the rest (multi-level; magnitudes are averaged)."""
+    keep = ~np.isin(levels, np.asarray(list(exclude))) if len(exclude) else np.ones(levels.shape, bool)
+    lv = np.unique(levels[keep])
+    if positive is not None:
+        if lv.size != 2 or positive not in lv:
+            return []
+        return [(keep & (levels == positive), keep & (levels != positive))]
+    return [(keep & (levels == l), keep & (levels != l)) for l in lv] if lv.size >= 2 else []
+
+
+def selectivity_dprime(r: np.ndarray, levels: Any, positive: Optional[Any] = None, exclude: Sequence[Any] = (),
+                       poisson_dur_s: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per-neuron selectivity index of trial-mean rates ``r [K, N]`` for one factor.
+
+    Two-level factor (``positive`` given): signed ``d'(positive vs other)``. Multi-level:
+    ``mean_l |d'(level l vs the rest)|`` (one-vs-rest). Trials at an ``exclude`` level are
+    left out. ``poisson_dur_s [K, N]``: ``r`` is a rate *predictor*; each trial adds the
+    Poisson variance of a rate estimated over that duration, ``r / dur`` (law of total
+    variance), so a predictor's d' is the d' expected of spike trains drawn from it.
+
+    Returns:
+        ``[N]`` (NaN where undefined).
+    """
+    lab = _np(levels, dtype=None).reshape(-1)
+    pairs = _level_pairs(lab, positive, exclude)
+    n = r.shape[1]
+    out = np.full(n, np.nan)
+    if not pairs:
+        return out
+    extra = None
+    if poisson_dur_s is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            extra = np.where(poisson_dur_s > 0, r / np.where(poisson_dur_s > 0, poisson_dur_s, 1.0), np.nan)
+    for j in range(n):
+        ds = [dprime(r[a, j], r[b, j], None if extra is None else extra[a, j], None if extra is None else extra[b, j])
+              for a, b in pairs]
+        if positive is not None:
+            out[j] = ds[0]
+        elif np.all(np.isfinite(ds)):
+            out[j] = float(np.mean(np.abs(ds)))
+    return out
+
+
+def _auc(a: np.ndarray, b: np.ndarray) -> float:
+    """``P(a > b) + P(a = b) / 2`` (Mann-Whitney), NaN entries dropped."""
+    from scipy.stats import rankdata
+
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    ranks = rankdata(np.concatenate([a, b]))
+    u = ranks[: a.size].sum() - a.size * (a.size + 1) / 2.0
+    return float(u / (a.size * b.size))
+
+
+def selectivity_auc(r: np.ndarray, levels: Any, positive: Optional[Any] = None,
+                    exclude: Sequence[Any] = ()) -> np.ndarray:
+    """ROC form of :func:`selectivity_dprime`: ``2 (AUC - 0.5)`` per neuron (signed for a
+    two-level factor; ``mean_l |2 (AUC_l - 0.5)|`` one-vs-rest for a multi-level one)."""
+    lab = _np(levels, dtype=None).reshape(-1)
+    pairs = _level_pairs(lab, positive, exclude)
+    out = np.full(r.shape[1], np.nan)
+    if not pairs:
+        return out
+    for j in range(r.shape[1]):
+        s = [2.0 * (_auc(r[a, j], r[b, j]) - 0.5) for a, b in pairs]
+        if positive is not None:
+            out[j] = s[0]
+        elif np.all(np.isfinite(s)):
+            out[j] = float(np.mean(np.abs(s)))
+    return out
+
+
+def poisson_rate_draws(r: np.ndarray, dur_s: np.ndarray, n_draws: int, seed: int = 0) -> np.ndarray:
+    """``[S, K, N]`` rates of Poisson spike counts drawn from predicted trial-mean rates:
+    ``c ~ Poisson(r dur)``, rate ``c / dur`` (NaN where ``r`` is NaN or ``dur = 0``)."""
+    rng = np.random.default_rng(seed)
+    ok = np.isfinite(r) & (dur_s > 0)
+    lam = np.where(ok, np.maximum(r, 0.0) * dur_s, 0.0)
+    c = rng.poisson(lam, size=(int(n_draws),) + r.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ok, c / np.where(ok, dur_s, 1.0), np.nan)
+
+
+def selectivity_r(pred_sel: np.ndarray, data_sel: np.ndarray) -> Tuple[float, float, int]:
+    """Pearson r across neurons between two selectivity vectors (neurons finite in both).
+
+    Returns ``(r, p, n)`` (two-sided p of scipy.stats.pearsonr); NaN with fewer than 3
+    neurons or a constant vector.
+    """
+    a, b = np.asarray(pred_sel, float).reshape(-1), np.asarray(data_sel, float).reshape(-1)
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(a[ok]) <= 0 or np.ptp(b[ok]) <= 0:
+        return float("nan"), float("nan"), n
+    from scipy.stats import pearsonr
+
+    res = pearsonr(a[ok], b[ok])
+    return float(res[0]), float(res[1]), n
+
+
+def factor_noise_ceiling(data_a: np.ndarray, ma: np.ndarray, conditions: Any, factors: Dict[str, Any],
+                         win_r: np.ndarray, sigma_bins: float = 0.0, seg: Optional[np.ndarray] = None,
+                         excluded: Optional[Dict[str, Sequence[Any]]] = None,
+                         positive: Optional[Dict[str, Any]] = None, n_splits: int = 50, seed: int = 0,
+                         n_target: Optional[int] = None) -> Dict[str, Any]:
+    """Split-half ceilings of the condition- and factor-resolved metrics (data alone).
+
+    Same procedure and reasoning as :func:`psth_noise_ceiling`: ``n_splits`` random halves
+    within each condition; per split the metric between half A and half B (smoothed aligned
+    condition PSTHs per neuron; marginal responses per neuron; selectivity vectors
+    *across* neurons); the mean split-half ``r_AB`` is extrapolated with Spearman-Brown to the
+    reliability ``rho`` of the scored trial count (``k = 2 n_target / K``), and the ceiling is
+    ``sqrt(rho)`` for a correlation, ``rho`` for ``condition_psth_r2``.
+
+    Args:
+        data_a, ma: aligned data ``[K, W, N]``; conditions ``[K]``; factors ``{name: [K]}``;
+        win_r: ``[K, N]`` trial-mean rates in the selectivity window.
+
+    Returns:
+        ``{metric: {"per_neuron": [N] or None, "mean": float, "split_half_r": ...}}`` for
+        ``condition_psth_r2``, ``condition_psth_corr``, ``marginal_corr_<f>``,
+        ``selectivity_r_<f>`` and ``selectivity_auc_r_<f>``.
+    """
+    excluded = dict(excluded or {})
+    positive = dict(positive or {})
+    k_trials, _, n_neurons = data_a.shape
+    cond = _np(conditions, dtype=None).reshape(-1)
+    groups = [np.flatnonzero(cond == c) for c in np.unique(cond)]
+    kk = 2.0 if n_target is None else 2.0 * float(n_target) / k_trials
+    rng = np.random.default_rng(seed)
+    acc: Dict[str, list] = {}
+    for _ in range(int(n_splits)):
+        half = np.zeros(k_trials, dtype=bool)
+        for idx in groups:
+            perm = rng.permutation(idx)
+            cut = len(idx) // 2 + (int(rng.integers(2)) if len(idx) % 2 else 0)
+            half[perm[:cut]] = True
+        # condition PSTHs over the conditions present in both halves
+        both = np.intersect1d(np.unique(cond[half]), np.unique(cond[~half]))
+        pa, va, _ = group_psths(data_a[half], ma[half], cond[half], sigma_bins, seg, both)
+        pb, vb, _ = group_psths(data_a[~half], ma[~half], cond[~half], sigma_bins, seg, both)
+        acc.setdefault("condition", []).append(stacked_corr_per_neuron(pa, pb, va & vb))
+        for f, lv in factors.items():
+            lab = np.asarray(lv).reshape(-1)
+            ex = tuple(excluded.get(f, ()))
+            ra, rva, la = marginal_responses(data_a[half], ma[half], lab[half], sigma_bins, seg, ex)
+            rb, rvb, lb = marginal_responses(data_a[~half], ma[~half], lab[~half], sigma_bins, seg, ex)
+            common = np.intersect1d(la, lb)
+            ia, ib = np.searchsorted(la, common), np.searchsorted(lb, common)
+            acc.setdefault(f"marginal_corr_{f}", []).append(
+                stacked_corr_per_neuron(ra[ia], rb[ib], rva[ia] & rvb[ib]))
+            pos = positive.get(f)
+            sa = selectivity_dprime(win_r[half], lab[half], pos, ex)
+            sb = selectivity_dprime(win_r[~half], lab[~half], pos, ex)
+            acc.setdefault(f"selectivity_r_{f}", []).append(selectivity_r(sa, sb)[0])
+            aa = selectivity_auc(win_r[half], lab[half], pos, ex)
+            ab = selectivity_auc(win_r[~half], lab[~half], pos, ex)
+            acc.setdefault(f"selectivity_auc_r_{f}", []).append(selectivity_r(aa, ab)[0])
+
+    def mean_r(rs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.stack([np.atleast_1d(np.asarray(r, float)) for r in rs]), axis=0)
+
+    out: Dict[str, Any] = {}
+    r = mean_r(acc["condition"])
+    rho = _spearman_brown(r, kk)
+    out["condition_psth_corr"] = {"per_neuron": np.sqrt(rho), "mean": _nanmean(np.sqrt(rho)), "split_half_r": r}
+    out["condition_psth_r2"] = {"per_neuron": rho, "mean": _nanmean(rho), "split_half_r": r}
+    for key, rs in acc.items():
+        if key == "condition":
+            continue
+        r = mean_r(rs)
+        c = np.sqrt(_spearman_brown(r, kk))
+        if key.startswith("marginal"):
+            out[key] = {"per_neuron": c, "mean": _nanmean(c), "split_half_r": r}
+        else:
+            out[key] = {"per_neuron": None, "mean": float(c[0]), "split_half_r": float(r[0])}
+    return out

@@ -166,7 +166,7 @@ def test_glm_handles_constant_and_all_zero_inputs():
 
 
 def test_registry_and_unknown_name():
-    assert set(BASELINES) == {"train_mean", "train_mean_smoothed", "condition_mean", "glm"}
+    assert set(BASELINES) == {"train_mean", "train_mean_smoothed", "condition_mean", "condition_mean_shrunk", "glm"}
     assert isinstance(make_baseline("glm", n_basis=3), PoissonGLM)
     with pytest.raises(ValueError, match="unknown baseline"):
         make_baseline("nope")

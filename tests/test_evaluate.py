@@ -46,8 +46,12 @@ def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
     assert res["noise_draws"] == 10 and res["calibrated"]
     # calibration (fitted on the training trials) changes bits/spike only
     raw = evaluate_run(run_dir, baselines=(), ceiling_splits=2, write=False, calibrate=False)["sets"]["val"]["scores"]
-    for k in ("psth_corr", "condition_psth_r2", "fano_within_2x", "L_trial"):
+    for k in ("psth_corr", "condition_psth_r2_raw", "condition_psth_r2_fixaligned", "fano_within_2x", "L_trial"):
         assert raw["model"][k] == pytest.approx(model[k], abs=1e-9, nan_ok=True), k
+    # issue 15: the condition metrics score the calibrated rates (here: the spike readout's), *_raw the network's
+    for k in ("marginal_corr_location", "selectivity_r_reward", "selectivity_auc_r_identity",
+              "condition_psth_corr_fixaligned"):
+        assert k in model and k in val["ceiling"], k
     assert raw["model"]["bits_per_spike"] == pytest.approx(model["bits_per_spike_uncal"], abs=1e-9)
     # the run's fitted spike readout (eirnn/models/readout.py) is the model's single-trial
     # prediction; calibrating it again on the same training trials changes little

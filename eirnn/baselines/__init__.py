@@ -8,6 +8,9 @@ name                     predictor of a validation trial
                          trials by inner cross-validation)
 ``condition_mean``       the mean PSTH of the training trials of the same condition
                          (grand mean for a condition absent from training)
+``condition_mean_shrunk``  the smoothed condition mean shrunk towards the smoothed grand
+                         mean, ``n_c / (n_c + kappa)`` (width and kappa chosen on training
+                         trials by inner cross-validation)
 ``glm``                  a Poisson GLM on time-lagged task inputs (raised-cosine lags,
                          exp link, per-neuron L2 chosen on training trials)
 =======================  ==============================================================
@@ -26,12 +29,14 @@ from typing import Any, Dict
 
 from .base import Baseline, TrialSet, condition_codes
 from .glm import PoissonGLM, lagged_features, raised_cosine_basis
-from .psth import ConditionMeanPSTH, SmoothedMeanPSTH, TrainMeanPSTH, masked_mean_psth, smooth_psth
+from .psth import (ConditionMeanPSTH, ShrunkConditionMeanPSTH, SmoothedMeanPSTH, TrainMeanPSTH, masked_mean_psth,
+                   smooth_psth)
 
 BASELINES = {
     "train_mean": TrainMeanPSTH,
     "train_mean_smoothed": SmoothedMeanPSTH,
     "condition_mean": ConditionMeanPSTH,
+    "condition_mean_shrunk": ShrunkConditionMeanPSTH,
     "glm": PoissonGLM,
 }
 #: Baselines that are trained RNNs (handled by eirnn.cv, not fitted by make_baseline).
@@ -46,5 +51,5 @@ def make_baseline(name: str, **kwargs: Any) -> Baseline:
 
 
 __all__ = ["Baseline", "TrialSet", "condition_codes", "BASELINES", "TRAINED_BASELINES", "make_baseline",
-           "TrainMeanPSTH", "SmoothedMeanPSTH", "ConditionMeanPSTH", "PoissonGLM", "raised_cosine_basis",
+           "TrainMeanPSTH", "SmoothedMeanPSTH", "ConditionMeanPSTH", "ShrunkConditionMeanPSTH", "PoissonGLM", "raised_cosine_basis",
            "lagged_features", "masked_mean_psth", "smooth_psth"]
