@@ -404,7 +404,10 @@ def _unfiltered_fold(dm):
     else:
         raw = load_session(dm.path) if dm.path is not None else make_synthetic_session(**dm.synthetic)
     sub = raw.subset(idx)
-    return TrialSet.from_session(sub), session_to_tensors(sub)
+    tensors = dm.make_tensors(sub) if hasattr(dm, "make_tensors") else session_to_tensors(sub)
+    t = TrialSet.from_session(sub)
+    t.inputs = np.nan_to_num(tensors["inputs"].cpu().numpy().astype(np.float64))  # the model's inputs (extra channels)
+    return t, tensors
 
 
 # --------------------------------------------------------------------------- evaluation

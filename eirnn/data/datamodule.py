@@ -2,7 +2,8 @@
 
 Batches are dicts of tensors (B = trials in the batch, T bins, N neurons):
 
-- ``inputs`` [B, T, C] float32, NaN -> 0.0 (C = 14 for the SC export)
+- ``inputs`` [B, T, C] float32, NaN -> 0.0 (C = 14 for the SC export; one more with
+  ``inputs.reward_context``: the trial's blocked reward level, 1 high / 0 low, in every bin)
 - ``rates`` [B, T, N] float32 (sp/s), NaN -> 0.0
 - ``mask`` [B, T, N] bool, True = valid bin (``Session.missing_mask``)
 - ``condition`` [B] int64 (``Session.condition_ids`` of the filtered session)
@@ -31,9 +32,12 @@ from .mat_io import load_session
 from .session import INPUT_CHANNELS, Session, session_to_tensors
 from .synthetic import make_synthetic_session
 
-__all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratified_kfold", "apply_filters"]
+__all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratified_kfold", "apply_filters",
+           "condition_grouped_order", "add_input_channels", "BATCH_MODES"]
 
 _FILTER_KEYS = ("min_duration_ms", "require_fixation")
+_INPUT_KEYS = ("reward_context",)
+BATCH_MODES = ("random", "condition")
 
 
 def stratified_split(condition_ids: np.ndarray, val_fraction: float, seed: int
@@ -134,6 +138,39 @@ def removed_by_filters(report: Dict[str, int]) -> str:
     return ", ".join(parts)
 
 
+def condition_grouped_order(conditions: np.ndarray, seed: int) -> np.ndarray:
+    """Trial order of a condition-grouped epoch (``data.batch_mode=condition``).
+
+    The conditions are put in a random order and the trials of each condition, shuffled,
+    follow one another, so consecutive batches of B trials hold whole runs of 1-3
+    conditions instead of ~B random ones; batch count and size are as in random mode.
+    A batch PSTH (``L_neuron``) is then close to a condition PSTH. Seeded by ``seed``.
+    """
+    cond = np.asarray(conditions).reshape(-1)
+    rng = np.random.default_rng(int(seed))
+    labels = np.unique(cond)
+    return np.concatenate([rng.permutation(np.flatnonzero(cond == c)) for c in rng.permutation(labels)]) \
+        if cond.size else np.zeros(0, np.int64)
+
+
+def add_input_channels(tensors: Dict[str, torch.Tensor], session: Session, inputs: Optional[Dict[str, Any]]
+                       ) -> Dict[str, torch.Tensor]:
+    """Extra model inputs of ``data.inputs`` appended after the 14 channels (in place).
+
+    ``reward_context``: channel 14 = ``trial_reward`` (1 high, 0 low) in every bin: the
+    reward level is blocked, so the animal knows it from the trial's start (the 14 channels
+    only carry a reward-onset pulse of the same size for both levels). Off: the tensors are
+    returned unchanged (the 14 channels exactly).
+    """
+    if inputs and inputs.get("reward_context"):
+        if getattr(session, "trial_reward", None) is None:
+            raise ValueError("data.inputs.reward_context=true needs a session with a reward factor (trial_reward)")
+        x = tensors["inputs"]
+        rew = torch.as_tensor(np.asarray(session.trial_reward, dtype=np.float64), dtype=x.dtype)
+        tensors["inputs"] = torch.cat([x, rew[:, None, None].expand(x.shape[0], x.shape[1], 1)], dim=2)
+    return tensors
+
+
 class TrialBatchLoader:
     """Iterable of batch dicts cut from pre-built tensors (all with trials first).
 
@@ -148,7 +185,7 @@ class TrialBatchLoader:
 
     def __init__(self, tensors: Dict[str, torch.Tensor], batch_size: Optional[int] = 0,
                  shuffle: bool = False, seed: int = 0,
-                 epoch_source: Optional[Callable[[], Optional[int]]] = None):
+                 epoch_source: Optional[Callable[[], Optional[int]]] = None, mode: str = "random"):
         self.tensors = tensors
         self.n = int(next(iter(tensors.values())).shape[0]) if tensors else 0
         bs = int(batch_size or 0)
@@ -157,6 +194,11 @@ class TrialBatchLoader:
         self.seed = int(seed)
         self.epoch_source = epoch_source
         self._epoch = 0
+        if mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {mode!r}")
+        if mode == "condition" and "condition" not in tensors:
+            raise ValueError("batch_mode=condition needs a 'condition' tensor")
+        self.mode = mode
 
     def __len__(self) -> int:
         return 0 if self.n == 0 else math.ceil(self.n / self.batch_size)
@@ -178,8 +220,11 @@ class TrialBatchLoader:
             yield dict(self.tensors)
             return
         epoch = self._take_epoch()
-        order = (np.random.default_rng(self.seed + epoch).permutation(self.n) if self.shuffle
-                 else np.arange(self.n))
+        if self.shuffle and self.mode == "condition":
+            order = condition_grouped_order(self.tensors["condition"].cpu().numpy(), self.seed + epoch)
+        else:
+            order = (np.random.default_rng(self.seed + epoch).permutation(self.n) if self.shuffle
+                     else np.arange(self.n))
         order_t = torch.from_numpy(order.astype(np.int64))
         for start in range(0, self.n, self.batch_size):
             idx = order_t[start:start + self.batch_size]
@@ -214,7 +259,7 @@ class SessionDataModule(L.LightningDataModule):
                  val_fraction: float = 0.2, batch_size: Optional[int] = 0, split_seed: int = 42,
                  shuffle_seed: Optional[int] = None, filters: Optional[Dict[str, Any]] = None,
                  device_transfer: bool = True, cv_folds: Optional[int] = None, cv_fold: Optional[int] = 0,
-                 cv_seed: Optional[int] = None):
+                 cv_seed: Optional[int] = None, batch_mode: str = "random", inputs: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -238,6 +283,13 @@ class SessionDataModule(L.LightningDataModule):
         if self.cv_folds is not None and (self.cv_folds < 2 or not 0 <= self.cv_fold < self.cv_folds):
             raise ValueError(f"need cv_folds >= 2 and 0 <= cv_fold < cv_folds, got cv_folds={cv_folds}, "
                              f"cv_fold={cv_fold}")
+        if batch_mode not in BATCH_MODES:
+            raise ValueError(f"data.batch_mode must be one of {list(BATCH_MODES)}, got {batch_mode!r}")
+        self.batch_mode = str(batch_mode)
+        unknown = sorted(set(inputs or {}) - set(_INPUT_KEYS))
+        if unknown:
+            raise ValueError(f"data.inputs: unknown key(s) {unknown}; known: {list(_INPUT_KEYS)}")
+        self.inputs = dict(inputs or {})
         self.cv_partition: Optional[np.ndarray] = None
         self.session: Optional[Session] = None
         self.kept_trials: Optional[np.ndarray] = None
@@ -281,7 +333,7 @@ class SessionDataModule(L.LightningDataModule):
                                       f"{np.unique(session.condition_ids()).size} conditions after the filters "
                                       + (f"(fold {self.cv_fold} of {self.cv_folds} is empty)" if self.cv_folds
                                          else f"with data.val_fraction={self.val_fraction:g}"))
-        full = session_to_tensors(session)
+        full = self.make_tensors(session)
         tr, va = torch.from_numpy(self.train_idx), torch.from_numpy(self.val_idx)
         self._train = {k: v.index_select(0, tr) for k, v in full.items()}
         self._val = {k: v.index_select(0, va) for k, v in full.items()}
@@ -295,6 +347,10 @@ class SessionDataModule(L.LightningDataModule):
             return make_synthetic_session(**self.synthetic)
         return load_session(self.path, self.format, self.options)
 
+    def make_tensors(self, session: Session) -> Dict[str, torch.Tensor]:
+        """:func:`session_to_tensors` plus the extra input channels of ``data.inputs``."""
+        return add_input_channels(session_to_tensors(session), session, self.inputs)
+
     def _need(self) -> Session:
         if self.session is None:
             raise RuntimeError("SessionDataModule: call setup() first")
@@ -303,7 +359,7 @@ class SessionDataModule(L.LightningDataModule):
     # ------------------------------------------------------------- attributes
     @property
     def n_inputs(self) -> int:
-        return self._need().n_inputs
+        return self._need().n_inputs + (1 if self.inputs.get("reward_context") else 0)
 
     @property
     def n_neurons(self) -> int:
@@ -389,7 +445,7 @@ class SessionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TrialBatchLoader:
         self._need()
         return TrialBatchLoader(self._train, self.batch_size, shuffle=True, seed=self.shuffle_seed,
-                                epoch_source=self._epoch)
+                                epoch_source=self._epoch, mode=self.batch_mode)
 
     def val_dataloader(self) -> TrialBatchLoader:
         self._need()

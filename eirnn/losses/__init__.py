@@ -7,6 +7,7 @@ gradients. See each module for formulas.
 
 from .neuron import (
     check_rates,
+    condition_neuron_loss_terms,
     hybrid_neuron_loss,
     masked_psth,
     neuron_loss,
@@ -29,6 +30,7 @@ __all__ = [
     "masked_psth",
     "neuron_loss",
     "neuron_loss_terms",
+    "condition_neuron_loss_terms",
     "poisson_neuron_loss",
     "hybrid_neuron_loss",
     "sinkhorn_log",

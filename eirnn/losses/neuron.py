@@ -32,6 +32,7 @@ __all__ = [
     "neuron_loss",
     "poisson_neuron_loss",
     "hybrid_neuron_loss",
+    "condition_neuron_loss_terms",
 ]
 
 # Floor on squared norms / variances; sqrt(1e-12) = 1e-6 is the norm clamp.
@@ -285,3 +286,75 @@ def hybrid_neuron_loss(
                     var_noise_correction)
     return poisson_weight * p + (1.0 - poisson_weight) * n
 
+
+
+def condition_neuron_loss_terms(
+    model_rates: Tensor,
+    target_rates: Tensor,
+    mask: Optional[Tensor],
+    conditions: Tensor,
+    lambda_var: float = 0.05,
+    min_trials: int = 2,
+    var_noise_correction: bool = True,
+) -> Dict[str, Tensor]:
+    """Condition-resolved ``L_neuron`` (issue 15): the lab's correlation and variance terms on
+    the PSTH of each condition in the batch instead of the batch PSTH.
+
+    With ``S[b, b'] = [c_b = c_b']`` (no host sync, no condition count needed), every trial
+    ``b`` sees its condition's PSTHs ``M_b = sum_b' S m x / sum_b' S m`` and ``D_b`` (model
+    and data, ``[B, T, N]``); trials of conditions with fewer than ``min_trials`` trials in
+    the batch get weight 0, the others 1, so each condition counts by its trial count::
+
+        corr = sum_b w_b mean_n (1 - r_bn) / sum_b w_b      (r_bn: Pearson over valid t)
+        var  = sum_b w_b (v^M_b - v^D_b)^2 / ((v^D_b)^2 + 1e-6) / sum_b w_b
+        total = corr + lambda_var * var
+
+    ``v_b = mean_n var_t`` of the condition PSTH. With ``var_noise_correction`` the data
+    target is ``var_t D - (1 - 1/T_n) mean_t s2 / n`` (``s2``: the condition's across-trial
+    variance at ``(t, n)``, ddof 1; ``n`` its valid trials), clamped at 0: the variance of a
+    PSTH of 2-3 trials is mostly sampling noise, which the model would otherwise be asked to
+    produce as modulation (:func:`neuron_loss_terms` explains the correction).
+
+    Returns:
+        dict of scalar tensors ``corr``, ``var``, ``total``.
+    """
+    mask = check_rates(model_rates, target_rates, mask)
+    if conditions.dim() != 1 or conditions.shape[0] != model_rates.shape[0]:
+        raise ValueError(f"conditions must be [B] = [{model_rates.shape[0]}], got {tuple(conditions.shape)}")
+    dtype = model_rates.dtype
+    target = target_rates.to(dtype)
+    b, t, n = model_rates.shape
+    same = (conditions[:, None] == conditions[None, :]).to(dtype)                 # [B, B]
+    mf = mask.to(dtype)
+    x = torch.where(mask, model_rates, torch.zeros_like(model_rates)).reshape(b, t * n)
+    y = torch.where(mask, target, torch.zeros_like(target)).reshape(b, t * n)
+    cnt = (same @ mf.reshape(b, t * n)).reshape(b, t, n)                         # trials per (c, t, n)
+    m = (same @ x).reshape(b, t, n) / cnt.clamp_min(1)
+    d = (same @ y).reshape(b, t, n) / cnt.clamp_min(1)
+    valid = cnt > 0
+    n_trials = same.sum(1)                                                       # [B] trials of b's condition
+    w = (n_trials >= float(min_trials)).to(dtype)
+    has = valid.any(1)                                                           # [B, N]
+    n_t = valid.sum(1).clamp_min(1).to(dtype)                                    # [B, N]
+    _, mc = _masked_center(m, valid, dim=1)
+    _, dc = _masked_center(d, valid, dim=1)
+    m_norm = mc.pow(2).sum(1).clamp_min(_NORM_FLOOR**2).sqrt()
+    d_norm = dc.pow(2).sum(1).clamp_min(_NORM_FLOOR**2).sqrt()
+    r = (mc * dc).sum(1) / (m_norm * d_norm)                                     # [B, N]
+    hn = has.to(dtype)
+    per_b = ((1.0 - r) * hn).sum(1) / hn.sum(1).clamp_min(1)
+    wsum = w.sum().clamp_min(1)
+    corr = (w * per_b).sum() / wsum
+    m_var = mc.pow(2).sum(1) / n_t
+    d_var = dc.pow(2).sum(1) / n_t
+    if var_noise_correction:
+        with torch.no_grad():
+            y2 = torch.where(mask, target.pow(2), torch.zeros_like(target)).reshape(b, t * n)
+            s2 = ((same @ y2).reshape(b, t, n) - cnt * d.pow(2)) / (cnt - 1).clamp_min(1)
+            per_bin = torch.where(valid & (cnt >= 2), s2.clamp_min(0) / cnt.clamp_min(1), torch.zeros_like(s2))
+            noise = (1.0 - 1.0 / n_t) * per_bin.sum(1) / n_t
+        d_var = (d_var - noise).clamp_min(0.0)
+    mv = (m_var * hn).sum(1) / hn.sum(1).clamp_min(1)
+    dv = (d_var * hn).sum(1) / hn.sum(1).clamp_min(1)
+    var = (w * (mv - dv).pow(2) / (dv.pow(2) + 1e-6)).sum() / wsum
+    return {"corr": corr, "var": var, "total": corr + lambda_var * var}

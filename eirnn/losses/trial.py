@@ -215,6 +215,7 @@ def trial_loss(
     return_plan: bool = False,
     detach_plan: bool = False,
     eps: float = 1e-8,
+    conditions: Optional[Tensor] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Trial-matching loss ``L_trial = sum_ij P_ij C_ij`` (see module docstring).
 
@@ -230,6 +231,12 @@ def trial_loss(
         return_plan: also return the plan ``P`` ``[B, B]`` (model x data).
         detach_plan: treat ``P`` as a constant in the backward pass.
         eps: clamp for rates/counts inside the Poisson divergence.
+        conditions: ``[B]`` condition labels: match trials within condition only (issue 15).
+            The plan is computed on ``C + penalty [c_i != c_j]`` with ``penalty = 1e3 (max C
+            + epsilon)`` (detached), which gives cross-condition pairs a weight of about
+            ``exp(-1e3)``; the loss is ``sum P C`` on the unpenalised cost. Model trial ``i``
+            is simulated for data trial ``i``, so each condition holds as many model as data
+            trials and the block-diagonal plan has the uniform marginals.
 
     Returns:
         scalar loss, or ``(loss, P)`` when ``return_plan``.
@@ -261,7 +268,12 @@ def trial_loss(
         num = wm @ data["data_term_t"] + (wm * m) @ data["w"].T - (wm * torch.log(m)) @ data["wd_d_t"]
         cost = num.clamp_min(0.0) / data["count"]
 
-    plan = sinkhorn_log(cost.detach() if detach_plan else cost, epsilon, n_iters, a=data["mass"], b=data["mass"])
+    plan_cost = cost.detach() if detach_plan else cost
+    if conditions is not None:
+        with torch.no_grad():
+            penalty = 1e3 * (cost.detach().max() + epsilon)
+        plan_cost = plan_cost + penalty * (conditions[:, None] != conditions[None, :]).to(cost.dtype)
+    plan = sinkhorn_log(plan_cost, epsilon, n_iters, a=data["mass"], b=data["mass"])
     loss = (plan * cost).sum()
     return (loss, plan) if return_plan else loss
 

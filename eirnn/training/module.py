@@ -68,6 +68,9 @@ class FitModule(L.LightningModule):
             validation forward is replayed as a CUDA graph captured at the first batch of its
             shape (:mod:`eirnn.training.cuda_graph`); Adam then keeps its step count on the
             device (``capturable``). Ignored on a CPU.
+        monitor: the validation metric (maximised) that defines ``best_val`` and drives the
+            plateau scheduler (default ``val/psth_corr``; ``conf/module/fit.yaml`` passes
+            ``optimized_metric``); ``val/psth_cond_score`` includes the condition PSTHs.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class FitModule(L.LightningModule):
         train_seed: int = 0,
         max_epochs: int = 500,
         cuda_graphs: str | bool = "auto",
+        monitor: str | None = None,
     ):
         super().__init__()
         mode = str(cuda_graphs).lower()
@@ -103,6 +107,7 @@ class FitModule(L.LightningModule):
             lambda_fixed=_cfg_get(bal, "lambda_trial", 0.1),
         )
         self.bin_size_ms = float(bin_size_ms)
+        self.monitor = MONITOR if monitor is None else str(monitor)
         self.train_seed, self.max_epochs = int(train_seed), int(max_epochs)
         self.val_seed = self.train_seed + 1_000_003 if val_seed is None else int(val_seed)
         self._train_gen: torch.Generator | None = None
@@ -163,8 +168,10 @@ class FitModule(L.LightningModule):
         rec = out.rates[..., :n_rec]
         target, mask = batch["rates"], batch["mask"]
 
-        l_neuron = self.objective.neuron_term(rec, target, mask)
-        l_trial = self.objective.trial_term(rec, target, mask) if self.objective.trial_active(self.current_epoch) else None
+        cond = batch.get("condition")  # issue 15: condition-resolved options (unused unless configured)
+        l_neuron = self.objective.neuron_term(rec, target, mask, cond)
+        l_trial = (self.objective.trial_term(rec, target, mask, cond)
+                   if self.objective.trial_active(self.current_epoch) else None)
         extras = self.objective.extra_term(self.model, out.rates, mask)
         l_extra = sum(extras.values())
 
@@ -220,14 +227,14 @@ class FitModule(L.LightningModule):
             self._graphs = StepGraphs(self.device)
         return self._graphs
 
-    def _step_compute(self, inputs, rates, mask, noise, *, trial_on: bool, inner) -> dict:
+    def _step_compute(self, inputs, rates, mask, noise, *, trial_on: bool, inner, condition=None) -> dict:
         """What :meth:`training_step` computes, as a function of device tensors only (captured as a
         CUDA graph): the forward with the given state noise, the losses, the balanced backward,
         clipping and the optimiser step (undone if a gradient is not finite)."""
         out = self.model(inputs, noise=noise is not None, noise_sample=noise)
         rec = out.rates[..., : self.model.n_recorded]
-        l_neuron = self.objective.neuron_term(rec, rates, mask)
-        l_trial = self.objective.trial_term(rec, rates, mask) if trial_on else None
+        l_neuron = self.objective.neuron_term(rec, rates, mask, condition)
+        l_trial = self.objective.trial_term(rec, rates, mask, condition) if trial_on else None
         extras = self.objective.extra_term(self.model, out.rates, mask)
         l_extra = sum(extras.values())
         inner.zero_grad(set_to_none=True)
@@ -257,6 +264,8 @@ class FitModule(L.LightningModule):
         key = ("train", tuple(inputs.shape), tuple(rates.shape), None if mask is None else tuple(mask.shape),
                trial_on, self.balancer.mode)
         dyn = {"inputs": inputs, "rates": rates, "mask": mask}
+        if self.objective.uses_conditions:  # issue 15: the batch's conditions are a graph input
+            dyn["condition"] = batch.get("condition")
         if getattr(self.model, "noise_scale", 1.0) > 0:  # the draw of the eager step: randn([B, T, n])
             dtype = next(self.model.parameters()).dtype
             shape = (int(inputs.shape[0]), int(inputs.shape[1]), int(self.model.n_units))
@@ -264,7 +273,7 @@ class FitModule(L.LightningModule):
 
         def fn(**kw):
             return self._step_compute(kw["inputs"], kw["rates"], kw.get("mask"), kw.get("noise"),
-                                      trial_on=trial_on, inner=inner)
+                                      trial_on=trial_on, inner=inner, condition=kw.get("condition"))
 
         res = self._run_graphed_step(opt, key, fn, dyn, float(inner.param_groups[0]["lr"]) * self.lr_factor())
         extras = {k[len("extra/"):]: v for k, v in res.items() if k.startswith("extra/")}
@@ -396,6 +405,8 @@ class FitModule(L.LightningModule):
         else:
             res = forward(batch["inputs"], batch["mask"], noise_sample=xi)
         item = {**res, "target": batch["rates"], "mask": batch["mask"]}
+        if "condition" in batch and "inputs" in batch:  # condition-resolved validation metrics (issue 15)
+            item["inputs"] = batch["inputs"]
         if "true_rates" in batch:
             item["true_rates"] = batch["true_rates"]
         if "condition" in batch:
@@ -438,6 +449,7 @@ class FitModule(L.LightningModule):
             "psth_model": np.where(np.isnan(psth_data), np.nan, psth_model),
             "psth_data": psth_data,
         }
+        out.update(self._condition_val_metrics(v, out["val/psth_corr"]))
         if "true_rates" in v:
             true_pn = M.psth_correlation(rates, v["true_rates"].float(), mask)
             out["val/true_psth_corr"] = float(np.nanmean(true_pn))
@@ -464,6 +476,28 @@ class FitModule(L.LightningModule):
         return (flat[:n], float(flat[n]), float(flat[n + 1]), float(flat[n + 2]),
                 flat[n + 3:n + 3 + tn].reshape(shape).astype(np.float32),
                 flat[n + 3 + tn:].reshape(shape).astype(np.float32))
+
+    def _condition_val_metrics(self, v: dict[str, torch.Tensor], psth_corr: float) -> dict[str, float]:
+        """``val/condition_psth_corr`` (smoothed, event-aligned condition PSTHs, the default
+        windows of :mod:`eirnn.condition_scores`; on this draw of the network's rates) and
+        ``val/psth_cond_score = (val/psth_corr + val/condition_psth_corr) / 2``, a checkpoint /
+        early-stopping monitor that includes the conditions (issue 15). Empty when the batch
+        has no SC task inputs. One host copy per validation epoch."""
+        if "condition" not in v or "inputs" not in v or v["inputs"].shape[-1] < 14:
+            return {}
+        from eirnn.condition_scores import CONDITION_DEFAULTS
+        from eirnn.data.conditions import event_onset_bins
+
+        cfg = CONDITION_DEFAULTS
+        bs = self.bin_size_ms
+        onsets = event_onset_bins(v["inputs"].cpu().numpy())
+        windows = {ev: (int(round(w[0] / bs)), int(round(w[1] / bs))) for ev, w in cfg["windows_ms"].items()}
+        mask = v["mask"].cpu().numpy()
+        xa, ma, seg = M.align_to_events(v["rates"].float().cpu().numpy(), mask, onsets, windows)
+        da, _, _ = M.align_to_events(v["target"].float().cpu().numpy(), mask, onsets, windows)
+        sc = M.aligned_condition_scores(xa, da, ma, v["condition"].cpu().numpy(), float(cfg["smooth_sigma_ms"]) / bs, seg)
+        corr = M._nanmean(sc["condition_psth_corr"])
+        return {"val/condition_psth_corr": corr, "val/psth_cond_score": 0.5 * (psth_corr + corr)}
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
@@ -492,8 +526,8 @@ class FitModule(L.LightningModule):
             record[k] = float(t) / max(self._train_count, 1)
         self.history.append(record)
         self.last_val, self.last_val_arrays = record, arrays
-        cur = vals[MONITOR]
-        if not self.best_val or (not math.isnan(cur) and cur > self.best_val.get(MONITOR, -math.inf)):
+        cur = vals.get(self.monitor, float("nan"))
+        if not self.best_val or (not math.isnan(cur) and cur > self.best_val.get(self.monitor, -math.inf)):
             self.best_val = dict(record)
         sch = self.lr_schedulers()
         if isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -21,6 +21,7 @@ import torch
 
 from eirnn.losses import (
     activity_regularization,
+    condition_neuron_loss_terms,
     hybrid_neuron_loss,
     neuron_loss,
     poisson_neuron_loss,
@@ -64,32 +65,63 @@ class FitObjective:
             raise ValueError(f"loss.neuron.target_smooth_sigma_bins must be >= 0, got {sm}")
         self.target_smooth_sigma_bins = float(sm)
         self.var_noise_correction = bool(_get(self.neuron, "var_noise_correction", False))
+        # issue 15: condition-resolved L_neuron and within-condition L_trial
+        self.condition_weight = float(_get(self.neuron, "condition_weight", 0.0))
+        if not 0.0 <= self.condition_weight <= 1.0:
+            raise ValueError(f"loss.neuron.condition_weight must be in [0, 1], got {self.condition_weight}")
+        self.condition_min_trials = int(_get(self.neuron, "condition_min_trials", 2))
+        self.condition_var_noise_correction = bool(_get(self.neuron, "condition_var_noise_correction", True))
+        self.trial_within_condition = bool(_get(self.trial, "within_condition", False))
+        #: whether a training step needs the batch's ``condition`` labels
+        self.uses_conditions = self.condition_weight > 0 or self.trial_within_condition
         if self.var_noise_correction and self.target_smooth_sigma_bins > 0:
             raise ValueError("loss.neuron.var_noise_correction=true cannot be combined with "
                              f"loss.neuron.target_smooth_sigma_bins={sm} (set one of them off)")
 
     # -- main -----------------------------------------------------------------
-    def neuron_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``L_neuron`` on recorded units: ``rates``, ``target``, ``mask`` are ``[B, T, N]``."""
+    def neuron_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                    conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_neuron`` on recorded units: ``rates``, ``target``, ``mask`` are ``[B, T, N]``.
+
+        With ``loss.neuron.condition_weight = a > 0`` and the batch's ``conditions`` ``[B]``, the
+        lab's PSTH loss ``N`` becomes ``(1 - a) N + a N_cond`` (:func:`condition_neuron_loss_terms`,
+        the correlation and variance terms per condition); the Poisson half of ``hybrid`` and
+        the grand scale term are unchanged. Without ``conditions`` (validation) it is ``N``.
+        """
         ls, lv = float(_get(self.neuron, "lambda_scale", 0.1)), float(_get(self.neuron, "lambda_var", 0.05))
         sm, vc = self.target_smooth_sigma_bins, self.var_noise_correction
-        if self.neuron_kind == "correlation":
-            return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
-                               var_noise_correction=vc)
+        a = self.condition_weight if conditions is not None else 0.0
         if self.neuron_kind == "poisson":
             return poisson_neuron_loss(rates, target, mask, bin_size_ms=self.bin_size_ms)
-        return hybrid_neuron_loss(
-            rates, target, mask, poisson_weight=float(_get(self.neuron, "poisson_weight", 0.5)),
-            bin_size_ms=self.bin_size_ms, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
-            var_noise_correction=vc,
-        )
+        if a == 0.0:
+            if self.neuron_kind == "correlation":
+                return neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
+                                   var_noise_correction=vc)
+            return hybrid_neuron_loss(
+                rates, target, mask, poisson_weight=float(_get(self.neuron, "poisson_weight", 0.5)),
+                bin_size_ms=self.bin_size_ms, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
+                var_noise_correction=vc,
+            )
+        lab = neuron_loss(rates, target, mask, lambda_scale=ls, lambda_var=lv, target_smooth_sigma_bins=sm,
+                          var_noise_correction=vc)
+        cond = condition_neuron_loss_terms(rates, target, mask, conditions, lambda_var=lv,
+                                           min_trials=self.condition_min_trials,
+                                           var_noise_correction=self.condition_var_noise_correction)["total"]
+        n = (1.0 - a) * lab + a * cond
+        if self.neuron_kind == "correlation":
+            return n
+        w = float(_get(self.neuron, "poisson_weight", 0.5))
+        return w * poisson_neuron_loss(rates, target, mask, bin_size_ms=self.bin_size_ms) + (1.0 - w) * n
 
     # -- auxiliary ------------------------------------------------------------
     def trial_active(self, epoch: int) -> bool:
         return self.trial_enabled and epoch >= self.warmup_epochs
 
-    def trial_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """``L_trial`` (Sinkhorn trial matching) on recorded units, ``[B, T, N]`` inputs."""
+    def trial_term(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+                   conditions: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_trial`` (Sinkhorn trial matching) on recorded units, ``[B, T, N]`` inputs; with
+        ``loss.trial.within_condition`` and ``conditions`` ``[B]``, trials are matched within
+        their condition only (:func:`eirnn.losses.trial_loss`)."""
         return trial_loss(
             rates, target, mask,
             epsilon=float(_get(self.trial, "epsilon", 0.1)),
@@ -97,6 +129,7 @@ class FitObjective:
             distance=str(_get(self.trial, "distance", "euclidean")),
             smooth_sigma_bins=float(_get(self.trial, "smooth_sigma_bins", 1.0)),
             bin_size_ms=self.bin_size_ms,
+            conditions=conditions if self.trial_within_condition else None,
         )
 
     def trial_term_members(self, rates: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None):
