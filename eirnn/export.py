@@ -44,7 +44,7 @@ CHECKPOINT_NAMES = {"best": "best.ckpt", "last": "last.ckpt", "interrupted": "in
 FIGURES = (
     "training_curves", "per_neuron_correlation_histogram", "per_neuron_correlation_scatter", "best_worst_neurons",
     "weight_matrices", "h0_distribution", "attention_patterns", "pca_trajectories", "pca_state_space",
-    "fano_factor_comparison",
+    "fano_factor_comparison", "condition_psth_grid", "selectivity_scatter",
 )
 
 
@@ -326,7 +326,8 @@ def export_run(
     if figures:
         figure_files, figure_errors = write_figures(out, history, weights, outputs, metrics, population, model,
                                                     monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")),
-                                                    bin_ms=bin_ms, input_names=dm.session.input_names)
+                                                    bin_ms=bin_ms, input_names=dm.session.input_names,
+                                                    condition_cfg=(resolved.get("evaluation") or {}).get("condition"))
     files["figures"] = [{"path": str(p.relative_to(out))} for p in figure_files]
 
     manifest = {
@@ -344,7 +345,8 @@ def export_run(
 
 
 def write_figures(run_dir: Path, history, weights, outputs, metrics, population, model, monitor: str,
-                  learnable_h0: bool = True, bin_ms: float | None = None, input_names=None) -> tuple[list[Path], dict[str, str]]:
+                  learnable_h0: bool = True, bin_ms: float | None = None, input_names=None,
+                  condition_cfg=None) -> tuple[list[Path], dict[str, str]]:
     """Every figure of :data:`FIGURES` that applies, as ``run_dir/figures/<name>.png``.
 
     A figure that fails is logged and listed in the returned errors; the others are still written.
@@ -376,6 +378,26 @@ def write_figures(run_dir: Path, history, weights, outputs, metrics, population,
         "fano_factor_comparison": lambda: F.fano_comparison(metrics["per_neuron_fano_model"],
                                                             metrics["per_neuron_fano_target"], exc, bin_ms=bin_ms),
     }
+    from eirnn.data.session import INPUT_CHANNELS
+
+    sc_layout = names[: len(INPUT_CHANNELS)] == list(INPUT_CHANNELS) and outputs["val_trial_factors"].shape[1] == 4
+    if sc_layout:  # SC task inputs and factors: issue 15's condition figures
+        def condition_fig(which: str):
+            from eirnn.report.condition_figures import condition_figures_from_arrays
+
+            if which not in cond_figs:
+                readout = getattr(model, "spike_readout", None)
+                rates = np.asarray(outputs["val_model_rates"], np.float64)
+                if readout is not None and getattr(readout, "is_fitted", False):
+                    rates = readout.apply_numpy(rates)
+                cond_figs.update(condition_figures_from_arrays(
+                    rates, outputs["val_target_rates"], outputs["val_mask"], outputs["val_inputs"],
+                    outputs["val_trial_factors"], float(bin_ms or 25.0), exc, condition_cfg, channels=names))
+            return cond_figs[which]
+
+        cond_figs: dict = {}
+        makers["condition_psth_grid"] = lambda: condition_fig("condition_psth_grid")
+        makers["selectivity_scatter"] = lambda: condition_fig("selectivity_scatter")
     if "val_attention_mean" in outputs:
         makers["attention_patterns"] = lambda: F.attention_patterns(outputs["val_attention_mean"], time_ms=t,
                                                                     channel_labels=labels)
@@ -384,11 +406,27 @@ def write_figures(run_dir: Path, history, weights, outputs, metrics, population,
         if name not in makers:
             continue
         try:
-            written.append(F.save(makers[name](), run_dir / "figures" / f"{name}.png"))
+            fig = makers[name]()
+            written.append(F.save(fig, run_dir / "figures" / f"{name}.png"))
+            if name in ("condition_psth_grid", "selectivity_scatter"):  # also in TensorBoard (issue 15)
+                _tensorboard_figure(run_dir / "tensorboard", f"final/{name}", fig)
         except Exception as err:  # one broken figure must not cost the others
             log.warning("figure %s failed: %s", name, err)
             errors[name] = f"{type(err).__name__}: {err}"
     return written, errors
+
+
+def _tensorboard_figure(tb_dir: Path, tag: str, fig) -> None:
+    """Add ``fig`` to the run's TensorBoard folder (nothing when TensorBoard is missing)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover
+        return
+    writer = SummaryWriter(log_dir=str(tb_dir))
+    try:
+        writer.add_figure(tag, fig, global_step=0, close=False)
+    finally:
+        writer.close()
 
 
 def export_after_training(cfg, trainer, module, dm, summary: dict) -> dict[str, Any]:

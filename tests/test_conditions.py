@@ -203,3 +203,24 @@ def test_condition_view_perfect_predictor():
         condition_config({"windows_ms": {"target": [100, 0]}})
     with pytest.raises(ValueError):
         condition_config({"nope": 1})
+
+
+def test_condition_figures_grid_and_scatter():
+    from eirnn.report.condition_figures import condition_psth_grid, selectivity_scatter
+
+    rng = np.random.default_rng(0)
+    k, w, n = 16, 10, 3
+    xa = rng.uniform(5, 20, size=(k, w, n))
+    ma = np.ones(xa.shape, bool)
+    seg = np.repeat([0, 1], 5)
+    groups = np.arange(k) % 4 + 1
+    fig = condition_psth_grid(xa, xa + 1, ma, seg, {"target": [-50, 75], "go": [-50, 75]}, 25.0, groups,
+                              {g: f"loc {g}" for g in range(1, 5)}, np.array([True, False, True]), n_neurons=2)
+    assert len(fig.axes) == 2 * 4 and fig.axes[0].get_title() == "loc 1"
+    labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert "target" in labels and "go" in labels      # event markers named on the ms axis
+    d = {"location": np.array([0.1, 0.5, 0.9, 0.3]), "reward": np.array([0.0, 0.2, -0.1, 0.4])}
+    m = {"location": np.array([0.2, 0.4, 1.0, 0.2]), "reward": np.array([0.1, 0.1, 0.0, 0.3])}
+    sc = selectivity_scatter(d, m, np.array([True, True, False, False]))
+    r = np.corrcoef(d["location"], m["location"])[0, 1]
+    assert sc.axes[0].get_title().startswith(f"location: r = {r:.2f}, p = ")

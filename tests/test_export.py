@@ -126,7 +126,8 @@ def test_train_then_export_from_the_command_line(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "exported checkpoints/best.ckpt" in res.stdout
     figs = sorted(p.stem for p in (run / "figures").glob("*.png"))
-    assert len(figs) == 9 and "attention_patterns" not in figs  # no attention in the default model
+    assert len(figs) == 11 and "attention_patterns" not in figs  # no attention in the default model
+    assert "condition_psth_grid" in figs and "selectivity_scatter" in figs  # issue 15
 
 
 # ---------------------------------------------------------------- arrays

@@ -242,6 +242,16 @@ class TensorBoardFigures(L.Callback):
                 time_ms=t, events_ms=self._events if t is not None else None,
             )
             tb.add_figure("val/psth_model_vs_data", fig, global_step=step, close=True)
+            cond = arrays.get("condition")
+            if cond is not None and np.any(cond["location"] > 0):  # issue 15: event-aligned, by target location
+                from eirnn.report.condition_figures import condition_psth_grid
+
+                names = {int(g): f"location {int(g)}" for g in np.unique(cond["location"]) if g > 0}
+                fig = condition_psth_grid(cond["model_a"], cond["data_a"], cond["mask_a"], cond["seg"],
+                                          cond["windows_ms"], float(pl_module.bin_size_ms), cond["location"], names,
+                                          pl_module.model.is_excitatory[: pl_module.model.n_recorded].cpu().numpy(),
+                                          n_neurons=4, sigma_bins=cond["sigma_bins"], title=f"epoch {step}: validation trials by target location")
+                tb.add_figure("val/condition_psth_grid", fig, global_step=step, close=True)
 
 
 def model_card(model) -> str:

@@ -450,6 +450,8 @@ class FitModule(L.LightningModule):
             "psth_data": psth_data,
         }
         out.update(self._condition_val_metrics(v, out["val/psth_corr"]))
+        if getattr(self, "_condition_arrays", None):
+            arrays["condition"] = self._condition_arrays
         if "true_rates" in v:
             true_pn = M.psth_correlation(rates, v["true_rates"].float(), mask)
             out["val/true_psth_corr"] = float(np.nanmean(true_pn))
@@ -497,6 +499,14 @@ class FitModule(L.LightningModule):
         da, _, _ = M.align_to_events(v["target"].float().cpu().numpy(), mask, onsets, windows)
         sc = M.aligned_condition_scores(xa, da, ma, v["condition"].cpu().numpy(), float(cfg["smooth_sigma_ms"]) / bs, seg)
         corr = M._nanmean(sc["condition_psth_corr"])
+        loc = np.zeros(xa.shape[0], np.int64)  # target location from the inputs (TensorBoard figure)
+        tgt = onsets["target"]
+        ok = np.isfinite(tgt)
+        if ok.any():
+            u = v["inputs"][..., 1:5].cpu().numpy()
+            loc[ok] = 1 + np.argmax(u[np.flatnonzero(ok), tgt[ok].astype(np.int64)], axis=-1)
+        self._condition_arrays = {"model_a": xa, "data_a": da, "mask_a": ma, "seg": seg, "location": loc,
+                                  "windows_ms": dict(cfg["windows_ms"]), "sigma_bins": float(cfg["smooth_sigma_ms"]) / bs}
         return {"val/condition_psth_corr": corr, "val/psth_cond_score": 0.5 * (psth_corr + corr)}
 
     def on_validation_epoch_end(self) -> None:
