@@ -28,7 +28,7 @@ TINY = [
 N_EPOCHS = 4
 FIGURES = ["training_curves", "per_neuron_correlation_histogram", "per_neuron_correlation_scatter",
            "best_worst_neurons", "weight_matrices", "h0_distribution", "attention_patterns", "pca_trajectories",
-           "pca_state_space", "fano_factor_comparison"]
+           "pca_state_space", "fano_factor_comparison", "condition_psth_grid", "selectivity_scatter"]
 
 
 class SignalAt(L.Callback):
