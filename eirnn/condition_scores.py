@@ -85,9 +85,9 @@ class ConditionView:
         bs = trials.bin_size_ms
         self.bin_size_ms = bs
         k = trials.n_trials
-        if trials.inputs.shape[2] >= len(channels):
+        if trials.inputs.shape[2] >= len(channels):  # (channels beyond the named ones, e.g. reward context, ignored)
             self.onsets = event_onset_bins(trials.inputs, channels)
-        else:  # not the SC input layout: no events
+        else:  # fewer channels than named: no events
             self.onsets = {}
         self.windows = {ev: _bins(w, bs) for ev, w in self.cfg["windows_ms"].items()}
         unknown = [ev for ev in list(self.windows) + [self.cfg["selectivity_event"]]

@@ -220,7 +220,7 @@ def _bits_scores(pred: np.ndarray, trials, exc: np.ndarray) -> Tuple[Dict[str, f
 
 
 def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: int = 0, reference=None,
-                  condition_cfg: Optional[Mapping[str, Any]] = None
+                  condition_cfg: Optional[Mapping[str, Any]] = None, channels: Optional[Sequence[str]] = None
                   ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """Split-half noise ceilings of the PSTH metrics of a prediction scored on ``trials``.
 
@@ -249,7 +249,8 @@ def noise_ceiling(trials, is_excitatory: np.ndarray, n_splits: int = 50, seed: i
         per[key] = c[name]["per_neuron"]
         per[f"{key}_reliability"] = c[name]["reliability"]
         out.update(_by_type(per[key], exc, key))
-    fc, fper = ConditionView(trials, condition_cfg).ceiling(ConditionView(ref, condition_cfg), n_splits, seed)
+    kw = {} if channels is None else {"channels": tuple(channels)}
+    fc, fper = ConditionView(trials, condition_cfg, **kw).ceiling(ConditionView(ref, condition_cfg, **kw), n_splits, seed)
     for name, v in fper.items():
         per[name] = v
         if name.startswith("condition_psth"):
@@ -486,12 +487,14 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
             calib[name] = fit_affine_calibration(p_train, train.rates, train.mask, bs)
             result["calibration"][name] = calib[name].info()
     from eirnn.condition_scores import ConditionView
+    from eirnn.data.session import INPUT_CHANNELS
 
+    channels = tuple(getattr(session, "input_names", None) or INPUT_CHANNELS)  # event onsets by channel name
     for set_name, (trials, tensors) in sets.items():
         raw = {name: model_predictions(mod, tensors, dm.batch_size, noise_draws) for name, mod in modules.items()}
         raw.update({name: (b.predict(trials), None, None) for name, b in fitted.items()})
         scores, per_neuron = {}, {}
-        view = ConditionView(trials, condition_cfg)
+        view = ConditionView(trials, condition_cfg, channels=channels)
         for name, (pred, sample, spike_rate) in raw.items():
             sr = pred if spike_rate is None else spike_rate
             cal = calib[name](sr) if name in calib else sr
@@ -513,7 +516,7 @@ def evaluate_modules(dm, modules: Mapping[str, Any], baselines: Sequence[str] = 
                 scores[name]["psth_corr_sample"] = psth_corr(sample, trials.rates, trials.mask)
                 scores[name]["bits_per_spike_sample"] = bits_per_spike(sample, trials.rates, trials.mask, bs)
         ceil, ceil_pn = noise_ceiling(trials, exc, ceiling_splits, seed, reference=TrialSet.concat(train, trials),
-                                      condition_cfg=condition_cfg)
+                                      condition_cfg=condition_cfg, channels=channels)
         result["sets"][set_name] = {
             "n_trials": trials.n_trials, "scores": scores, "ceiling": ceil,
             "per_neuron": {**per_neuron, "ceiling": ceil_pn},

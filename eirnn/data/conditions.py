@@ -104,7 +104,7 @@ def event_times_ms(session) -> Dict[str, np.ndarray]:
     events = getattr(session, "events", None)
     if isinstance(events, Mapping) and events:  # a Session that carries its events
         return {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in events.items()}
-    bins = event_onset_bins(session.inputs, getattr(session, "input_channels", INPUT_CHANNELS))
+    bins = event_onset_bins(session.inputs, getattr(session, "input_names", None) or INPUT_CHANNELS)
     t = np.asarray(session.time_axis_ms, dtype=np.float64)
     edge = t - float(session.bin_size_ms) / 2.0
     out = {}
