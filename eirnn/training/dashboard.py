@@ -13,7 +13,9 @@ Computed at each validation from what validation already produced (no extra forw
   of the recorded E and I neurons over valid validation bins, model and data.
 - ``val/condition_psth_corr``: :func:`eirnn.metrics.condition_psth_corr` of the validation
   trials grouped by their condition id (the PSTH correlation of the stacked condition-mean
-  PSTHs, per neuron, averaged).
+  PSTHs, per neuron, averaged). For SC task inputs the module logs the event-aligned,
+  smoothed version of issue 15 instead (``FitModule._condition_val_metrics``), and this one
+  is only the fallback.
 """
 from __future__ import annotations
 

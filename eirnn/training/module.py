@@ -514,7 +514,9 @@ class FitModule(L.LightningModule):
             return
         gathered = self._gather_val()
         vals, arrays = self.compute_val_metrics(gathered)
-        vals.update(dashboard.epoch_scalars(self.model, gathered))  # spectral radius, currents, E/I rates, ...
+        # spectral radius, currents, E/I rates, ...; its fixation-aligned val/condition_psth_corr only where
+        # the event-aligned one of issue 15 (_condition_val_metrics) could not be computed
+        vals.update({k: x for k, x in dashboard.epoch_scalars(self.model, gathered).items() if k not in vals})
         del gathered
         self._val_outputs = []
         if self.trainer.sanity_checking:
