@@ -168,9 +168,10 @@ class FitModule(L.LightningModule):
         rec = out.rates[..., :n_rec]
         target, mask = batch["rates"], batch["mask"]
 
-        cond = batch.get("condition")  # issue 15: condition-resolved options (unused unless configured)
-        l_neuron = self.objective.neuron_term(rec, target, mask, cond)
-        l_trial = (self.objective.trial_term(rec, target, mask, cond)
+        # issue 15: the batch's conditions, only for the condition-resolved options
+        cond = (batch.get("condition"),) if self.objective.uses_conditions else ()
+        l_neuron = self.objective.neuron_term(rec, target, mask, *cond)
+        l_trial = (self.objective.trial_term(rec, target, mask, *cond)
                    if self.objective.trial_active(self.current_epoch) else None)
         extras = self.objective.extra_term(self.model, out.rates, mask)
         l_extra = sum(extras.values())
@@ -233,8 +234,9 @@ class FitModule(L.LightningModule):
         clipping and the optimiser step (undone if a gradient is not finite)."""
         out = self.model(inputs, noise=noise is not None, noise_sample=noise)
         rec = out.rates[..., : self.model.n_recorded]
-        l_neuron = self.objective.neuron_term(rec, rates, mask, condition)
-        l_trial = self.objective.trial_term(rec, rates, mask, condition) if trial_on else None
+        cond = (condition,) if condition is not None else ()
+        l_neuron = self.objective.neuron_term(rec, rates, mask, *cond)
+        l_trial = self.objective.trial_term(rec, rates, mask, *cond) if trial_on else None
         extras = self.objective.extra_term(self.model, out.rates, mask)
         l_extra = sum(extras.values())
         inner.zero_grad(set_to_none=True)
