@@ -314,3 +314,18 @@ def test_converted_real_session_trains_to_the_same_metrics(compose, tmp_path, re
     assert results["mat"]["best"]["val/psth_corr"] is not None
     assert results["nwb"] == results["mat"]
     assert results["arrays"] == results["mat"]
+
+
+def test_reader_option_errors_say_how_to_pass_them_to_convert_and_report(tmp_path, capsys):
+    """convert / data.report take reader options as --options JSON, not as data.options.KEY=VALUE."""
+    from eirnn.data.convert import options_hint
+    from eirnn.data.report import main as report_main
+
+    p = tmp_path / "foreign.nwb"
+    make_foreign_nwb(p, n_trials=5)
+    _convert_one_line_exit_2(capsys, [p, tmp_path / "o.npz"], "data.options.bin_size_ms=MS",
+                             """--options '{"bin_size_ms": MS}'""")
+    assert report_main([str(p)]) == 2
+    assert """--options '{"bin_size_ms": MS}'""" in capsys.readouterr().err
+    assert options_hint("label them (data.options.ei.default=E|I)").endswith("""--options '{"ei": {"default": "E"}}')""")
+    assert options_hint("a plain message") == "a plain message"

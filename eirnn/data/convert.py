@@ -46,6 +46,23 @@ def convert(src, dst, options=None, trials: int = 1000, seed: int = 0):
     return session
 
 
+def options_hint(message: str) -> str:
+    """``message`` with, when it names a training override ``data.options.KEY=VALUE``, how a
+    command that takes ``--options JSON`` (convert, report) is given it instead, e.g.
+    ``--options '{"bin_size_ms": MS}'``."""
+    import re
+
+    m = re.search(r"data\.options\.([A-Za-z_][\w.]*\w)(?:=([^\s;,)]+))?", message)
+    if m is None:
+        return message
+    keys, raw = m.group(1).split("."), (m.group(2) or "...").split("|")[0]
+    value = raw if (raw.isupper() and len(raw) > 1) or raw == "..." else json.dumps(raw)  # MS, COL: placeholders
+    text = value
+    for key in reversed(keys):
+        text = "{" + json.dumps(key) + ": " + text + "}"
+    return f"{message} (with this command: --options '{text}')"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eirnn.data.convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="input file (.mat, .nwb, .npz, .h5) or 'synthetic'")
@@ -62,7 +79,7 @@ def main(argv=None) -> int:
     try:
         s = convert(args.src, args.dst, options, trials=args.trials, seed=args.seed)
     except (DataFormatError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {options_hint(str(e))}", file=sys.stderr)
         return 2
     print(f"{args.src} -> {args.dst}: {s.n_trials} trials x {s.n_time} bins of {s.bin_size_ms:g} ms x "
           f"{s.n_neurons} neurons, {s.n_inputs} inputs ({', '.join(s.input_names)}), "

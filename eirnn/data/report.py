@@ -291,7 +291,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         session = load_session(args.file, None, options)
     except DataFormatError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        from .convert import options_hint
+
+        print(f"error: {options_hint(str(err))}", file=sys.stderr, flush=True)
         return 2
     rep = session_report(session, args.min_duration_ms, args.cv_folds)
     text = format_report(rep)
