@@ -329,3 +329,16 @@ def test_reader_option_errors_say_how_to_pass_them_to_convert_and_report(tmp_pat
     assert """--options '{"bin_size_ms": MS}'""" in capsys.readouterr().err
     assert options_hint("label them (data.options.ei.default=E|I)").endswith("""--options '{"ei": {"default": "E"}}')""")
     assert options_hint("a plain message") == "a plain message"
+
+
+def test_wrong_data_group_for_the_file_says_which_reads_it(tmp_path):
+    """data=nwb given an .npz (or data=arrays an .nwb): the reader's complaint plus which group reads it."""
+    from eirnn.data import DataFormatError, load_session
+
+    p = tmp_path / "mine.npz"
+    np.savez(p, counts=np.ones((4, 5, 2)), inputs=np.zeros((4, 5, 1)), bin_size_ms=10.0, is_excitatory=np.array([True, False]))
+    with pytest.raises(DataFormatError, match=r"not a readable NWB file.*the file's name says arrays: data=arrays reads it"):
+        load_session(p, "nwb")
+    assert load_session(p, "arrays").n_trials == 4
+    with pytest.raises(DataFormatError, match="file not found$"):
+        load_session(tmp_path / "nope.npz", "nwb")

@@ -376,15 +376,21 @@ def load_session(path: PathLike, format: str | None = None, options: Dict[str, A
     if path is None or (isinstance(path, str) and not path.strip()):
         raise DataFormatError(None, None, "no session path given")
     fmt = detect_format(path) if format in (None, "auto") else str(format)
-    if fmt == "nwb":
-        from .nwb_io import load_nwb
-        session = load_nwb(path, options)
+    if fmt in ("nwb", "arrays"):
+        if fmt == "nwb":
+            from .nwb_io import load_nwb as reader
+        else:
+            from .arrays_io import load_arrays as reader
+        try:
+            session = reader(path, options)
+        except DataFormatError as err:  # e.g. data=arrays given an .nwb file: say so beside the reader's complaint
+            named = detect_format(path)
+            if named != fmt and err.message != "file not found":
+                groups = {"mat": "data=sc_mat", "nwb": "data=nwb", "arrays": "data=arrays"}
+                raise DataFormatError(err.path, err.field, f"{err.message} (read as {fmt} ({groups[fmt]}); "
+                                      f"the file's name says {named}: {groups[named]} reads it)") from None
+            raise
         validate_session(session)  # the MAT reader validates in session_from_fields
-        return session
-    if fmt == "arrays":
-        from .arrays_io import load_arrays
-        session = load_arrays(path, options)
-        validate_session(session)
         return session
     if fmt != "mat":
         raise DataFormatError(path, "format", f"unknown data format {fmt!r}; one of {list(FORMATS)}")
