@@ -336,7 +336,8 @@ def test_wrong_data_group_for_the_file_says_which_reads_it(tmp_path):
     from eirnn.data import DataFormatError, load_session
 
     p = tmp_path / "mine.npz"
-    np.savez(p, counts=np.ones((4, 5, 2)), inputs=np.zeros((4, 5, 1)), bin_size_ms=10.0, is_excitatory=np.array([True, False]))
+    counts = np.random.default_rng(0).poisson(2.0, (4, 5, 2))
+    np.savez(p, counts=counts, inputs=np.zeros((4, 5, 1)), bin_size_ms=10.0, is_excitatory=np.array([True, False]))
     with pytest.raises(DataFormatError, match=r"not a readable NWB file.*the file's name says arrays: data=arrays reads it"):
         load_session(p, "nwb")
     assert load_session(p, "arrays").n_trials == 4
