@@ -148,6 +148,15 @@ def config_problems(cfg) -> list[str]:
     fold = _get(cfg, "data.cv_fold")
     if _is_int(folds) and folds >= 2 and fold is not _MISSING and not (_is_int(fold) and 0 <= fold < folds):
         problems.append(f"data.cv_fold={fold!r}: must be in 0..{folds - 1}")
+    data = _get(cfg, "data")
+    from omegaconf import OmegaConf
+
+    try:
+        path_missing = OmegaConf.is_config(data) and OmegaConf.is_missing(data, "path")
+    except Exception:  # no such key (task data modules)
+        path_missing = False
+    if path_missing:
+        problems.append("data.path: missing (the session file: data.path=FILE)")
     ckpt = _get(cfg, "ckpt_path")
     if isinstance(ckpt, str) and ckpt:
         import os

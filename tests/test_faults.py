@@ -281,6 +281,7 @@ def test_cli_bad_config_values_one_line_exit_2_nothing_written(tmp_path):
     (["data.synthetic.n_trials=0"], "data.synthetic.n_trials=0"),
     (["data.cv_folds=5", "data.cv_fold=7"], "data.cv_fold=7"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: no such file"),
+    (["data=sc_mat"], "data.path: missing"),  # before the run folder is made, like the other values
 ])
 def test_config_check_names_each_bad_value(compose, tmp_path, overrides, needle):
     from eirnn.config_check import check_config
