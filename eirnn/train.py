@@ -120,9 +120,10 @@ def build_module(cfg: DictConfig, model, dm):
     kwargs = dict(dm.module_kwargs()) if hasattr(dm, "module_kwargs") else {}
     loss = cfg.module.get("loss") if "loss" in cfg.module else None
     if loss is not None and str(OmegaConf.select(loss, "neuron.target_smooth_sigma_bins", default="")) == "auto":
-        if not hasattr(dm, "choose_psth_smoothing"):
+        if not hasattr(dm, "tensors"):
             raise UserError("loss.neuron.target_smooth_sigma_bins=auto needs recorded trials (data=sc_mat or synthetic)")
-        choice = dm.choose_psth_smoothing(seed=int(cfg.get("seed", 0)))
+        from eirnn.baselines.psth import choose_psth_smoothing
+        choice = choose_psth_smoothing(dm, seed=int(cfg.get("seed", 0)))
         loss = OmegaConf.to_container(loss, resolve=True)
         loss["neuron"]["target_smooth_sigma_bins"] = choice["sigma_bins"]
         kwargs["loss"] = loss

@@ -163,7 +163,8 @@ def test_auto_target_smoothing_is_chosen_on_training_trials(compose, tmp_path):
     assert module.objective.target_smooth_sigma_bins == expected
     # the validation trials do not enter the choice: changing them changes nothing
     dm._val = {k: v * 0 if hasattr(v, "dtype") and v.dtype.is_floating_point else v for k, v in dm._val.items()}
-    assert dm.choose_psth_smoothing(seed=int(cfg.seed))["sigma_bins"] == expected
+    from eirnn.baselines.psth import choose_psth_smoothing
+    assert choose_psth_smoothing(dm, seed=int(cfg.seed))["sigma_bins"] == expected
 
 
 @pytest.mark.parametrize("overrides,rank,mode", [

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from eirnn.data.datamodule import stratified_kfold
+from eirnn.data.splits import stratified_kfold
 
 from .base import Baseline, TrialSet
 

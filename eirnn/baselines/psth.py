@@ -11,7 +11,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from eirnn.data.datamodule import stratified_kfold
+from eirnn.data.splits import stratified_kfold
 
 from .base import Baseline, TrialSet
 
@@ -201,3 +201,13 @@ class ShrunkConditionMeanPSTH(Baseline):
 
     def info(self) -> Dict[str, Any]:
         return {"sigma_bins": self.sigma_bins_, "kappa": self.kappa_, "n_conditions": len(self.psths_)}
+
+
+def choose_psth_smoothing(dm, seed: int = 0) -> Dict[str, Any]:
+    """Gaussian width (bins) of the best smoothed mean PSTH, chosen on the training trials
+    of the data module ``dm`` by :class:`SmoothedMeanPSTH`'s inner cross-validation (the
+    validation trials are never looked at). Returns ``{"sigma_bins": s, "cv_scores":
+    {sigma: score}}``; used by ``loss.neuron.target_smooth_sigma_bins=auto``."""
+    train = TrialSet.from_tensors(dm.tensors("train"), dm._need(), dm.bin_size_ms)
+    b = SmoothedMeanPSTH(seed=seed).fit(train)
+    return {"sigma_bins": float(b.sigma_bins_), "cv_scores": dict(b.cv_scores_)}

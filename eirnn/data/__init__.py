@@ -13,9 +13,10 @@ Arrays in a :class:`Session` are float64 numpy ([trials, time, neurons] /
 """
 from .errors import DataFormatError
 from .session import INPUT_CHANNELS, Session, session_to_tensors, zscore_eye
-from .mat_io import load_mat, load_session, read_mat_fields, save_mat
+from .mat_io import load_mat, read_mat_fields, save_mat
 from .nwb_io import load_nwb, save_nwb
 from .arrays_io import load_arrays, save_arrays
+from .sources import detect_format, load_session
 from .synthetic import make_synthetic_session, make_teacher, simulate_teacher
 
 _LAZY = {"SessionDataModule", "TrialBatchLoader", "apply_filters", "stratified_split"}

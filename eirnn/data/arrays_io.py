@@ -38,7 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from .errors import DataFormatError
-from .session import Session
+from .session import Session, counts_from_rates, plain_options as _plain
 
 __all__ = ["ARRAYS_DEFAULTS", "load_arrays", "save_arrays"]
 
@@ -116,7 +116,6 @@ def _lfads(d: Dict[str, Any], src: str) -> Dict[str, Any]:
 
 def load_arrays(path: PathLike, options: Optional[Mapping[str, Any]] = None) -> Session:
     """A :class:`Session` from a ``.npz`` / ``.h5`` arrays file (keys: module docstring)."""
-    from .nwb_io import _plain
 
     p = Path(os.path.expanduser(os.fspath(path)))
     src = str(p)
@@ -243,7 +242,6 @@ def load_arrays(path: PathLike, options: Optional[Mapping[str, Any]] = None) -> 
 
 def session_to_arrays(session: Session) -> Dict[str, np.ndarray]:
     """The keys of the module docstring for ``session`` (counts when its rates are counts)."""
-    from .mat_io import counts_from_rates
 
     s = session
     out: Dict[str, np.ndarray] = {}

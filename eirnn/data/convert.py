@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from .errors import DataFormatError
-from .mat_io import detect_format, load_session, save_mat
+from .mat_io import save_mat
+from .sources import detect_format, load_session
 
 __all__ = ["convert", "save_session", "main"]
 

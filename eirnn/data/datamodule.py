@@ -28,8 +28,9 @@ except ImportError:  # pragma: no cover
     import pytorch_lightning as L  # type: ignore
 
 from .errors import DataFormatError
-from .mat_io import load_session
+from .sources import load_session
 from .session import INPUT_CHANNELS, Session, session_to_tensors
+from .splits import stratified_kfold, stratified_split
 from .synthetic import make_synthetic_session
 
 __all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratified_kfold", "apply_filters",
@@ -38,57 +39,6 @@ __all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratif
 _FILTER_KEYS = ("min_duration_ms", "require_fixation")
 _INPUT_KEYS = ("reward_context",)
 BATCH_MODES = ("random", "condition")
-
-
-def stratified_split(condition_ids: np.ndarray, val_fraction: float, seed: int
-                     ) -> Tuple[np.ndarray, np.ndarray]:
-    """Seeded per-condition split -> (train_idx, val_idx), both sorted int64.
-
-    Each condition with n trials sends round(val_fraction * n) trials to validation,
-    clipped to [1, n - 1] when n >= 2 (and 0 when n == 1 or val_fraction == 0).
-    """
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    cids = np.asarray(condition_ids).reshape(-1)
-    rng = np.random.default_rng(int(seed))
-    val = []
-    for c in np.unique(cids):
-        idx = np.flatnonzero(cids == c)
-        n = idx.size
-        n_val = int(math.floor(val_fraction * n + 0.5))
-        if val_fraction > 0 and n >= 2:
-            n_val = min(max(n_val, 1), n - 1)
-        elif n < 2:
-            n_val = 0
-        val.append(rng.permutation(idx)[:n_val])
-    val_idx = np.sort(np.concatenate(val)).astype(np.int64) if val else np.zeros(0, np.int64)
-    train_idx = np.setdiff1d(np.arange(cids.size, dtype=np.int64), val_idx)
-    return train_idx, val_idx
-
-
-def stratified_kfold(condition_ids: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Seeded k-fold partition stratified by condition -> [K] int64 fold index (0..k-1).
-
-    The trials of each condition (in sorted condition order) are shuffled with
-    ``numpy.random.default_rng(seed)`` and dealt round-robin into the folds, each
-    condition starting where the previous one stopped. So every condition with
-    n >= k trials is in every fold (floor(n/k) or ceil(n/k) of its trials), and fold
-    sizes differ by at most one trial. Folds are disjoint and cover every trial.
-    """
-    k = int(n_folds)
-    if k < 2:
-        raise ValueError(f"cv_folds must be >= 2, got {n_folds}")
-    cids = np.asarray(condition_ids).reshape(-1)
-    if cids.size < k:
-        raise ValueError(f"cv_folds={k} is more than the {cids.size} trials")
-    rng = np.random.default_rng(int(seed))
-    fold = np.empty(cids.size, np.int64)
-    start = 0
-    for c in np.unique(cids):
-        idx = rng.permutation(np.flatnonzero(cids == c))
-        fold[idx] = (start + np.arange(idx.size)) % k
-        start = (start + idx.size) % k
-    return fold
 
 
 def apply_filters(session: Session, filters: Optional[Dict[str, Any]]
@@ -384,21 +334,6 @@ class SessionDataModule(L.LightningDataModule):
     def module_kwargs(self) -> Dict[str, Any]:
         """Data-derived arguments of the LightningModule (``eirnn.training.module.FitModule``)."""
         return {"bin_size_ms": self.bin_size_ms}
-
-    def choose_psth_smoothing(self, seed: int = 0) -> Dict[str, Any]:
-        """Gaussian width (bins) of the best smoothed mean PSTH, chosen on the training trials.
-
-        The same inner cross-validation as the ``train_mean_smoothed`` baseline
-        (:class:`eirnn.baselines.psth.SmoothedMeanPSTH`): the validation trials are never
-        looked at. Returns ``{"sigma_bins": s, "cv_scores": {sigma: score}}``; used by
-        ``loss.neuron.target_smooth_sigma_bins=auto``.
-        """
-        from eirnn.baselines import TrialSet
-        from eirnn.baselines.psth import SmoothedMeanPSTH
-
-        train = TrialSet.from_tensors(self.tensors("train"), self._need(), self.bin_size_ms)
-        b = SmoothedMeanPSTH(seed=seed).fit(train)
-        return {"sigma_bins": float(b.sigma_bins_), "cv_scores": dict(b.cv_scores_)}
 
     def tensors(self, split: str = "train") -> Dict[str, torch.Tensor]:
         """The stored tensors of ``split`` ("train" or "val"), trials in index order."""

@@ -36,11 +36,10 @@ from typing import Any, Dict, Union
 import numpy as np
 
 from .errors import DataFormatError
-from .session import INPUT_CHANNELS, Session, apply_eye_norm, eye_norm_stats
+from .session import INPUT_CHANNELS, Session, apply_eye_norm, counts_from_rates, eye_norm_stats
 from .validate import check_integer_overflow, validate_session
 
-__all__ = ["REQUIRED_FIELDS", "OPTIONAL_FIELDS", "load_mat", "load_session", "save_mat", "counts_from_rates",
-           "detect_format", "FORMATS",
+__all__ = ["REQUIRED_FIELDS", "OPTIONAL_FIELDS", "load_mat", "save_mat",
            "read_mat_fields", "session_from_fields", "session_to_fields", "mat_version"]
 
 PathLike = Union[str, os.PathLike]
@@ -340,63 +339,12 @@ def session_from_fields(fields: Dict[str, Any], path: PathLike, source: str | No
     return session
 
 
-def counts_from_rates(rates: np.ndarray, bin_size_ms: float) -> "np.ndarray | None":
-    """[K, T, N] int64 ``rates * bin / 1000`` when that is an integer in every finite bin
-    and maps back to the very same rates (``counts * (1000 / bin) == rates``), else None.
-    Missing (NaN) bins get count 0."""
-    scale = 1000.0 / float(bin_size_ms)
-    ok = np.isfinite(rates)
-    c = np.where(ok, np.round(np.where(ok, rates, 0.0) / scale), 0.0)
-    if not np.array_equal(np.where(ok, c * scale, 0.0), np.where(ok, rates, 0.0)):
-        return None
-    return c.astype(np.int64)
-
-
 def load_mat(path: PathLike) -> Session:
     """Load a v7.3 (HDF5) or v5 MAT export into a :class:`Session` (identical
     arrays for both). Raises DataFormatError(path, field, message) on any problem."""
     p = Path(os.path.expanduser(os.fspath(path)))
     fields = read_mat_fields(p)
     return session_from_fields(fields, p, source=str(p))
-
-
-FORMATS = ("mat", "nwb", "arrays")
-
-
-def detect_format(path: PathLike) -> str:
-    """"mat", "nwb" or "arrays" from the file name (.mat / .nwb / .npz .h5 .hdf5)."""
-    suffix = Path(os.fspath(path)).suffix.lower()
-    return {".nwb": "nwb", ".npz": "arrays", ".h5": "arrays", ".hdf5": "arrays"}.get(suffix, "mat")
-
-
-def load_session(path: PathLike, format: str | None = None, options: Dict[str, Any] | None = None) -> Session:
-    """Load a session file: the lab's MAT export (:func:`load_mat`), NWB
-    (:func:`eirnn.data.nwb_io.load_nwb`) or arrays (:func:`eirnn.data.arrays_io.load_arrays`);
-    ``format`` None = from the file name, ``options`` = the reader's options (not for MAT)."""
-    if path is None or (isinstance(path, str) and not path.strip()):
-        raise DataFormatError(None, None, "no session path given")
-    fmt = detect_format(path) if format in (None, "auto") else str(format)
-    if fmt in ("nwb", "arrays"):
-        if fmt == "nwb":
-            from .nwb_io import load_nwb as reader
-        else:
-            from .arrays_io import load_arrays as reader
-        try:
-            session = reader(path, options)
-        except DataFormatError as err:  # e.g. data=arrays given an .nwb file: say so beside the reader's complaint
-            named = detect_format(path)
-            if named != fmt and err.message != "file not found":
-                groups = {"mat": "data=sc_mat", "nwb": "data=nwb", "arrays": "data=arrays"}
-                raise DataFormatError(err.path, err.field, f"{err.message} (read as {fmt} ({groups[fmt]}); "
-                                      f"the file's name says {named}: {groups[named]} reads it)") from None
-            raise
-        validate_session(session)  # the MAT reader validates in session_from_fields
-        return session
-    if fmt != "mat":
-        raise DataFormatError(path, "format", f"unknown data format {fmt!r}; one of {list(FORMATS)}")
-    if options:
-        raise DataFormatError(path, "options", "the MAT export takes no reader options (its schema is fixed)")
-    return load_mat(path)
 
 
 # --------------------------------------------------------------------------- writing

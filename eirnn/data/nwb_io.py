@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .errors import DataFormatError
-from .session import Session, apply_eye_norm, eye_norm_stats
+from .session import Session, apply_eye_norm, counts_from_rates, eye_norm_stats, plain_options as _plain
 
 __all__ = ["NWB_DEFAULTS", "load_nwb", "save_nwb"]
 
@@ -86,17 +86,6 @@ def _merge(options: Optional[Mapping[str, Any]], layout: Mapping[str, Any], path
         elif layout.get(k) is not None:
             out[k] = layout[k]
     return out
-
-
-def _plain(x: Any) -> Any:
-    """OmegaConf containers -> plain python (lists / dicts)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(x, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return x
 
 
 def _text(a: np.ndarray) -> np.ndarray:
@@ -494,7 +483,6 @@ def save_nwb(session: Session, path: PathLike, gap_s: float = 1.0) -> Path:
     bin_ms = s.bin_size_ms
     counts = s.counts
     if counts is None:
-        from .mat_io import counts_from_rates
         counts = counts_from_rates(s.rates, bin_ms)
     if counts is None:
         raise DataFormatError(src, "rates", "save_nwb needs integer spike counts (rates * bin_size_ms / 1000 "

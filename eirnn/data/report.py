@@ -281,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--options", default=None,
                         help="NWB / arrays reader options as JSON (the keys of data.options), e.g. for another lab's NWB")
     args = parser.parse_args(argv)
-    from .mat_io import load_session
+    from .sources import load_session
 
     try:
         options = json.loads(args.options) if args.options else None

@@ -71,7 +71,7 @@ import numpy as np
 from .errors import DataFormatError
 
 __all__ = ["INPUT_CHANNELS", "EYE_CHANNELS", "SC_FACTORS", "TRUTH_TRIAL_KEYS", "Session", "zscore_eye",
-           "eye_norm_stats", "apply_eye_norm", "session_to_tensors"]
+           "eye_norm_stats", "apply_eye_norm", "session_to_tensors", "counts_from_rates", "plain_options"]
 
 #: The 14 model input channels, in the lab's order.
 INPUT_CHANNELS: tuple = (
@@ -481,3 +481,26 @@ def session_to_tensors(session: Session, dtype=None) -> Dict[str, Any]:
     if session.truth is not None and session.truth.get("rates") is not None:
         out["true_rates"] = clean(np.asarray(session.truth["rates"], dtype=np.float64))
     return out
+
+
+def counts_from_rates(rates: np.ndarray, bin_size_ms: float) -> "np.ndarray | None":
+    """[K, T, N] int64 ``rates * bin / 1000`` when that is an integer in every finite bin
+    and maps back to the very same rates (``counts * (1000 / bin) == rates``), else None.
+    Missing (NaN) bins get count 0."""
+    scale = 1000.0 / float(bin_size_ms)
+    ok = np.isfinite(rates)
+    c = np.where(ok, np.round(np.where(ok, rates, 0.0) / scale), 0.0)
+    if not np.array_equal(np.where(ok, c * scale, 0.0), np.where(ok, rates, 0.0)):
+        return None
+    return c.astype(np.int64)
+
+
+def plain_options(x: Any) -> Any:
+    """OmegaConf containers -> plain python (lists / dicts)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        if isinstance(x, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return x

@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor
 
-from .neuron import check_rates
+from .masked import check_rates
 
 __all__ = ["weight_l2", "activity_regularization"]
 

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .maskcache import TensorCache, mask_counts
-from .neuron import check_rates
+from .masked import check_rates
 from .sinkhorn import sinkhorn_log
 
 __all__ = [
