@@ -127,7 +127,7 @@ def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[
     """``cv.train_model=false``: baselines and the ceiling of one fold, no RNN trained."""
     from eirnn.evaluate import (condition_config_of, data_info, evaluate_modules, trial_term_from_config,
                                 write_outputs)
-    from eirnn.train import build_datamodule
+    from eirnn.runs.build import build_datamodule
 
     fcfg = fold_config(cfg, fold, fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)

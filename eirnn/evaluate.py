@@ -378,7 +378,7 @@ def load_module(cfg, dm, checkpoint_path: Path):
     """
     import torch
 
-    from eirnn.train import build_model, build_module, read_checkpoint
+    from eirnn.runs.build import build_model, build_module, read_checkpoint
 
     model = build_model(cfg, dm)
     module = build_module(cfg, model, dm)
@@ -562,7 +562,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", baselines: Seque
     ``{baseline: constructor kwargs}``.
     """
     from eirnn.run_dir import refuse_if_running
-    from eirnn.train import build_datamodule
+    from eirnn.runs.build import build_datamodule
 
     refuse_if_running(run_dir, "evaluate")  # its split, config and checkpoints may still change
 

@@ -168,7 +168,7 @@ def load_module(cfg, dm, ckpt_path: Path):
     """Model + LightningModule rebuilt with :mod:`eirnn.train`'s builders, weights from ``ckpt_path``."""
     import torch
 
-    from eirnn.train import build_model, build_module, read_checkpoint
+    from eirnn.runs.build import build_model, build_module, read_checkpoint
 
     model = build_model(cfg, dm)
     module = build_module(cfg, model, dm)
@@ -236,7 +236,7 @@ def export_run(
     """
     from eirnn.report import artifacts as A
     from eirnn.report.report import write_report
-    from eirnn.train import build_datamodule
+    from eirnn.runs.build import build_datamodule
     from eirnn.training.callbacks import write_json_atomic
 
     from eirnn.run_dir import refuse_if_running

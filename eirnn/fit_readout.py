@@ -94,7 +94,7 @@ def refuse_diverged(run_dir: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from eirnn.evaluate import EvaluationError, _resolve_checkpoint, load_config
-    from eirnn.train import build_datamodule
+    from eirnn.runs.build import build_datamodule
 
     parser = argparse.ArgumentParser(prog="python -m eirnn.fit_readout", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)

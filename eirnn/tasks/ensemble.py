@@ -477,7 +477,8 @@ _SUPPORTED = "eirnn.tasks.module.SystemAModule"
 def build_datamodule(cfg, dm0, size: int) -> EnsembleTaskDataModule:
     """The ensemble's data: ``dm0`` (built from ``cfg``, seed ``cfg.seed``) and the data modules of
     the configs with ``seed + k``, k = 1 .. size-1 (:func:`eirnn.train.build_datamodule`)."""
-    from eirnn.train import UserError, build_datamodule as build_one
+    from eirnn.errors import UserError
+    from eirnn.runs.build import build_datamodule as build_one
 
     target = str(cfg.module.get("_target_", ""))
     if target != _SUPPORTED:
@@ -507,7 +508,8 @@ def build_ensemble(cfg, dm: EnsembleTaskDataModule, size: int):
 
     from omegaconf import open_dict
 
-    from eirnn.train import UserError, build_model, build_module
+    from eirnn.errors import UserError
+    from eirnn.runs.build import build_model, build_module
 
     if not isinstance(dm, EnsembleTaskDataModule) or len(dm.members) != size:
         raise UserError("task ensembles need the data of eirnn.tasks.ensemble.build_datamodule")

@@ -725,7 +725,8 @@ def build_ensemble(cfg, dm, size: int):
     from omegaconf import open_dict
 
     from eirnn.models import EIRNN
-    from eirnn.train import UserError, build_model, build_module
+    from eirnn.errors import UserError
+    from eirnn.runs.build import build_model, build_module
 
     target = str(cfg.module.get("_target_", ""))
     if target != "eirnn.training.module.FitModule":
