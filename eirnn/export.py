@@ -202,7 +202,8 @@ def _check_out_dir(out: Path, run_dir: Path) -> None:
 
     if not out.is_dir():
         return
-    found = [n for n in (".hydra", "checkpoints", "tensorboard", LOCK_NAME) if (out / n).exists()]
+    # (not tensorboard/: an export of an SC run adds its condition figures to DIR/tensorboard)
+    found = [n for n in (".hydra", "checkpoints", LOCK_NAME) if (out / n).exists()]
     if found:
         raise ExportError(f"{out}: is a run folder ({', '.join(found)}); --out needs a folder of its own")
     previous = out / "artifacts.json"
@@ -327,7 +328,8 @@ def export_run(
         figure_files, figure_errors = write_figures(out, history, weights, outputs, metrics, population, model,
                                                     monitor, learnable_h0=bool(resolved.get("model", {}).get("learnable_h0")),
                                                     bin_ms=bin_ms, input_names=dm.session.input_names,
-                                                    condition_cfg=(resolved.get("evaluation") or {}).get("condition"))
+                                                    condition_cfg=(resolved.get("evaluation") or {}).get("condition"),
+                                                    align_event=dm.session.alignment_event)
     files["figures"] = [{"path": str(p.relative_to(out))} for p in figure_files]
 
     manifest = {
@@ -346,7 +348,7 @@ def export_run(
 
 def write_figures(run_dir: Path, history, weights, outputs, metrics, population, model, monitor: str,
                   learnable_h0: bool = True, bin_ms: float | None = None, input_names=None,
-                  condition_cfg=None) -> tuple[list[Path], dict[str, str]]:
+                  condition_cfg=None, align_event: str = "fixation_on") -> tuple[list[Path], dict[str, str]]:
     """Every figure of :data:`FIGURES` that applies, as ``run_dir/figures/<name>.png``.
 
     A figure that fails is logged and listed in the returned errors; the others are still written.
@@ -367,11 +369,12 @@ def write_figures(run_dir: Path, history, weights, outputs, metrics, population,
         "per_neuron_correlation_histogram": lambda: F.correlation_histogram(corr, exc),
         "per_neuron_correlation_scatter": lambda: F.correlation_scatter(corr, metrics["per_neuron_mean_rate_target"], exc),
         "best_worst_neurons": lambda: F.best_worst_neurons(outputs["val_target_psth"], outputs["val_model_psth"], corr,
-                                                           exc, time_ms=t),
+                                                           exc, time_ms=t, align_event=align_event),
         "weight_matrices": lambda: F.weight_matrices(weights["W_rec"], weights["W_in"], exc_all, n_rec,
                                                      input_labels=labels if weights["W_in"].shape[1] == n_inputs else None),
         "h0_distribution": lambda: F.h0_distribution(weights["h0"], exc_all, learnable=learnable_h0),
-        "pca_trajectories": lambda: F.pca_trajectories(population["pca_real"], population["pca_model"], ratio, time_ms=t),
+        "pca_trajectories": lambda: F.pca_trajectories(population["pca_real"], population["pca_model"], ratio, time_ms=t,
+                                                       align_event=align_event),
         "pca_state_space": lambda: F.pca_state_space(
             population["pca_real"], population["pca_model"], ratio, population.get("pca_real_by_location"),
             population.get("pca_model_by_location"), population.get("location_labels")),
@@ -400,7 +403,7 @@ def write_figures(run_dir: Path, history, weights, outputs, metrics, population,
         makers["selectivity_scatter"] = lambda: condition_fig("selectivity_scatter")
     if "val_attention_mean" in outputs:
         makers["attention_patterns"] = lambda: F.attention_patterns(outputs["val_attention_mean"], time_ms=t,
-                                                                    channel_labels=labels)
+                                                                    channel_labels=labels, align_event=align_event)
     written, errors = [], {}
     for name in FIGURES:
         if name not in makers:

@@ -272,3 +272,16 @@ def test_report_resume_line_names_the_checkpoint_that_exists():
     assert "ckpt_path=/r/checkpoints/last.ckpt hydra.run.dir=/r" in line and "interrupted.ckpt" not in line
     assert "ckpt_path=/r/checkpoints/interrupted.ckpt hydra.run.dir=/r" in _stopped_line(
         {"interrupted": "SIGINT", "run_dir": "/r"}, {})
+
+
+def test_time_axis_label_names_the_sessions_alignment_event():
+    import numpy as np
+
+    from eirnn.report import figures as F
+
+    assert F.time_label(np.arange(3.0), "fixation_on") == "time from fixation onset (ms)"
+    assert F.time_label(np.arange(3.0), "cue_time") == "time from cue_time (ms)"
+    assert F.time_label(None, "cue_time") == "time bin"
+    fig = F.best_worst_neurons(np.ones((5, 2)), np.ones((5, 2)), np.array([0.5, 0.1]), np.array([True, False]),
+                               time_ms=np.arange(5.0), n=1, align_event="cue_time")
+    assert fig.axes[0].get_xlabel() == "time from cue_time (ms)"

@@ -317,6 +317,8 @@ def test_export_out_never_mixes_runs(redirected_run, tmp_path, capsys):
     assert main([str(run), "--out", str(stale), "--no-figures"]) == 0
     assert json.loads((stale / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
     assert json.loads((stale / "training_log.json").read_text()) == json.loads((run / "training_log.json").read_text())
+    (stale / "tensorboard").mkdir()  # an SC export's condition figures land in DIR/tensorboard
+    assert main([str(run), "--out", str(stale), "--no-figures"]) == 0  # exporting the same run again: fine
 
 
 @pytest.mark.slow

@@ -212,8 +212,18 @@ def correlation_scatter(corr: np.ndarray, mean_rate: np.ndarray, is_excitatory: 
     return fig
 
 
+def time_label(time_ms, align_event: str = "fixation_on") -> str:
+    """x-axis label of a time axis aligned on ``align_event`` (the session's ``alignment_event``)."""
+    if time_ms is None:
+        return "time bin"
+    if align_event == "fixation_on":
+        return "time from fixation onset (ms)"
+    return f"time from {align_event} (ms)" if align_event else "time (ms)"
+
+
 def best_worst_neurons(psth_data: np.ndarray, psth_model: np.ndarray, corr: np.ndarray,
-                       is_excitatory: np.ndarray, time_ms: np.ndarray | None = None, n: int = 4) -> Figure:
+                       is_excitatory: np.ndarray, time_ms: np.ndarray | None = None, n: int = 4,
+                       align_event: str = "fixation_on") -> Figure:
     """2 x ``n`` grid: data vs model PSTH of the ``n`` best (top row) and ``n`` worst (bottom) neurons."""
     corr = np.asarray(corr, float)
     finite = np.flatnonzero(np.isfinite(corr))
@@ -233,7 +243,7 @@ def best_worst_neurons(psth_data: np.ndarray, psth_model: np.ndarray, corr: np.n
             ax.plot(t, psth_data[:, i], color=DATA_COLOR, lw=1.3)
             ax.plot(t, psth_model[:, i], color=E_COLOR if exc else I_COLOR, lw=1.3)
             ax.set_title(f"{label} #{col + 1}: neuron {i} ({'E' if exc else 'I'}), r = {corr[i]:.2f}", fontsize=9)
-            ax.set_xlabel("time from fixation onset (ms)" if time_ms is not None else "time bin", fontsize=8)
+            ax.set_xlabel(time_label(time_ms, align_event), fontsize=8)
             if col == 0:
                 ax.set_ylabel("rate (sp/s)", fontsize=9)
             ax.tick_params(labelsize=7)
@@ -348,7 +358,7 @@ def h0_distribution(h0: np.ndarray, is_excitatory: np.ndarray, learnable: bool =
 
 
 def attention_patterns(attention_mean: np.ndarray, time_ms: np.ndarray | None = None,
-                       channel_labels: Sequence[str] | None = None) -> Figure:
+                       channel_labels: Sequence[str] | None = None, align_event: str = "fixation_on") -> Figure:
     """Attention weights of the input embedding, averaged over validation trials.
 
     ``attention_mean`` ``[T, H, C]``, shown relative to uniform attention: ``C * w``
@@ -384,7 +394,7 @@ def attention_patterns(attention_mean: np.ndarray, time_ms: np.ndarray | None = 
                    extent=(t[0], t[-1], C - 0.5, -0.5))
         axh.set_yticks(range(C))
         axh.set_yticklabels([])
-        axh.set_xlabel("time from fixation onset (ms)" if time_ms is not None else "time bin", fontsize=8)
+        axh.set_xlabel(time_label(time_ms, align_event), fontsize=8)
         axh.set_title(f"head {h} over time", fontsize=10)
         axh.tick_params(axis="x", labelsize=7)
     cb = fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01)
@@ -403,7 +413,7 @@ def attention_patterns(attention_mean: np.ndarray, time_ms: np.ndarray | None = 
 
 # ----------------------------------------------------------------- population
 def pca_trajectories(pca_real: np.ndarray, pca_model: np.ndarray, explained_ratio: np.ndarray,
-                     time_ms: np.ndarray | None = None, n: int = 3) -> Figure:
+                     time_ms: np.ndarray | None = None, n: int = 3, align_event: str = "fixation_on") -> Figure:
     """PC1..PC``n`` of the data PSTH over time (data solid, model dashed, same components)."""
     n = min(n, pca_real.shape[1])
     t = np.arange(pca_real.shape[0]) if time_ms is None else np.asarray(time_ms, float)
@@ -413,7 +423,7 @@ def pca_trajectories(pca_real: np.ndarray, pca_model: np.ndarray, explained_rati
         ax.plot(t, pca_real[:, i], color=DATA_COLOR, lw=1.5, label="data")
         ax.plot(t, pca_model[:, i], color=MODEL_COLOR, lw=1.5, ls="--", label="model")
         ax.set_title(f"PC{i + 1} ({100 * explained_ratio[i]:.1f}% of data variance)", fontsize=10)
-        ax.set_xlabel("time from fixation onset (ms)" if time_ms is not None else "time bin")
+        ax.set_xlabel(time_label(time_ms, align_event))
         ax.set_ylabel("projection (sp/s)")
         ax.grid(alpha=0.3)
         if i == 0:
