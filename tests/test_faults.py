@@ -373,6 +373,7 @@ def test_diverged_run_exits_3_and_fits_nothing(tmp_path):
                                f"hydra.run.dir={run}"], tmp_path)
     assert res.returncode == 3, res.stderr[-2000:]
     assert "TRAINING DIVERGED" in res.stdout and "TRAINING COMPLETE" not in res.stdout
+    assert "RuntimeWarning" not in res.stderr, res.stderr[-2000:]  # NaN metrics say so without numpy's warnings
     m = json.loads((run / "metrics.json").read_text())
     assert m["outcome"] == "diverged" and m["reason"] and m["early_stopped"] is False
     assert "spike_readout" not in m

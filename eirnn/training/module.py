@@ -515,7 +515,11 @@ class FitModule(L.LightningModule):
         if not self._val_outputs:
             return
         gathered = self._gather_val()
-        vals, arrays = self.compute_val_metrics(gathered)
+        import warnings
+
+        with warnings.catch_warnings():  # a diverging model's NaN rates: the metric says NaN, stderr stays clean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            vals, arrays = self.compute_val_metrics(gathered)
         # spectral radius, currents, E/I rates, ...; its fixation-aligned val/condition_psth_corr only where
         # the event-aligned one of issue 15 (_condition_val_metrics) could not be computed
         vals.update({k: x for k, x in dashboard.epoch_scalars(self.model, gathered).items() if k not in vals})
