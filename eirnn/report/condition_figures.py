@@ -98,7 +98,7 @@ def condition_psth_grid(model_a: np.ndarray, data_a: np.ndarray, ma: np.ndarray,
             ticks, labels = [], []
             for i, ev in enumerate(events):
                 w0, w1 = (float(v) for v in windows_ms[ev])
-                for ms in np.arange(np.ceil(w0 / 200.0) * 200.0, w1, 200.0):
+                for ms in np.arange(np.ceil(w0 / 400.0) * 400.0, w1, 400.0):
                     if ms == 0.0 or (ms - w0 >= 75.0 and w1 - ms >= 75.0):
                         ticks.append(starts[i] + (ms - w0) / bin_ms)
                         labels.append(f"{ms:+g}" if ms else ev)
