@@ -267,8 +267,13 @@ def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr")
         f"training time:       {summary.get('train_time_s', 0):.1f} s"
         + (f" ({summary['train_time_s'] / 60:.1f} min)" if summary.get("train_time_s", 0) >= 60 else ""),
         f"run folder:          {out_dir}",
-        f"  metrics.json, checkpoints/, tensorboard/  ->  tensorboard --logdir {out_dir}",
     ]
+    out_path = Path(out_dir)  # what this run wrote (logger=csv / none: no tensorboard/)
+    present = [name for name in ("metrics.json", "checkpoints/", "tensorboard/", "csv/")
+               if (out_path / name.rstrip("/")).exists()]
+    if present:
+        lines.append(f"  {', '.join(present)}"
+                     + (f"  ->  tensorboard --logdir {out_dir}" if (out_path / "tensorboard").is_dir() else ""))
     if summary.get("report"):
         lines.append(f"  weights/, outputs/, metrics/, population/, figures/; see {summary['report']}")
     if summary.get("skipped_steps"):

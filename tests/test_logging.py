@@ -398,3 +398,19 @@ def test_validation_psth_of_the_model_is_nan_where_no_trial_has_data(compose, tm
     _, arrays = module.compute_val_metrics({"rates": rates, "target": rates.clone(), "mask": mask})
     assert np.isnan(arrays["psth_model"][-4:]).all() and np.isnan(arrays["psth_data"][-4:]).all()
     assert np.isfinite(arrays["psth_model"][:-4]).all()
+
+
+def test_summary_points_to_tensorboard_only_when_the_run_has_it(tmp_path, capsys):
+    """logger=csv / none: the completion block lists what is there, no 'tensorboard --logdir'."""
+    from eirnn.train import _print_summary
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "metrics.json").write_text("{}")
+    summary = {"best": {}, "final": {}, "epochs_trained": 2, "train_time_s": 1.0, "outcome": "completed", "reason": "x"}
+    _print_summary(summary, tmp_path)
+    out = capsys.readouterr().out
+    assert "  metrics.json, checkpoints/, csv/\n" in out and "tensorboard" not in out
+    (tmp_path / "tensorboard").mkdir()
+    _print_summary(summary, tmp_path)
+    assert f"metrics.json, checkpoints/, tensorboard/, csv/  ->  tensorboard --logdir {tmp_path}" in capsys.readouterr().out
