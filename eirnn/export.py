@@ -443,6 +443,11 @@ def export_after_training(cfg, trainer, module, dm, summary: dict) -> dict[str, 
 
 
 # --------------------------------------------------------------------- CLI
+def _f4(v) -> str:
+    """A metric for the one-line summary: ``n/a`` when there is none (no I neurons, a diverged run), as in the report."""
+    return "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run folder of python -m eirnn.train")
@@ -463,8 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         return exit_user_error(err)
     fm = manifest["final_metrics"]
     n_files = sum(len(v) for v in manifest["files"].values())
-    print(f"exported {manifest['checkpoint']} (epoch {fm['checkpoint_epoch'] + 1}): val PSTH corr {fm['psth_corr']:.4f} "
-          f"(E {fm['psth_corr_E']:.4f}, I {fm['psth_corr_I']:.4f}); {n_files} files in {manifest['out_dir']}; "
+
+    f4 = _f4
+    print(f"exported {manifest['checkpoint']} (epoch {fm['checkpoint_epoch'] + 1}): val PSTH corr {f4(fm['psth_corr'])} "
+          f"(E {f4(fm['psth_corr_E'])}, I {f4(fm['psth_corr_I'])}); {n_files} result files (arrays, results.nc, "
+          f"figures) in {manifest['out_dir']}; "
           f"report: {manifest['report']} ({manifest['export_time_s']:.1f} s)")
     if manifest["figure_errors"]:
         print(f"figures that failed: {', '.join(manifest['figure_errors'])}", file=sys.stderr)

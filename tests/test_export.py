@@ -285,3 +285,9 @@ def test_time_axis_label_names_the_sessions_alignment_event():
     fig = F.best_worst_neurons(np.ones((5, 2)), np.ones((5, 2)), np.array([0.5, 0.1]), np.array([True, False]),
                                time_ms=np.arange(5.0), n=1, align_event="cue_time")
     assert fig.axes[0].get_xlabel() == "time from cue_time (ms)"
+
+
+def test_cli_summary_metric_is_n_a_when_missing():
+    from eirnn.export import _f4
+
+    assert _f4(float("nan")) == "n/a" and _f4(None) == "n/a" and _f4(0.12345) == "0.1235"
