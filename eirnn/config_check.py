@@ -57,8 +57,8 @@ def _positive_number(v) -> str | None:
 
 def _learning_rate(v) -> str | None:
     if not _is_num(v) or not math.isfinite(float(v)):
-        return "must be a finite number > 0"
-    return None if v >= 0 else "must be > 0 (0 only to keep the weights frozen)"
+        return "must be a finite number >= 0 (0 only keeps the weights frozen)"
+    return None if v >= 0 else "must be >= 0 (0 only keeps the weights frozen)"
 
 
 def _non_negative_number_or_null(v) -> str | None:
