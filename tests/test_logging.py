@@ -225,6 +225,8 @@ def test_redirected_stdout_readable_and_train_log_complete(redirected_run):
     epoch_lines = [line.split(" - ", 1)[1] for line in stdout.splitlines() if "] - Epoch " in line]
     stop = [line for line in stdout.splitlines() if "early stopping after epoch 4:" in line]
     assert [line.split("|")[0].strip() for line in epoch_lines] == ["Epoch    2", "Epoch    4"] and len(stop) == 1
+    # the value early stopping compared with (epoch 1: later gains were below min_delta) and the checkpoint's best
+    assert "did not improve by more than 0.5 on " in stop[0] and "(epoch 1) for 3 epochs; best checkpoint " in stop[0]
     log = (run / "train.log").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 4 and metrics["early_stopped"]

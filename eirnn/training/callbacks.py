@@ -172,10 +172,18 @@ def early_stopping_notice(trainer: L.Trainer, pl_module, monitor: str) -> str | 
         return f"early stopping after epoch {epoch}: {es.monitor} is not finite"
     best = getattr(pl_module, "best_val", {}) or {}
     best_txt = ""
-    if best.get("epoch") is not None:
-        best_txt = f"; best {_fmt(best.get(es.monitor))} at epoch {int(best['epoch']) + 1}"
+    if best.get("epoch") is not None:  # the checkpoint's best: smaller gains than min_delta count there
+        best_txt = f"; best checkpoint {_fmt(best.get(es.monitor))} at epoch {int(best['epoch']) + 1}"
+    ref = ""
+    try:  # the value early stopping compares with (its last improvement by more than min_delta)
+        score = float(es.best_score)
+        if math.isfinite(score):
+            every = int(getattr(trainer, "check_val_every_n_epoch", 1) or 1)
+            ref = f" on {_fmt(score)} (epoch {epoch - int(es.wait_count) * every})"
+    except (AttributeError, TypeError, ValueError):
+        pass
     return (f"early stopping after epoch {epoch}: {es.monitor} did not improve by more than "
-            f"{es.min_delta:g} for {es.patience} epochs{best_txt}")
+            f"{abs(es.min_delta):g}{ref} for {es.patience} epochs{best_txt}")
 
 
 class TensorBoardFigures(L.Callback):
@@ -365,7 +373,7 @@ def settle_outcome(summary: dict, trainer=None, pl_module=None, monitor: str = "
         return summary
     if summary.get("early_stopped"):
         es = getattr(trainer, "early_stopping_callback", None) if trainer is not None else None
-        detail = (f" by {abs(es.min_delta):g} for {es.patience} validations" if es is not None else "")
+        detail = (f" by more than {abs(es.min_delta):g} for {es.patience} epochs" if es is not None else "")
         summary["outcome"] = "early_stopped"
         summary["reason"] = f"{monitor} did not improve{detail}; stopped after {epochs} epochs"
         return summary
