@@ -416,3 +416,22 @@ def test_summary_points_to_tensorboard_only_when_the_run_has_it(tmp_path, capsys
     (tmp_path / "tensorboard").mkdir()
     _print_summary(summary, tmp_path)
     assert f"metrics.json, checkpoints/, tensorboard/, csv/  ->  tensorboard --logdir {tmp_path}" in capsys.readouterr().out
+
+
+def test_last_epoch_line_comes_at_the_epochs_end_not_after_lightnings_stop_line(monkeypatch):
+    """trainer.max_epochs=3, print_every=10: the epoch-3 line is emitted at the end of epoch 3 (so it
+    precedes Lightning's "`Trainer.fit` stopped" line), and not a second time at the end of training."""
+    from types import SimpleNamespace
+
+    from eirnn.training.callbacks import EpochProgressBar
+
+    bar = EpochProgressBar(print_every=10, bar="false")
+    lines = []
+    monkeypatch.setattr(bar, "_emit", lines.append)
+    rec = {"epoch": 2, "train/loss": 1.0, "val/psth_corr": 0.1, "lr": 1e-3}
+    module = SimpleNamespace(last_val=rec, best_val=rec, history=[rec])
+    trainer = SimpleNamespace(is_global_zero=True, max_epochs=3, current_epoch=2, callbacks=[])
+    bar.on_train_epoch_end(trainer, module)
+    assert len(lines) == 1 and lines[0].startswith("Epoch    3 |")
+    bar.on_train_end(trainer, module)
+    assert len(lines) == 1

@@ -132,7 +132,8 @@ class EpochProgressBar(ProgressBar):
                 refresh=False,
             )
         epoch = trainer.current_epoch + 1
-        if self.print_every > 0 and epoch % self.print_every == 0 and rec:
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs  # before Lightning's "fit stopped" line
+        if self.print_every > 0 and (epoch % self.print_every == 0 or last) and rec:
             self._emit(self.epoch_line(epoch, rec))
             self._last_line_epoch = epoch
 
