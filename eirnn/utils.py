@@ -95,6 +95,10 @@ def atomic_write(path, write, mode: str = "wb", by_path: bool = False):
         except OSError:
             pass
     except (OSError, RuntimeError) as err:  # torch.save wraps its writer's OSError in a RuntimeError
+        if isinstance(err.__context__, KeyboardInterrupt):
+            # Ctrl+C inside torch.save: its zip writer's cleanup raises a RuntimeError that would hide
+            # the interrupt (a traceback and "failed" instead of an interrupted run); the partial file goes
+            raise err.__context__ from None
         if isinstance(err, DiskFullError) or not _caused_by_no_space(err):
             raise
         if tmp is not None:  # free the partial file first: the free space reported is what is left
