@@ -163,6 +163,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _lightning_ctrl_c(err: BaseException) -> bool:
+    """``err`` is Lightning's exit after Ctrl+C mid-epoch (``sys.exit(1)`` raised while it handled
+    the KeyboardInterrupt), not a failure."""
+    return isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
+
+
 def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) -> None:
     """Best effort: ``metrics.json`` with ``outcome`` ``failed`` (or ``interrupted`` for a second
     Ctrl+C) and the reason; a previous good file stays if even this write fails."""
@@ -171,14 +177,16 @@ def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) 
     except Exception:
         summary = {}
     sigterm = type(err).__name__ == "SIGTERMException"  # Lightning's, raised mid-epoch
-    interrupted = isinstance(err, KeyboardInterrupt) or sigterm
+    ctrl_c = _lightning_ctrl_c(err)  # Lightning's graceful shutdown: sys.exit(1) while handling Ctrl+C
+    interrupted = isinstance(err, KeyboardInterrupt) or sigterm or ctrl_c
     reason = ("SIGTERM: stopped in the middle of an epoch (the last epoch's checkpoints are kept)" if sigterm
+              else "Ctrl+C: stopped in the middle of an epoch (the last epoch's checkpoints are kept)" if ctrl_c
               else "Ctrl+C: stopped at once" if interrupted
               else f"{type(err).__name__}: {' '.join(str(err).split())}"[:500])
     summary.update(outcome="interrupted" if interrupted else "failed", reason=reason,
                    run_dir=str(out_dir), early_stopped=False)
-    if sigterm:
-        summary.update(interrupted="SIGTERM", exit_code=143)
+    if sigterm or ctrl_c:
+        summary.update(interrupted="SIGTERM" if sigterm else "SIGINT", exit_code=143 if sigterm else 130)
         last = out_dir / "checkpoints" / "last.ckpt"  # no interrupted.ckpt mid-epoch: resume from the last epoch
         if last.exists():
             summary["interrupted_checkpoint"] = str(last)
@@ -321,12 +329,13 @@ def main(cfg: DictConfig) -> float | None:
         print("interrupted (Ctrl+C)", file=sys.stderr, flush=True)
         sys.exit(130)
     except SystemExit as err:  # Lightning's SIGTERMException (exit status 0 of its own): say so, status 143
-        if type(err).__name__ != "SIGTERMException":
+        ctrl_c = _lightning_ctrl_c(err)  # Lightning's Ctrl+C shutdown exits 1: say so, status 130
+        if type(err).__name__ != "SIGTERMException" and not ctrl_c:
             raise
-        print(f"interrupted by SIGTERM in the middle of an epoch; last saved state: "
+        print(f"interrupted by {'Ctrl+C' if ctrl_c else 'SIGTERM'} in the middle of an epoch; last saved state: "
               f"{_output_dir(cfg) / 'checkpoints' / 'last.ckpt'} (callbacks=final stops at the end of the "
               f"epoch instead)", file=sys.stderr, flush=True)
-        sys.exit(143)
+        sys.exit(130 if ctrl_c else 143)
     if summary.get("interrupted") and not _is_multirun():
         sys.exit(int(summary.get("exit_code", 130)))  # 128 + signal number, after every file is written
     if summary.get("outcome") == "diverged" and not _is_multirun():

@@ -153,6 +153,52 @@ def test_checkpoint_save_is_atomic_beside_the_target(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["best.ckpt"]
 
 
+def test_ctrl_c_mid_epoch_is_recorded_as_interrupted_not_failed(tmp_path):
+    """Lightning answers Ctrl+C with sys.exit(1) inside its KeyboardInterrupt handler: metrics.json
+    says interrupted (SIGINT, exit 130, resume from last.ckpt), not failed with 'SystemExit: 1'."""
+    from types import SimpleNamespace
+
+    from eirnn.train import _lightning_ctrl_c, _record_failure
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+    except SystemExit as exc:
+        err = exc
+    assert _lightning_ctrl_c(err) and not _lightning_ctrl_c(SystemExit(1))
+    writer = SimpleNamespace(path=tmp_path / "metrics.json", log_path=tmp_path / "training_log.json",
+                             summary=lambda trainer, module: {"epochs_trained": 5})
+    _record_failure(writer, None, SimpleNamespace(history=[{"epoch": 4}]), tmp_path, err)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["outcome"] == "interrupted" and m["interrupted"] == "SIGINT" and m["exit_code"] == 130
+    assert m["reason"].startswith("Ctrl+C") and m["interrupted_checkpoint"].endswith("last.ckpt")
+
+
+def test_ctrl_c_inside_torch_save_stays_a_keyboard_interrupt(tmp_path):
+    """torch.save interrupted by Ctrl+C raises a RuntimeError from its zip writer's cleanup; the
+    atomic writer passes the KeyboardInterrupt on (an interrupted run, not a failed one) and
+    leaves the previous checkpoint and no partial file."""
+    import eirnn.utils as U
+
+    path = tmp_path / "last.ckpt"
+    U.torch_save_atomic({"epoch": 1}, path)
+
+    def interrupted_save(f):
+        f.write(b"half")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 82624 vs 82516")
+
+    with pytest.raises(KeyboardInterrupt):
+        U.atomic_write(path, interrupted_save)
+    assert torch.load(path, weights_only=True) == {"epoch": 1} and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
 @pytest.mark.slow
 def test_full_disk_during_training_keeps_the_best_checkpoint(compose, tmp_path, monkeypatch):
     """The third checkpoint write fails with ENOSPC: best.ckpt/last.ckpt of epoch 1 stay
