@@ -341,13 +341,7 @@ def condition_psth_r2_per_neuron(
     x, y, m = _prep(model_rates, target_rates, mask)
     pm, valid = _condition_psths(x, m, conditions)
     pd, _ = _condition_psths(y, m, conditions)
-    n_valid = valid.sum(axis=(0, 1))
-    d_mean = np.where(valid, pd, 0.0).sum(axis=(0, 1)) / np.maximum(n_valid, 1)
-    ss_res = np.where(valid, (pd - pm) ** 2, 0.0).sum(axis=(0, 1))
-    ss_tot = np.where(valid, (pd - d_mean) ** 2, 0.0).sum(axis=(0, 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r2 = 1.0 - ss_res / ss_tot
-    return np.where((n_valid > 0) & (ss_tot > 0), r2, np.nan)
+    return stacked_r2_per_neuron(pm, pd, valid)
 
 
 def condition_psth_r2(
@@ -372,8 +366,7 @@ def condition_psth_corr_per_neuron(
     x, y, m = _prep(model_rates, target_rates, mask)
     pm, valid = _condition_psths(x, m, conditions)
     pd, _ = _condition_psths(y, m, conditions)
-    c, t, n = pm.shape
-    return _masked_pearson(pm.reshape(c * t, n), pd.reshape(c * t, n), valid.reshape(c * t, n))
+    return stacked_corr_per_neuron(pm, pd, valid)
 
 
 def condition_psth_corr(
