@@ -34,7 +34,6 @@ scheduler (both would act on all members at once), task modules other than Syste
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -311,8 +310,8 @@ class SystemAEnsembleModule(SystemAModule):
         row = np.array(cols, dtype=float).T  # [K, keys]
         self._msum = row if self._msum is None else self._msum + row
         for k, v in mean.items():
-            self._sums[k] = self._sums.get(k, 0.0) + v
-        self._count += 1
+            self._train_sums[k] = self._train_sums.get(k, 0.0) + v
+        self._train_count += 1
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
@@ -326,7 +325,7 @@ class SystemAEnsembleModule(SystemAModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        v = {k: torch.cat([o[k] for o in self._val_outputs], 1) for k in self._val_outputs[0]}  # [K, B, T, n]
+        v = self.gather_val(1)  # [K, B, T, n]
         self._val_outputs = []
         member_vals = [self.compute_val_metrics({k: t[i] for k, t in v.items()}) for i in range(self.size)]
         if self.trainer.sanity_checking:
@@ -341,38 +340,23 @@ class SystemAEnsembleModule(SystemAModule):
         for i in range(K):
             vals[f"{self.monitor}/m{i}"] = float(per[i])
         lr = float(self.optimizers().param_groups[0]["lr"])
-        self.log_dict({k: x for k, x in vals.items() if not math.isnan(x) and k != self.monitor})
-        if self.monitor in vals:
-            self.log(self.monitor, vals[self.monitor], prog_bar=True)
+        self.log_val(vals, self.monitor)
         self.log("lr", lr)
-        now = time.perf_counter()
-        epoch_time = now - self._epoch_t0
-        self._epoch_t0 = now
-        record = {"epoch": epoch, "lr": lr, "epoch_time_s": epoch_time, **vals}
-        for k, s in self._sums.items():
-            record[k] = s / max(self._count, 1)
-        self.history.append(record)
-        self.last_val = record
-        self.best_val = self._better(record, self.best_val)
+        epoch_time = self.epoch_time()
+        record = {"epoch": epoch, "lr": lr, "epoch_time_s": epoch_time, **vals, **self.train_means()}
+        self.end_epoch(record, vals.get(self.monitor, math.nan))  # (no plateau: refused above)
         # per member: the single run's history record and best
         keys = self._mkeys if self._msum is not None else []
-        means = self._msum / max(self._count, 1) if self._msum is not None else np.zeros((K, 0))
+        means = self._msum / max(self._train_count, 1) if self._msum is not None else np.zeros((K, 0))
         self.improved_members = []
         for i in range(K):
             rec = {"epoch": epoch, "lr": lr, "epoch_time_s": epoch_time, **member_vals[i],
                    **{k: float(means[i, j]) for j, k in enumerate(keys)}}
             self.member_history[i].append(rec)
-            best = self._better(rec, self.member_best[i])
-            if best is rec:
+            if self.is_better(rec.get(self.monitor, math.nan), self.member_best[i]):
                 self.member_best[i] = rec
                 self.member_best_state[i] = self.model.member_state_dict(i)
                 self.improved_members.append(i)
-
-    def _better(self, rec: dict, best: dict) -> dict:
-        """``rec`` if it beats ``best`` on the monitored metric (or ``best`` is empty), else ``best``."""
-        cur, old = rec.get(self.monitor, math.nan), best.get(self.monitor) if best else None
-        better = old is None or (not math.isnan(cur) and (cur > old if self.mode == "max" else cur < old))
-        return rec if (not best or better) else best
 
     # ------------------------------------------------------------ summary
     def member_checkpoint(self, k: int, which: str = "last") -> Optional[dict]:

@@ -18,15 +18,14 @@ without Hydra.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Mapping, Optional
 
-import lightning as L
 import numpy as np
 import torch
 
 from eirnn.tasks import context_switch as cs
 from eirnn.tasks.lowrank import constructor_config
+from eirnn.training.base import LifecycleModule, cfg_get
 
 
 def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -35,12 +34,10 @@ def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return ((output - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
 
 
-def _get(cfg: Optional[Mapping[str, Any]], key: str, default: Any) -> Any:
-    v = (cfg or {}).get(key, default)
-    return default if v is None else v
+_get = cfg_get  # the old private name
 
 
-class TaskModule(L.LightningModule):
+class TaskModule(LifecycleModule):
     """Masked-MSE training of a task RNN.
 
     Args:
@@ -58,24 +55,11 @@ class TaskModule(L.LightningModule):
                  scheduler: Optional[Mapping[str, Any]] = None, monitor: Optional[str] = None,
                  mode: Optional[str] = None, task_config: Optional[Mapping[str, Any]] = None, max_epochs: int = 100):
         super().__init__()
-        self.automatic_optimization = False
         self.model = model
-        self.optim_cfg, self.sched_cfg = dict(optim or {}), dict(scheduler or {})
-        self.monitor = monitor or self.default_monitor
-        self.mode = (mode or self.default_mode).lower()
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.init_lifecycle(optim, scheduler, monitor or self.default_monitor, mode or self.default_mode, max_epochs)
         self.task_config = dict(task_config or {})
-        self.max_epochs = int(max_epochs)
         self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.history: list[dict[str, float]] = []
         self.step_log: list[dict[str, float]] = []
-        self.last_val: dict[str, float] = {}
-        self.best_val: dict[str, float] = {}
-        self._val_outputs: list[dict[str, torch.Tensor]] = []
-        self._sums: dict[str, float] = {}
-        self._count = 0
-        self._epoch_t0 = time.perf_counter()
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -113,16 +97,14 @@ class TaskModule(L.LightningModule):
         self.log_dict(norms, on_step=False, on_epoch=True, batch_size=1)  # epoch means: one TensorBoard axis (per step: step_log)
         self.step_log.append({"step": int(self.global_step), "epoch": int(self.current_epoch), "train/loss": value, **norms})
         for k, v in {"train/loss": value, **norms}.items():
-            self._sums[k] = self._sums.get(k, 0.0) + v
-        self._count += 1
+            self._train_sums[k] = self._train_sums.get(k, 0.0) + v
+        self._train_count += 1
 
     def on_train_epoch_start(self) -> None:
-        self._sums, self._count = {}, 0
+        self._train_sums, self._train_count = {}, 0
 
     def on_train_epoch_end(self) -> None:
-        sch = self.lr_schedulers()
-        if sch is not None and not isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sch.step()
+        self.step_epoch_scheduler()
 
     # ------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -141,61 +123,17 @@ class TaskModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        keys = self._val_outputs[0].keys()
-        gathered = {k: torch.cat([o[k] for o in self._val_outputs], 0) for k in keys}
+        gathered = self.gather_val(0)
         self._val_outputs = []
         vals = self.compute_val_metrics(gathered)
         if self.trainer.sanity_checking:
             return
         lr = float(self.optimizers().param_groups[0]["lr"])
-        self.log_dict({k: v for k, v in vals.items() if not math.isnan(v) and k != self.monitor})
-        if self.monitor in vals:
-            self.log(self.monitor, vals[self.monitor], prog_bar=True)  # logged even when NaN
+        self.log_val(vals, self.monitor)  # the monitor logged even when NaN
         self.log("lr", lr)
-        now = time.perf_counter()
-        record = {"epoch": int(self.current_epoch), "lr": lr, "epoch_time_s": now - self._epoch_t0, **vals}
-        self._epoch_t0 = now
-        for k, s in self._sums.items():
-            record[k] = s / max(self._count, 1)
-        self.history.append(record)
-        self.last_val = record
-        cur = vals.get(self.monitor, math.nan)
-        best = self.best_val.get(self.monitor)
-        better = best is None or (not math.isnan(cur) and (cur > best if self.mode == "max" else cur < best))
-        if not self.best_val or better:
-            self.best_val = dict(record)
-        sch = self.lr_schedulers()
-        if isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau) and not math.isnan(cur):
-            sch.step(cur)
-
-    # ------------------------------------------------------------ optimisers
-    def configure_optimizers(self):
-        name = str(_get(self.optim_cfg, "name", "adam")).lower()
-        lr = float(_get(self.optim_cfg, "lr", 1e-3))
-        wd = float(_get(self.optim_cfg, "weight_decay", 0.0))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        else:
-            raise ValueError(f"optim.name must be 'adam' or 'adamw', got {name!r}")
-        sname = str(_get(self.sched_cfg, "name", "none")).lower()
-        if sname == "none":
-            return opt
-        if sname == "plateau":
-            sch = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode=self.mode, factor=float(_get(self.sched_cfg, "factor", 0.5)),
-                patience=int(_get(self.sched_cfg, "patience", 5)), min_lr=float(_get(self.sched_cfg, "min_lr", 1e-5)))
-        elif sname == "cosine":
-            from eirnn.training.module import cosine_with_warmup
-
-            sch = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(
-                int(_get(self.sched_cfg, "warmup_epochs", 0)), int(_get(self.sched_cfg, "total_epochs", self.max_epochs)),
-                float(_get(self.sched_cfg, "min_lr_ratio", 0.01))))
-        else:
-            raise ValueError(f"scheduler.name must be none, plateau or cosine, got {sname!r}")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch"}}
+        record = {"epoch": int(self.current_epoch), "lr": lr, "epoch_time_s": self.epoch_time(), **vals,
+                  **self.train_means()}
+        self.end_epoch(record, vals.get(self.monitor, math.nan))
 
 
 class ContextSwitchModule(TaskModule):

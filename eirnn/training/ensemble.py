@@ -35,7 +35,6 @@ has stopped (or at ``max_epochs``). :class:`EnsembleArtifacts` writes
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -569,8 +568,7 @@ class EnsembleFitModule(FitModule):
         active = self.active_members()
         lr = float(np.mean([lrs[k] for k in active])) if active else 0.0
 
-        self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
-        self.log(MONITOR, vals[MONITOR], prog_bar=True)
+        self.log_val(vals, MONITOR)
         self.log("lr", lr)
         self.log("ensemble/active_members", float(len(active)))
         with torch.no_grad():
@@ -581,19 +579,12 @@ class EnsembleFitModule(FitModule):
                     a = tc[:, sel]
                     self.log(f"time_constants/alpha_{name}", float(a.mean()))
                     self.log(f"time_constants/tau_{name}", float((self.model.dt / a).mean()))
-        epoch_time = time.perf_counter() - self._epoch_t0
-        self._epoch_t0 = time.perf_counter()
-        record = {"epoch": epoch, "lr": lr, "epoch_time_s": float(epoch_time), **vals,
-                  "ensemble/active_members": len(active)}
-        for k, t in self._train_sums.items():
-            record[k] = float(t) / max(self._train_count, 1)
+        record = {"epoch": epoch, "lr": lr, "epoch_time_s": float(self.epoch_time()), **vals,
+                  "ensemble/active_members": len(active), **self.train_means()}
         for k in range(K):
             record[f"lr/m{k}"] = lrs[k]
-        self.history.append(record)
-        self.last_val, self.last_val_arrays = record, member_arrays[0]  # figures: member 0
-        cur = vals[MONITOR]
-        if not self.best_val or (not math.isnan(cur) and cur > self.best_val.get(MONITOR, -math.inf)):
-            self.best_val = dict(record)
+        self.last_val_arrays = member_arrays[0]  # figures: member 0
+        self.end_epoch(record, vals[MONITOR])  # (a plateau schedule is per member: MemberPlateau)
         if not active:
             self.trainer.should_stop = True
 

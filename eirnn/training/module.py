@@ -22,11 +22,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import time
 from contextlib import contextmanager
 from typing import Any, Mapping
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -34,6 +32,7 @@ from eirnn import metrics as M
 from eirnn.losses import masked_psth
 from eirnn.training import dashboard
 from eirnn.training.balancer import GradientBalancer
+from eirnn.training.base import LifecycleModule, cfg_get, cosine_with_warmup  # noqa: F401 (re-exported)
 from eirnn.training.lr_warmup import scaled_lr, step_unless_nonfinite, warmup_factor
 from eirnn.training.objective import FitObjective
 
@@ -41,14 +40,10 @@ MONITOR = "val/psth_corr"
 log = logging.getLogger(__name__)
 
 
-def _cfg_get(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    v = cfg.get(key, default)
-    return default if v is None else v
+_cfg_get = cfg_get  # the old private name (eirnn.training.ensemble imports it)
 
 
-class FitModule(L.LightningModule):
+class FitModule(LifecycleModule):
     """Wraps the model, the objective and the balanced optimisation step.
 
     Args:
@@ -93,10 +88,11 @@ class FitModule(L.LightningModule):
         self.cuda_graphs = mode
         self._graphs = None  # StepGraphs on a CUDA device
         self._graph_lrs: dict = {}  # key -> the device learning rate its graph reads
-        self.automatic_optimization = False
         self.model = model
+        # the monitored metric is maximised (best_val, the plateau scheduler)
+        self.init_lifecycle(optim, scheduler, MONITOR if monitor is None else str(monitor), "max", max_epochs)
         loss = dict(loss or {})
-        self.loss_cfg, self.optim_cfg, self.sched_cfg = loss, dict(optim or {}), dict(scheduler or {})
+        self.loss_cfg = loss
         self.objective = FitObjective(
             neuron=loss.get("neuron") or {}, trial=loss.get("trial") or {}, reg=loss.get("reg") or {},
             activity=loss.get("activity") or {}, bin_size_ms=bin_size_ms,
@@ -107,20 +103,12 @@ class FitModule(L.LightningModule):
             lambda_fixed=_cfg_get(bal, "lambda_trial", 0.1),
         )
         self.bin_size_ms = float(bin_size_ms)
-        self.monitor = MONITOR if monitor is None else str(monitor)
-        self.train_seed, self.max_epochs = int(train_seed), int(max_epochs)
+        self.train_seed = int(train_seed)
         self.val_seed = self.train_seed + 1_000_003 if val_seed is None else int(val_seed)
         self._train_gen: torch.Generator | None = None
         self._train_gen_state: torch.Tensor | None = None
-        self._val_outputs: list[dict[str, torch.Tensor]] = []
         self._val_noise_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.last_val: dict[str, float] = {}
         self.last_val_arrays: dict[str, np.ndarray] = {}
-        self.best_val: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-        self._epoch_t0 = time.perf_counter()
-        self._train_sums: dict[str, torch.Tensor] = {}
-        self._train_count = 0
         self._train_wsums: dict[str, torch.Tensor] = {}  # batch-size-weighted sums of the logged step scalars
         self._train_bs = 0
         self.skipped_steps = 0          # steps undone for a non-finite gradient (whole run)
@@ -355,9 +343,7 @@ class FitModule(L.LightningModule):
                           on_step=False, on_epoch=True)
             self._train_wsums, self._train_bs = {}, 0
         self._check_skipped_steps()
-        sch = self.lr_schedulers()
-        if sch is not None and not isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sch.step()
+        self.step_epoch_scheduler()
 
     # ------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -416,8 +402,7 @@ class FitModule(L.LightningModule):
         self._val_outputs.append(item)
 
     def _gather_val(self) -> dict[str, torch.Tensor]:
-        keys = self._val_outputs[0].keys()
-        return {k: torch.cat([o[k] for o in self._val_outputs], 0) for k in keys}
+        return self.gather_val(0)
 
     def compute_val_metrics(self, v: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """All validation metrics from gathered ``rates``/``target``/``mask`` ``[B, T, N]``."""
@@ -527,60 +512,24 @@ class FitModule(L.LightningModule):
         self._val_outputs = []
         if self.trainer.sanity_checking:
             return
-        self.log_dict({k: v for k, v in vals.items() if k != MONITOR and not math.isnan(v)})
-        self.log(MONITOR, vals[MONITOR], prog_bar=True)  # logged even when NaN: early stopping then stops
+        self.log_val(vals, MONITOR)  # MONITOR logged even when NaN: early stopping then stops
         self._check_skipped_steps()  # before the record (training ends its epoch after validation)
         lr = self.optimizers().param_groups[0]["lr"] * self.lr_factor(max(self.global_step - 1, 0))  # the last step's
         self.log("lr", lr)
         self.log("train/skipped_steps", float(self.skipped_steps))  # non-finite steps undone so far (run total)
         for k, v in self.model.time_constants.summary().items():
             self.log(f"time_constants/{k}", v)
-        epoch_time = time.perf_counter() - self._epoch_t0
-        self._epoch_t0 = time.perf_counter()
-        record = {"epoch": int(self.current_epoch), "lr": float(lr), "epoch_time_s": float(epoch_time), **vals}
+        record = {"epoch": int(self.current_epoch), "lr": float(lr), "epoch_time_s": float(self.epoch_time()), **vals}
         if self.skipped_steps:
             record["train/skipped_steps"] = float(self.skipped_steps)
-        for k, t in self._train_sums.items():
-            record[k] = float(t) / max(self._train_count, 1)
-        self.history.append(record)
-        self.last_val, self.last_val_arrays = record, arrays
-        cur = vals.get(self.monitor, float("nan"))
-        if not self.best_val or (not math.isnan(cur) and cur > self.best_val.get(self.monitor, -math.inf)):
-            self.best_val = dict(record)
-        sch = self.lr_schedulers()
-        if isinstance(sch, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sch.step(cur)
+        record.update(self.train_means())
+        self.last_val_arrays = arrays
+        self.end_epoch(record, vals.get(self.monitor, float("nan")))
 
     # ------------------------------------------------------------ optimisers
-    def configure_optimizers(self):
-        name = str(_cfg_get(self.optim_cfg, "name", "adam")).lower()
-        lr = float(_cfg_get(self.optim_cfg, "lr", 1e-3))
-        wd = float(_cfg_get(self.optim_cfg, "weight_decay", 0.0))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        extra = {"capturable": True} if self.device.type == "cuda" and self.graphs_enabled() else {}  # step count on the device (CUDA graphs)
-        if name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, **extra)
-        elif name == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd if wd > 0 else 1e-2, **extra)
-        else:
-            raise ValueError(f"optim.name must be 'adam' or 'adamw', got {name!r}")
-        sname = str(_cfg_get(self.sched_cfg, "name", "none")).lower()
-        if sname == "none":
-            return opt
-        if sname == "plateau":
-            sch = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="max", factor=float(_cfg_get(self.sched_cfg, "factor", 0.5)),
-                patience=int(_cfg_get(self.sched_cfg, "patience", 50)),
-                min_lr=float(_cfg_get(self.sched_cfg, "min_lr", 1e-5)),
-            )
-        elif sname == "cosine":
-            warm = int(_cfg_get(self.sched_cfg, "warmup_epochs", 0))
-            floor = float(_cfg_get(self.sched_cfg, "min_lr_ratio", 0.01))
-            total = int(_cfg_get(self.sched_cfg, "total_epochs", self.max_epochs))
-            sch = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warm, total, floor))
-        else:
-            raise ValueError(f"scheduler.name must be none, plateau or cosine, got {sname!r}")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "epoch"}}
+    def capturable_optimizer(self) -> bool:
+        """Adam keeps its step count on the device when steps are CUDA graphs."""
+        return self.device.type == "cuda" and self.graphs_enabled()
 
 
 @torch.no_grad()
@@ -617,15 +566,3 @@ def device_psth_corr_and_bps(rates: torch.Tensor, target: torch.Tensor, mask: to
     total = k.sum()
     bps = torch.where(total > 0, gain.sum() / (total * math.log(2.0)), torch.nan)
     return r, bps
-
-
-def cosine_with_warmup(warmup: int, total: int, floor: float = 0.01):
-    """LR multiplier per epoch: linear ``(e+1)/warmup`` ramp, then cosine decay to ``floor``."""
-
-    def factor(epoch: int) -> float:
-        if warmup > 0 and epoch < warmup:
-            return (epoch + 1) / warmup
-        progress = (epoch - warmup) / max(1, total - warmup)
-        return max(floor, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
-
-    return factor
