@@ -216,6 +216,7 @@ class EnsembleFitModule(FitModule):
         patience: int | None = None,
         cuda_graphs: str | bool = "auto",
         monitor: str | None = None,   # the ensemble monitors val/psth_corr (checked by eirnn.train)
+        mode: str = "max",            # (maximised)
     ):
         if not isinstance(model, EnsembleEIRNN):
             raise TypeError(f"EnsembleFitModule needs an EnsembleEIRNN, got {type(model).__name__}")

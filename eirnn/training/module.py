@@ -66,6 +66,8 @@ class FitModule(LifecycleModule):
         monitor: the validation metric (maximised) that defines ``best_val`` and drives the
             plateau scheduler (default ``val/psth_corr``; ``conf/module/fit.yaml`` passes
             ``optimized_metric``); ``val/psth_cond_score`` includes the condition PSTHs.
+        mode: ``max`` (default; ``conf/module/fit.yaml``) or ``min``: the monitor's direction for
+            ``best_val`` and the plateau scheduler.
     """
 
     def __init__(
@@ -80,17 +82,17 @@ class FitModule(LifecycleModule):
         max_epochs: int = 500,
         cuda_graphs: str | bool = "auto",
         monitor: str | None = None,
+        mode: str = "max",
     ):
         super().__init__()
-        mode = str(cuda_graphs).lower()
-        if mode not in ("auto", "true", "false"):
+        graphs = str(cuda_graphs).lower()
+        if graphs not in ("auto", "true", "false"):
             raise ValueError(f"module.cuda_graphs must be auto, true or false, got {cuda_graphs!r}")
-        self.cuda_graphs = mode
+        self.cuda_graphs = graphs
         self._graphs = None  # StepGraphs on a CUDA device
         self._graph_lrs: dict = {}  # key -> the device learning rate its graph reads
         self.model = model
-        # the monitored metric is maximised (best_val, the plateau scheduler)
-        self.init_lifecycle(optim, scheduler, MONITOR if monitor is None else str(monitor), "max", max_epochs)
+        self.init_lifecycle(optim, scheduler, MONITOR if monitor is None else str(monitor), mode, max_epochs)
         loss = dict(loss or {})
         self.loss_cfg = loss
         self.objective = FitObjective(
