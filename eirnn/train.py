@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as err:
         raise UserError(str(err)) from err
     dm = build_datamodule(cfg)
-    if n_members > 1 and str(cfg.module.get("_target_", "")).startswith("eirnn.tasks."):
+    if n_members > 1 and str(cfg.module.get("_target_", "")).startswith("eirnn.training.task_module."):
         from eirnn.tasks import ensemble as ens  # task RNNs: same interface; member k gets seed + k's own data
 
         dm = ens.build_datamodule(cfg, dm, n_members)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from eirnn.tasks import context_switch as cs
-from eirnn.tasks.lowrank import LowRankRNN
+from eirnn.data import context_switch as cs
+from eirnn.models.ctx_lowrank import LowRankRNN
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""python -m eirnn.data.report on a generated export with planted anomalies."""
+"""python -m eirnn.data.quality on a generated export with planted anomalies."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eirnn.data import INPUT_CHANNELS, make_synthetic_session, save_mat
-from eirnn.data.report import format_report, main, session_report
+from eirnn.data.quality import format_report, main, session_report
 
 CH = {n: i for i, n in enumerate(INPUT_CHANNELS)}
 

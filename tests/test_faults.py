@@ -514,7 +514,7 @@ def test_int8_rates_saturated_are_refused_on_load(small_session, tmp_path):
 
 def test_nan_duration_and_nan_input_are_counted_consistently(small_session):
     from eirnn.data.datamodule import apply_filters
-    from eirnn.data.report import session_report
+    from eirnn.data.quality import session_report
     from eirnn.data.validate import validate_session
 
     dur = small_session.trial_duration_ms.copy()

@@ -78,7 +78,7 @@ def test_graphed_step_function_matches_the_eager_step_on_cpu(compose, tmp_path, 
 def test_tanh_rnn_device_path_matches_cpu_path(batched, monkeypatch):
     """The GPU variant of System A's BPTT (weight gradients as one product after the loop) gives
     the CPU variant's values and gradients (float64, run on the CPU)."""
-    import eirnn.tasks.tanh_recurrence as tr
+    import eirnn.models.tanh_recurrence as tr
 
     g = torch.Generator().manual_seed(3)
     lead, wl = ((3, 4), (3,)) if batched else ((4,), ())
@@ -116,7 +116,7 @@ def test_tanh_rnn_device_path_matches_cpu_path(batched, monkeypatch):
 ])
 def test_tanh_rnn_backward_on_cuda_every_shape(shape):
     """System A's hand-written BPTT runs on CUDA (it failed in cuBLASLt before) and matches float64 on the CPU."""
-    from eirnn.tasks.tanh_recurrence import tanh_rnn
+    from eirnn.models.tanh_recurrence import tanh_rnn
 
     K, B, N = shape
     T = 40

@@ -85,13 +85,13 @@ def test_foreign_nwb_is_binned_around_the_event(tmp_path, monkeypatch):
     assert_same_session(s, again)
     assert again.factor_labels["side"] == ("left", "right")
     # the data report handles another task: its own factors, no SC-only checks
-    from eirnn.data.report import format_report, session_report
+    from eirnn.data.quality import format_report, session_report
 
     rep = session_report(again)
     assert rep["conditions"]["factors"] == ["side", "contrast"] and "label_mismatch" not in rep["anomalies"]
     assert list(rep["filters"]) == ["min_duration_ms"]
     assert "| side | contrast | trials |" in format_report(rep)
-    from eirnn.data.report import main as report_main
+    from eirnn.data.quality import main as report_main
 
     assert report_main([str(p), "--options", json.dumps(FOREIGN)]) == 0  # another lab's file, with its options
 
@@ -319,7 +319,7 @@ def test_converted_real_session_trains_to_the_same_metrics(compose, tmp_path, re
 def test_reader_option_errors_say_how_to_pass_them_to_convert_and_report(tmp_path, capsys):
     """convert / data.report take reader options as --options JSON, not as data.options.KEY=VALUE."""
     from eirnn.data.convert import options_hint
-    from eirnn.data.report import main as report_main
+    from eirnn.data.quality import main as report_main
 
     p = tmp_path / "foreign.nwb"
     make_foreign_nwb(p, n_trials=5)

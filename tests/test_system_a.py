@@ -14,8 +14,8 @@ import torch
 
 from conftest import REPO
 from eirnn.analysis.common import cosine, eig_cov, overlap, participation_ratio, pca
-from eirnn.tasks import system_a as sa
-from eirnn.tasks.system_a_model import SystemARNN
+from eirnn.data import system_a as sa
+from eirnn.models.system_a import SystemARNN
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def test_fused_recurrence_matches_the_autograd_loop_values_and_gradients():
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_tanh_rnn_gradcheck_all_inputs(batched):
-    from eirnn.tasks.tanh_recurrence import tanh_rnn
+    from eirnn.models.tanh_recurrence import tanh_rnn
 
     g = torch.Generator().manual_seed(1)
     lead, wl = ((2, 3), (2,)) if batched else ((3,), ())
@@ -361,7 +361,7 @@ def test_ensemble_refuses_what_it_cannot_do_per_member(compose, tmp_path):
 
 
 def test_batch_timing_command_runs(capsys):
-    from eirnn.tasks.bench_system_a import main
+    from benchmarks.system_a import main
 
     main(["small", "--k", "2", "--steps", "20", "--reps", "1"])
     main(["full", "--k", "2", "--steps", "10", "--reps", "1"])

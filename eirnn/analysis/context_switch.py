@@ -32,7 +32,7 @@ from eirnn.utils import np_save_atomic, savefig_atomic
 
 from eirnn.analysis.common import (AnalysisError, build_task, cli_main, find_checkpoint, load_checkpoint,
                                    write_json)
-from eirnn.tasks import context_switch as cs
+from eirnn.data import context_switch as cs
 
 VECTOR_NAMES = ("stim1", "stim2", "ctx1", "ctx2")
 

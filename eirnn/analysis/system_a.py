@@ -48,7 +48,7 @@ from eirnn.utils import atomic_write, savefig_atomic
 
 from eirnn.analysis.common import (AnalysisError, build_task, cli_main, cosine, eig_cov, find_checkpoint,
                                    load_checkpoint, participation_ratio, write_json, _plt)
-from eirnn.tasks.system_a import SystemADataModule
+from eirnn.data.system_a import SystemADataModule
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:

@@ -14,7 +14,7 @@ Refused (:class:`~eirnn.data.errors.DataFormatError`, one line naming the file a
   an ``int8`` rate array saturated at 127): the export overflowed.
 
 Accepted with a caveat (:func:`validate_session` returns the counts; they are kept in
-``session.metadata["caveats"]``, logged by the data module and shown by ``eirnn.data.report``):
+``session.metadata["caveats"]``, logged by the data module and shown by ``eirnn.data.quality``):
 
 * ``trial_duration_nan``: trials whose ``trial_duration_ms`` is NaN (the ``min_duration_ms``
   filter drops them and counts them apart);

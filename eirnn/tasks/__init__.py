@@ -1,14 +1,21 @@
-"""Task-trained RNNs in the eirnn framework (same entry point, configs, loop and logging as the SC fits).
+"""Old import paths of the task-RNN code, which now lives beside the rest of the package.
 
-- contextual switch task on a trainable low-rank RNN with a fixed random bulk
-  (Mastrogiuseppe & Ostojic 2018): :mod:`eirnn.tasks.lowrank`, :mod:`eirnn.tasks.context_switch`;
-- System A integration/memory task on a continuous-time RNN with a fixed random
-  recurrent matrix: :mod:`eirnn.tasks.system_a_model`, :mod:`eirnn.tasks.system_a`;
-- the fused tanh recurrence with a hand-written backward (:mod:`eirnn.tasks.tanh_recurrence`)
-  and ``K`` System A seeds trained as one batched model (:mod:`eirnn.tasks.ensemble`,
-  ``ensemble.size=K``);
-- the shared LightningModule (:mod:`eirnn.tasks.module`), data-module base
-  (:mod:`eirnn.tasks.datamodule`), integrators and callbacks.
+Each ``eirnn.tasks.<name>`` module is the moved module itself (an alias in ``sys.modules``), so
+task checkpoints that name a class by its old path (``eirnn.tasks.lowrank.LowRankRNN``, ...)
+and old imports still resolve:
 
-Train with ``python -m eirnn.train experiment=context_switch`` / ``experiment=system_a``.
+=========================  ====================================================
+old                        now
+=========================  ====================================================
+``tasks.lowrank``          :mod:`eirnn.models.ctx_lowrank` (context-switch low-rank net)
+``tasks.system_a_model``   :mod:`eirnn.models.system_a`
+``tasks.integrators``      :mod:`eirnn.models.integrators`
+``tasks.tanh_recurrence``  :mod:`eirnn.models.tanh_recurrence`
+``tasks.datamodule``       :mod:`eirnn.data.task_base`
+``tasks.context_switch``   :mod:`eirnn.data.context_switch`
+``tasks.system_a``         :mod:`eirnn.data.system_a`
+``tasks.module``           :mod:`eirnn.training.task_module`
+``tasks.callbacks``        :mod:`eirnn.training.task_callbacks`
+``tasks.bench_system_a``   ``python -m benchmarks.system_a`` (repository's benchmarks/)
+=========================  ====================================================
 """

@@ -5,11 +5,11 @@ Member ``k`` is the single run with ``seed = seed + k``, batched:
 
 - its data module is built from the config with ``seed + k`` (so with ``data.seed: ${seed}``
   it has its own trials and its own batch order, as the single run);
-- its network is built as that single run's :class:`~eirnn.tasks.system_a_model.SystemARNN`,
+- its network is built as that single run's :class:`~eirnn.models.system_a.SystemARNN`,
   then the ``K`` networks are stacked (:class:`SystemAEnsembleRNN`: ``G`` [K, N, N], ``h0``
   [K, N], ``I`` [K, N, n_in], ``w`` [K, N, n_out]) and run in one forward, either as one
   recurrence with ``bmm`` or member by member (``+ensemble.strategy=auto|bmm|loop``, see
-  :class:`SystemAEnsembleRNN`; :func:`eirnn.tasks.tanh_recurrence.tanh_rnn`);
+  :class:`SystemAEnsembleRNN`; :func:`eirnn.models.tanh_recurrence.tanh_rnn`);
 - one step (:meth:`SystemAEnsembleModule.training_step`)::
 
       y[k]    = member k's output on member k's batch          [K, B, T, n_out]
@@ -42,10 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from eirnn.tasks.lowrank import TaskOutput
-from eirnn.tasks.module import SystemAModule, _get
-from eirnn.tasks.system_a_model import SystemARNN
-from eirnn.tasks.tanh_recurrence import tanh_rnn
+from eirnn.models.ctx_lowrank import TaskOutput
+from eirnn.training.task_module import SystemAModule, _get
+from eirnn.models.system_a import SystemARNN
+from eirnn.models.tanh_recurrence import tanh_rnn
 
 __all__ = ["SystemAEnsembleRNN", "EnsembleTaskDataModule", "SystemAEnsembleModule", "EnsembleArtifacts",
            "member_masked_mse", "build_datamodule", "build_ensemble", "ensemble_callbacks", "ensemble_report_lines"]
@@ -226,7 +226,7 @@ def member_masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Te
 
 
 class SystemAEnsembleModule(SystemAModule):
-    """:class:`~eirnn.tasks.module.SystemAModule` for a :class:`SystemAEnsembleRNN`; see the module docstring.
+    """:class:`~eirnn.training.task_module.SystemAModule` for a :class:`SystemAEnsembleRNN`; see the module docstring.
 
     The logged ``val/loss`` and ``val/rmse`` (and ``train/loss``, ``grad_norm/*``) are means over
     the members; ``val/loss/m{k}``, ``val/loss_std`` and ``member/grad_norm/*/m{k}`` per member.
@@ -455,7 +455,7 @@ class EnsembleArtifacts(L.Callback):
 
 
 # ----------------------------------------------------------------------------- wiring (eirnn.train)
-_SUPPORTED = "eirnn.tasks.module.SystemAModule"
+_SUPPORTED = "eirnn.training.task_module.SystemAModule"
 
 
 def build_datamodule(cfg, dm0, size: int) -> EnsembleTaskDataModule:
@@ -523,7 +523,7 @@ def ensemble_callbacks(callbacks: list, module: SystemAEnsembleModule, output_di
     """Adds :class:`EnsembleArtifacts`; early stopping (it would stop every member at once) is refused."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from eirnn.tasks.callbacks import RunAnalysis
+    from eirnn.training.task_callbacks import RunAnalysis
 
     if any(isinstance(cb, EarlyStopping) for cb in callbacks):
         raise ValueError("early stopping is not supported with ensemble.size > 1 for task RNNs "

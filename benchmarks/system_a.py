@@ -1,6 +1,6 @@
 """Timing of one System A training batch (forward + backward of the masked MSE), one thread.
 
-``python -m eirnn.tasks.bench_system_a MODE [--k K] [--steps T] [--reps R]`` prints one line per
+``python -m benchmarks.system_a MODE [--k K] [--steps T] [--reps R]`` prints one line per
 measurement (wall and CPU seconds, load average):
 
 - ``impl``: the fused recurrence against the plain autograd loop, one 500-unit model, 32
@@ -21,9 +21,9 @@ import time
 import torch
 
 from eirnn.tasks.ensemble import SystemAEnsembleRNN, member_masked_mse
-from eirnn.tasks.module import masked_mse
-from eirnn.tasks.system_a import SystemADataModule
-from eirnn.tasks.system_a_model import SystemARNN
+from eirnn.training.task_module import masked_mse
+from eirnn.data.system_a import SystemADataModule
+from eirnn.models.system_a import SystemARNN
 
 SMALL = dict(n_steps=700, onset=300.0, onset_jitter=100.0, duration=15.0, duration_jitter=10.0, cost_onset=450.0,
              thresh_rate=0.07)
@@ -61,7 +61,7 @@ def _stacked(model: SystemAEnsembleRNN, b: dict):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m eirnn.tasks.bench_system_a", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.system_a", description=__doc__.split("\n\n")[0])
     ap.add_argument("mode", choices=("impl", "small", "full"))
     ap.add_argument("--k", type=int, default=None, help="stacked models (small: 20, full: 4)")
     ap.add_argument("--steps", type=int, default=None, help="time steps per trial (default: the whole trial)")
