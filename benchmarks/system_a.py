@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from eirnn.tasks.ensemble import SystemAEnsembleRNN, member_masked_mse
+from eirnn.models.system_a import SystemAEnsembleRNN
+from eirnn.training.ensemble.task import member_masked_mse
 from eirnn.training.task_module import masked_mse
 from eirnn.data.system_a import SystemADataModule
 from eirnn.models.system_a import SystemARNN

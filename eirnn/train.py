@@ -90,19 +90,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as err:
         raise UserError(str(err)) from err
 
-    from eirnn.training import ensemble as ens
+    from eirnn.training.ensemble import ensemble_size, machinery
 
     try:
-        n_members = ens.ensemble_size(cfg)
+        n_members = ensemble_size(cfg)
     except ValueError as err:
         raise UserError(str(err)) from err
+    # K seeds as one batched model: the machinery (fit or task network) named by the module class
+    ens = machinery(cfg) if n_members > 1 else None
     dm = build_datamodule(cfg)
-    if n_members > 1 and str(cfg.module.get("_target_", "")).startswith("eirnn.training.task_module."):
-        from eirnn.tasks import ensemble as ens  # task RNNs: same interface; member k gets seed + k's own data
-
+    if ens is not None:  # task networks: member k gets seed + k's own data
         dm = ens.build_datamodule(cfg, dm, n_members)
     log.info("data: %s", dm.describe() if hasattr(dm, "describe") else dm.summary())
-    if n_members > 1:  # K seeds as one batched model (eirnn/training/ensemble.py)
+    if n_members > 1:  # K seeds as one batched model (eirnn/training/ensemble/)
         model, module = ens.build_ensemble(cfg, dm, n_members)
     else:
         model = build_model(cfg, dm)

@@ -15,6 +15,7 @@ from eirnn.training.ensemble import (
     MemberPlateau,
     clip_member_grad_norms_,
     ensemble_backward,
+    load_member_checkpoint,
     member_grad_norms,
 )
 
@@ -245,7 +246,8 @@ def test_two_epoch_ensemble_run_writes_per_member_outputs(compose, tmp_path):
     for k, m in enumerate(ens["members"]):
         assert m["best_epoch"] in (0, 1)
         assert m["best_val/psth_corr"] == pytest.approx(max(h[f"val/psth_corr/m{k}"] for h in log))
-        state = torch.load(tmp_path / "members" / f"m{k}" / "best.pt", weights_only=True)
+        state, info = load_member_checkpoint(tmp_path / "members" / f"m{k}" / "checkpoints" / "best.ckpt")
+        assert info["member"] == k and info["seed"] == 42 + k and info["epoch"] == m["best_epoch"]
         assert "recurrent.raw" in state and state["W_in"].dim() == 2
         n_rec = state["is_excitatory"].numel() - 6
         single = EIRNN(state["W_in"].shape[1], state["is_excitatory"][:n_rec].numpy(), n_hidden=6, dt=25.0)
@@ -360,3 +362,52 @@ def test_a_diverging_member_does_not_affect_the_others(compose, tmp_path):
         assert math.isnan(poisoned["val/psth_corr/m1"])
         assert poisoned["val/psth_corr"] == poisoned["val/psth_corr/m0"]  # the mean leaves the NaN member out
         assert poisoned["ensemble/nan_members"] == 1
+
+
+def test_member_checkpoint_opens_the_common_format_and_the_older_files(tmp_path):
+    """One member format for fits and task networks; the older fit best.pt (a bare state dict) and
+    task .ckpt still open; anything else is a one-line UserError."""
+    from eirnn.errors import UserError
+    from eirnn.training.ensemble.members import member_checkpoint
+
+    state = EIRNN(5, EXC, n_hidden=4, seed=1).state_dict()
+    ckpt = member_checkpoint(state, 2, 12, {"epoch": 3, "val/psth_corr": 0.5}, 4, 40)
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    torch.save(state, tmp_path / "best.pt")
+    torch.save({"state_dict": {f"model.{n}": t for n, t in state.items()}, "epoch": 1,
+                "eirnn_task": {"ensemble_member": 1}}, tmp_path / "old_task.ckpt")
+    (tmp_path / "junk.ckpt").write_text("not torch")
+    new, info = load_member_checkpoint(tmp_path / "best.ckpt")
+    assert info == {"member": 2, "seed": 12, "epoch": 3, "metrics": {"epoch": 3, "val/psth_corr": 0.5}}
+    old, old_info = load_member_checkpoint(tmp_path / "best.pt")
+    task, task_info = load_member_checkpoint(tmp_path / "old_task.ckpt")
+    assert old_info == {} and task_info["member"] == 1
+    for s2 in (new, old, task):
+        assert list(s2) == list(state) and all(torch.equal(s2[n], state[n]) for n in state)
+    for bad in ("junk.ckpt", "missing.ckpt"):
+        with pytest.raises(UserError) as err:
+            load_member_checkpoint(tmp_path / bad)
+        assert "\n" not in str(err.value) and bad in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["param", "output", "fixed", "off"])
+def test_balancer_member_axis_with_one_member_is_the_single_model(mode):
+    """GradientBalancer.backward(members=1) on [1, ...]-stacked parameters gives the single model's gradient."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, requires_grad=True)
+    x = torch.randn(5, 3)
+    w1 = w.detach().clone()[None].requires_grad_(True)
+
+    def losses(out):
+        return (out ** 2).mean(), out.sin().mean(), 0.1 * out.abs().mean()
+
+    bal = GradientBalancer(mode=mode, scale=0.7, lambda_fixed=0.3)
+    out = x @ w
+    m, a, e = losses(out)
+    s1 = bal.backward([w], m, None if mode == "off" else a, e, outputs=out)
+    outk = torch.einsum("bi,kij->kbj", x, w1)
+    mk, ak, ek = (torch.stack([t]) for t in losses(outk[0]))
+    sk = bal.backward([w1], mk, None if mode == "off" else ak, ek, outputs=outk, members=1)
+    torch.testing.assert_close(w1.grad[0], w.grad)
+    for key in s1:
+        torch.testing.assert_close(sk[key].reshape(()), s1[key].reshape(()))

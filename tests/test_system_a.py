@@ -98,7 +98,7 @@ def test_tanh_rnn_gradcheck_all_inputs(batched):
 
 @pytest.mark.parametrize("strategy", ["bmm", "loop"])
 def test_ensemble_model_runs_each_member_as_its_single_model(strategy):
-    from eirnn.tasks.ensemble import SystemAEnsembleRNN
+    from eirnn.models.system_a import SystemAEnsembleRNN
 
     members = [SystemARNN(n_units=12, tau=5.0, h0="random", seed=s) for s in (3, 4, 5)]
     ens = SystemAEnsembleRNN(members, strategy)

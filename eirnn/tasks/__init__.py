@@ -16,6 +16,7 @@ old                        now
 ``tasks.system_a``         :mod:`eirnn.data.system_a`
 ``tasks.module``           :mod:`eirnn.training.task_module`
 ``tasks.callbacks``        :mod:`eirnn.training.task_callbacks`
+``tasks.ensemble``         :mod:`eirnn.training.ensemble.task` (network: ``models.system_a.SystemAEnsembleRNN``)
 ``tasks.bench_system_a``   ``python -m benchmarks.system_a`` (repository's benchmarks/)
 =========================  ====================================================
 """

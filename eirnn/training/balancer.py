@@ -28,6 +28,12 @@ Modes (``loss.balance.mode``):
 
 :meth:`GradientBalancer.backward` fills ``.grad`` of the parameters and returns
 detached statistics (tensors; no host synchronisation).
+
+Member axis (``members=K``, an ensemble of ``K`` models stacked as one, every parameter
+``[K, ...]``): the losses are ``[K]`` (one per member) and every norm, hence every weight
+``w_k = scale |g_main,k| / |g_aux,k|``, is member ``k``'s own -- slice ``k`` of each gradient is
+exactly what the single-model balancer gives member ``k``. ``members=None`` is one model (scalar
+losses, the global norm over all parameters).
 """
 from __future__ import annotations
 
@@ -41,6 +47,30 @@ MODES = ("param", "output", "fixed", "off")
 def _global_norm(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
     sq = [g.pow(2).sum() for g in grads if g is not None]
     return torch.stack(sq).sum().sqrt() if sq else torch.zeros(())
+
+
+def member_grad_norms(grads: Sequence[torch.Tensor | None], size: int) -> torch.Tensor:
+    """``[K]`` Euclidean norm of each member's slice of the stacked gradients ``[K, ...]``."""
+    sq = None
+    for g in grads:
+        if g is None:
+            continue
+        s = g.reshape(size, -1).pow(2).sum(1)
+        sq = s if sq is None else sq + s
+    return sq.sqrt() if sq is not None else torch.zeros(size)
+
+
+def per_member(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``w`` ``[K]`` shaped to broadcast over ``like`` ``[K, ...]``."""
+    return w.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _norms(grads, members: int | None) -> torch.Tensor:
+    return _global_norm(grads) if members is None else member_grad_norms(grads, members)
+
+
+def _weighted(w: torch.Tensor, g: torch.Tensor, members: int | None) -> torch.Tensor:
+    return w * g if members is None else per_member(w, g) * g
 
 
 def _param_grads_one_sweep(params, main, aux, outputs, retain: bool):
@@ -85,54 +115,78 @@ class GradientBalancer:
         aux: torch.Tensor | None,
         extra: torch.Tensor | None = None,
         outputs: torch.Tensor | None = None,
+        members: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Set ``p.grad`` for every parameter in ``params`` and return statistics.
 
         Args:
             params: the trainable parameters (gradients are *assigned*, not accumulated).
-            main, aux: scalar losses (``aux=None`` behaves like mode ``off``).
-            extra: scalar added with weight 1 (regularisers), or ``None``.
-            outputs: the tensor both losses are computed from (required for ``output`` mode).
+            main, aux: scalar losses, or ``[K]`` with ``members=K`` (``aux=None`` behaves like mode ``off``).
+            extra: added with weight 1 (regularisers; scalar or ``[K]``), or ``None``.
+            outputs: the tensor both losses are computed from (required for ``output`` mode);
+                with ``members=K`` a ``[K, ...]`` tensor or a list of ``K`` member tensors.
+            members: ``K`` for a stacked ensemble (parameters ``[K, ...]``, per-member norms), ``None``: one model.
         Returns:
             dict with ``weight`` (effective weight of ``L_aux``), and for balanced modes
-            ``grad_norm_main`` and ``grad_norm_aux`` -- all detached scalar tensors.
+            ``grad_norm_main`` and ``grad_norm_aux`` -- detached, scalar (``[K]`` with ``members``).
         """
         params = [p for p in params if p.requires_grad]
         mode = "off" if aux is None else self.mode
         stats: dict[str, torch.Tensor] = {}
         zero = main.detach() * 0.0
+        K = members
+        # the member losses are summed: slice k of each gradient is member k's own gradient
+        total_of = (lambda t: t) if K is None else (lambda t: t.sum())  # noqa: E731
         if mode in ("off", "fixed"):
             w = zero if mode == "off" else zero + self.lambda_fixed
-            total = main if mode == "off" else main + self.lambda_fixed * aux
+            total = total_of(main) if mode == "off" else total_of(main) + self.lambda_fixed * total_of(aux)
             if extra is not None:
-                total = total + extra
+                total = total + total_of(extra)
             grads = torch.autograd.grad(total, params, allow_unused=True)
             stats["weight"] = w
         elif mode == "param":
-            pair = _param_grads_one_sweep(params, main, aux, outputs, retain=extra is not None)
+            m_tot, a_tot = total_of(main), total_of(aux)
+            pair = _param_grads_one_sweep(params, m_tot, a_tot, outputs if K is None or torch.is_tensor(outputs)
+                                          else None, retain=extra is not None)
             if pair is not None:
                 g_main, g_aux = pair
             else:
-                g_main = torch.autograd.grad(main, params, retain_graph=True, allow_unused=True)
-                g_aux = torch.autograd.grad(aux, params, retain_graph=extra is not None, allow_unused=True)
-            n_main, n_aux = _global_norm(g_main), _global_norm(g_aux)
+                g_main = torch.autograd.grad(m_tot, params, retain_graph=True, allow_unused=True)
+                g_aux = torch.autograd.grad(a_tot, params, retain_graph=extra is not None, allow_unused=True)
+            n_main, n_aux = _norms(g_main, K), _norms(g_aux, K)
             w = self.weight(n_main, n_aux)
-            g_extra = torch.autograd.grad(extra, params, allow_unused=True) if extra is not None else [None] * len(params)
+            g_extra = (torch.autograd.grad(total_of(extra), params, allow_unused=True) if extra is not None
+                       else [None] * len(params))
             grads = []
             for gm, ga, ge in zip(g_main, g_aux, g_extra):
-                parts = [g for g in (gm, None if ga is None else w * ga, ge) if g is not None]
+                parts = [g for g in (gm, None if ga is None else _weighted(w, ga, K), ge) if g is not None]
                 grads.append(sum(parts) if parts else None)
             stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
         else:  # output
             if outputs is None:
                 raise ValueError("output-space balancing needs the `outputs` tensor the losses were computed from")
-            go_main = torch.autograd.grad(main, outputs, retain_graph=True)[0]
-            go_aux = torch.autograd.grad(aux, outputs, retain_graph=True)[0]
-            n_main, n_aux = go_main.norm(), go_aux.norm()
-            w = self.weight(n_main, n_aux)
-            surrogate = (outputs * (go_main + w * go_aux).detach()).sum()
+            if K is not None and isinstance(outputs, (list, tuple)):  # one tensor per member
+                outs = list(outputs)
+                go_main = torch.autograd.grad(main.sum(), outs, retain_graph=True, allow_unused=True)
+                go_aux = torch.autograd.grad(aux.sum(), outs, retain_graph=True, allow_unused=True)
+                go_main = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, go_main)]
+                go_aux = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, go_aux)]
+                n_main = torch.stack([g.norm() for g in go_main])
+                n_aux = torch.stack([g.norm() for g in go_aux])
+                w = self.weight(n_main, n_aux)
+                surrogate = sum((o * (gm + w[k] * ga).detach()).sum()
+                                for k, (o, gm, ga) in enumerate(zip(outs, go_main, go_aux)))
+            else:
+                go_main = torch.autograd.grad(total_of(main), outputs, retain_graph=True)[0]
+                go_aux = torch.autograd.grad(total_of(aux), outputs, retain_graph=True)[0]
+                if K is None:
+                    n_main, n_aux = go_main.norm(), go_aux.norm()
+                else:
+                    n_main, n_aux = go_main.reshape(K, -1).norm(dim=1), go_aux.reshape(K, -1).norm(dim=1)
+                w = self.weight(n_main, n_aux)
+                surrogate = (outputs * (go_main + _weighted(w, go_aux, K)).detach()).sum()
             if extra is not None:
-                surrogate = surrogate + extra
+                surrogate = surrogate + total_of(extra)
             grads = torch.autograd.grad(surrogate, params, allow_unused=True)
             stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
         for p, g in zip(params, grads):

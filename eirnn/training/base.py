@@ -96,6 +96,9 @@ class LifecycleModule(L.LightningModule):
     """
 
     mode = "max"
+    #: the module of :mod:`eirnn.training.ensemble` that trains ``ensemble.size > 1`` of this module
+    #: (``None``: not supported)
+    ensemble_machinery: str | None = None
 
     def init_lifecycle(self, optim: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None,
                        monitor: str, mode: str, max_epochs: int) -> None:

@@ -40,7 +40,7 @@ MONITOR = "val/psth_corr"
 log = logging.getLogger(__name__)
 
 
-_cfg_get = cfg_get  # the old private name (eirnn.training.ensemble imports it)
+_cfg_get = cfg_get  # the old private name
 
 
 class FitModule(LifecycleModule):
@@ -69,6 +69,8 @@ class FitModule(LifecycleModule):
         mode: ``max`` (default; ``conf/module/fit.yaml``) or ``min``: the monitor's direction for
             ``best_val`` and the plateau scheduler.
     """
+
+    ensemble_machinery = "eirnn.training.ensemble.fit"
 
     def __init__(
         self,

@@ -163,6 +163,7 @@ class SystemAModule(TaskModule):
     ``val/rmse``."""
 
     default_monitor, default_mode = "val/loss", "min"
+    ensemble_machinery = "eirnn.training.ensemble.task"
 
     def compute_val_metrics(self, v: dict[str, torch.Tensor]) -> dict[str, float]:
         loss = float(masked_mse(v["output"].float(), v["target"], v["mask"]))

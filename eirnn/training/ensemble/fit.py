@@ -1,4 +1,4 @@
-"""Training ``K`` seeds at once: ``python -m eirnn.train ensemble.size=K``.
+"""Fits to recorded data, ``K`` seeds at once: ``python -m eirnn.train ensemble.size=K`` (module=fit).
 
 The ``K`` members (:class:`~eirnn.models.ensemble.EnsembleEIRNN`, member ``k`` initialised
 as the single model with seed ``seed + k``) are trained as one batched model on the same
@@ -6,7 +6,7 @@ data split and batches. Each optimisation step (:meth:`EnsembleFitModule.trainin
 
     rates = model(inputs)                              # [K, B, T, n], one batched recurrence
     L_neuron[k], L_trial[k], L_extra[k]                # per member, exactly the single-model terms
-    ensemble_backward(...)                             # per-member balancing (param / output / fixed / off)
+    balancer.backward(..., members=K)                  # per-member balancing (param / output / fixed / off)
     clip each member's gradient to norm grad_clip      # per-member norm, not the global one
     optimizer.step()                                   # Adam is element-wise: member k gets its own update
     per-member learning rate (plateau) and freezing    # p = old + f_k * (p - old), f_k = lr_k / lr (0: stopped)
@@ -30,7 +30,8 @@ counter (``patience`` epochs without improvement freeze the member: its updates 
 masked to zero and its losses are no longer computed) and, with ``scheduler=plateau``,
 its own ReduceLROnPlateau state. Training ends when every member
 has stopped (or at ``max_epochs``). :class:`EnsembleArtifacts` writes
-``members/m{k}/best.pt`` (+ ``best.json``) and ``ensemble_metrics.json``.
+``members/m{k}/checkpoints/best.ckpt`` (the member checkpoint format of
+:mod:`eirnn.training.ensemble.members`; + ``members/m{k}/best.json``) and ``ensemble_metrics.json``.
 """
 from __future__ import annotations
 
@@ -38,35 +39,24 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 
 from eirnn.models.ensemble import EnsembleEIRNN
 from eirnn.training.balancer import GradientBalancer
+from eirnn.training.base import cfg_get as _cfg_get
+from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, clip_member_grad_norms_,
+                                             member_checkpoint, member_grad_norms, with_module_target, with_seed)
+from eirnn.training.ensemble.members import per_member as _per_member
 from eirnn.training.lr_warmup import scaled_lr, warmup_factor
-from eirnn.training.module import MONITOR, FitModule, _cfg_get
+from eirnn.training.module import MONITOR, FitModule
 
 __all__ = ["EnsembleFitModule", "EnsembleArtifacts", "ensemble_backward", "member_grad_norms",
-           "clip_member_grad_norms_", "MemberPlateau"]
+           "clip_member_grad_norms_", "MemberPlateau", "build_datamodule", "build_ensemble", "ensemble_callbacks",
+           "ensemble_report_lines"]
 
 
 # ----------------------------------------------------------------------------- gradients
-
-
-def member_grad_norms(grads: Sequence[torch.Tensor | None], size: int) -> torch.Tensor:
-    """``[K]`` Euclidean norm of each member's slice of the stacked gradients ``[K, ...]``."""
-    sq = None
-    for g in grads:
-        if g is None:
-            continue
-        s = g.reshape(size, -1).pow(2).sum(1)
-        sq = s if sq is None else sq + s
-    return sq.sqrt() if sq is not None else torch.zeros(size)
-
-
-def _per_member(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return w.view(-1, *([1] * (like.dim() - 1)))
 
 
 def ensemble_backward(
@@ -77,109 +67,10 @@ def ensemble_backward(
     extra: torch.Tensor | None = None,
     outputs: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """:meth:`GradientBalancer.backward` applied to each member separately.
-
-    ``main``, ``aux``, ``extra``: ``[K]`` per-member losses; ``outputs``: ``[K, ...]`` or a
-    list of ``K`` member tensors (the rates the losses were computed from, for ``output``
-    mode); every parameter is stacked
-    ``[K, ...]``. Member ``k``'s combined gradient (in slice ``k``) is exactly what the
-    single-model balancer gives for member ``k``'s losses: the norms, and hence the weight
-    ``w_k = scale |g_neuron,k| / |g_trial,k|``, are per member. Sets ``p.grad``; returns
-    detached ``[K]`` statistics (``weight``, and ``grad_norm_main`` / ``grad_norm_aux`` in
-    balanced modes).
-    """
-    params = [p for p in params if p.requires_grad]
-    K = int(main.shape[0])
-    mode = "off" if aux is None else balancer.mode
-    stats: dict[str, torch.Tensor] = {}
-    zero = main.detach() * 0.0
-    if mode in ("off", "fixed"):
-        w = zero if mode == "off" else zero + balancer.lambda_fixed
-        total = main.sum() if mode == "off" else main.sum() + balancer.lambda_fixed * aux.sum()
-        if extra is not None:
-            total = total + extra.sum()
-        grads = torch.autograd.grad(total, params, allow_unused=True)
-        stats["weight"] = w
-    elif mode == "param":
-        g_main = torch.autograd.grad(main.sum(), params, retain_graph=True, allow_unused=True)
-        g_aux = torch.autograd.grad(aux.sum(), params, retain_graph=extra is not None, allow_unused=True)
-        n_main, n_aux = member_grad_norms(g_main, K), member_grad_norms(g_aux, K)
-        w = balancer.weight(n_main, n_aux)  # [K]
-        g_extra = (torch.autograd.grad(extra.sum(), params, allow_unused=True) if extra is not None
-                   else [None] * len(params))
-        grads = []
-        for gm, ga, ge in zip(g_main, g_aux, g_extra):
-            parts = [g for g in (gm, None if ga is None else _per_member(w, ga) * ga, ge) if g is not None]
-            grads.append(sum(parts) if parts else None)
-        stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
-    else:  # output
-        if outputs is None:
-            raise ValueError("output-space balancing needs the `outputs` tensor the losses were computed from")
-        if isinstance(outputs, (list, tuple)):  # one tensor per member
-            outs = list(outputs)
-            go_main = torch.autograd.grad(main.sum(), outs, retain_graph=True, allow_unused=True)
-            go_aux = torch.autograd.grad(aux.sum(), outs, retain_graph=True, allow_unused=True)
-            go_main = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, go_main)]
-            go_aux = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, go_aux)]
-            n_main = torch.stack([g.norm() for g in go_main])
-            n_aux = torch.stack([g.norm() for g in go_aux])
-            w = balancer.weight(n_main, n_aux)
-            surrogate = sum((o * (gm + w[k] * ga).detach()).sum()
-                            for k, (o, gm, ga) in enumerate(zip(outs, go_main, go_aux)))
-        else:  # stacked [K, ...]
-            go_main = torch.autograd.grad(main.sum(), outputs, retain_graph=True)[0]
-            go_aux = torch.autograd.grad(aux.sum(), outputs, retain_graph=True)[0]
-            n_main, n_aux = go_main.reshape(K, -1).norm(dim=1), go_aux.reshape(K, -1).norm(dim=1)
-            w = balancer.weight(n_main, n_aux)
-            surrogate = (outputs * (go_main + _per_member(w, go_aux) * go_aux).detach()).sum()
-        if extra is not None:
-            surrogate = surrogate + extra.sum()
-        grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-        stats.update(weight=w, grad_norm_main=n_main, grad_norm_aux=n_aux)
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.detach()
-    return {k: v.detach() for k, v in stats.items()}
-
-
-@torch.no_grad()
-def clip_member_grad_norms_(params: Sequence[torch.nn.Parameter], max_norm: float, size: int) -> torch.Tensor:
-    """Per-member ``clip_grad_norm_``: member ``k``'s gradient (its slice of every ``[K, ...]``
-    gradient) is scaled by ``min(1, max_norm / (|g_k| + 1e-6))``, as
-    ``torch.nn.utils.clip_grad_norm_`` does for one model. Returns the ``[K]`` norms before clipping."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norms = member_grad_norms(grads, size)
-    coef = (float(max_norm) / (norms + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(_per_member(coef.to(g.dtype), g))
-    return norms
-
-
-class MemberPlateau:
-    """``torch.optim.lr_scheduler.ReduceLROnPlateau`` (mode ``max``, relative threshold) for one member's lr."""
-
-    def __init__(self, lr: float, factor: float = 0.5, patience: int = 50, min_lr: float = 1e-5,
-                 threshold: float = 1e-4, eps: float = 1e-8):
-        self.lr, self.factor, self.patience, self.min_lr = float(lr), float(factor), int(patience), float(min_lr)
-        self.threshold, self.eps = float(threshold), float(eps)
-        self.best, self.num_bad = -math.inf, 0
-
-    def step(self, metric: float) -> None:
-        current = float(metric)
-        if current > self.best * (1.0 + self.threshold):  # False for NaN
-            self.best, self.num_bad = current, 0
-        else:
-            self.num_bad += 1
-        if self.num_bad > self.patience:
-            new_lr = max(self.lr * self.factor, self.min_lr)
-            if self.lr - new_lr > self.eps:
-                self.lr = new_lr
-            self.num_bad = 0
-
-    def state_dict(self) -> dict:
-        return dict(lr=self.lr, best=self.best, num_bad=self.num_bad)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.lr, self.best, self.num_bad = float(state["lr"]), float(state["best"]), int(state["num_bad"])
+    """:meth:`GradientBalancer.backward` with the member axis (``members=K``): ``main``, ``aux``,
+    ``extra`` are ``[K]`` per-member losses, every parameter is stacked ``[K, ...]``; member ``k``'s
+    combined gradient (slice ``k``) is what the single-model balancer gives member ``k``'s losses."""
+    return balancer.backward(params, main, aux, extra, outputs, members=int(main.shape[0]))
 
 
 class _MemberWeights:
@@ -274,6 +165,14 @@ class EnsembleFitModule(FitModule):
             self._train_gen_states = None
             self._train_gens = gens
         return self._train_gens
+
+    def member_checkpoint(self, k: int, which: str = "best") -> dict | None:
+        """Member ``k``'s best weights in the member checkpoint format (only ``best`` is kept)."""
+        state = self.member_best_state[k] if which == "best" else None
+        if state is None:
+            return None
+        return member_checkpoint(state, k, self.model.seeds[k], self.member_best_record[k],
+                                 int(self.current_epoch), int(self.global_step))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["eirnn"] = {"best_val": dict(self.best_val), "history": list(self.history)}
@@ -621,7 +520,7 @@ class EnsembleFitModule(FitModule):
                 "best_epoch": self.member_best_epoch[k],
                 "stopped_epoch": self.member_stopped_epoch[k],
                 "best": {key: v for key, v in rec.items() if key != "epoch"},
-                "checkpoint": f"members/m{k}/best.pt",
+                "checkpoint": f"members/m{k}/checkpoints/best.ckpt",
             })
         finite = best[np.isfinite(best)]
         out = {
@@ -644,64 +543,28 @@ class EnsembleFitModule(FitModule):
 # ----------------------------------------------------------------------------- files
 
 
-class EnsembleArtifacts(L.Callback):
+class EnsembleArtifacts(MemberArtifacts):
     """Writes each member's best weights when it improves, and ``ensemble_metrics.json`` at the end.
 
-    ``<output_dir>/members/m{k}/best.pt``: a single-model ``EIRNN`` state dict
-    (``EIRNN(...).load_state_dict(torch.load(path))``); ``best.json`` beside it: member,
-    seed, epoch and validation metrics of that state.
+    ``<output_dir>/members/m{k}/checkpoints/best.ckpt``: the member checkpoint
+    (:func:`~eirnn.training.ensemble.members.load_member_checkpoint` gives a single-model ``EIRNN``
+    state dict); ``members/m{k}/best.json`` beside it: member, seed, epoch and validation metrics.
     """
 
-    def __init__(self, output_dir: str, filename: str = "ensemble_metrics.json"):
-        super().__init__()
-        self.output_dir = Path(output_dir)
-        self.path = self.output_dir / filename
+    def member_improved(self, pl_module: EnsembleFitModule, k: int) -> None:
+        from eirnn.utils import write_json_atomic
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: EnsembleFitModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        for k in getattr(pl_module, "improved_members", []):
-            self.write_member(pl_module, k)
-
-    def write_member(self, pl_module: EnsembleFitModule, k: int) -> None:
-        from eirnn.training.callbacks import write_json_atomic
-
-        state = pl_module.member_best_state[k]
-        if state is None:
-            return
-        folder = self.output_dir / "members" / f"m{k}"
-        folder.mkdir(parents=True, exist_ok=True)
-        from eirnn.utils import torch_save_atomic
-
-        torch_save_atomic(state, folder / "best.pt")
         rec = pl_module.member_best_record[k]
-        write_json_atomic(folder / "best.json", {"member": k, "seed": pl_module.model.seeds[k],
-                                                 "epoch": rec.get("epoch"), "metrics": rec})
-
-    def write_summary(self, pl_module: EnsembleFitModule) -> dict:
-        from eirnn.training.callbacks import write_json_atomic
-
-        summary = pl_module.ensemble_summary()
-        write_json_atomic(self.path, summary)
-        return summary
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: EnsembleFitModule) -> None:
-        if trainer.is_global_zero:
-            self.write_summary(pl_module)
+        write_json_atomic(self.member_dir(k) / "best.json", {"member": k, "seed": pl_module.model.seeds[k],
+                                                             "epoch": rec.get("epoch"), "metrics": rec})
 
 
 # ----------------------------------------------------------------------------- wiring (eirnn.train)
 
 
-def ensemble_size(cfg) -> int:
-    """``cfg.ensemble.size`` (1 when the node is absent)."""
-    from omegaconf import OmegaConf
-
-    size = OmegaConf.select(cfg, "ensemble.size", default=1)
-    size = 1 if size is None else int(size)
-    if size < 1:
-        raise ValueError(f"ensemble.size must be a positive integer, got {size}")
-    return size
+def build_datamodule(cfg, dm, size: int):
+    """Every member fits the same data split and batches: the data module of ``cfg``."""
+    return dm
 
 
 def build_ensemble(cfg, dm, size: int):
@@ -712,29 +575,19 @@ def build_ensemble(cfg, dm, size: int):
     by :func:`eirnn.train.build_module` with ``module._target_`` switched to
     :class:`EnsembleFitModule` (same loss / optim / scheduler settings).
     """
-    import copy
-
-    from omegaconf import open_dict
-
     from eirnn.models import EIRNN
     from eirnn.errors import UserError
     from eirnn.runs.build import build_model, build_module
 
-    target = str(cfg.module.get("_target_", ""))
-    if target != "eirnn.training.module.FitModule":
-        raise UserError(f"ensemble.size > 1 trains fits to recorded data (module=fit), not {target}")
     if str(cfg.get("optimized_metric") or MONITOR) != MONITOR or str(cfg.get("optimized_mode") or "max") != "max":
         raise UserError(f"ensemble.size > 1 monitors {MONITOR} (max); optimized_metric={cfg.get('optimized_metric')}")
     if cfg.get("export"):
         raise UserError("export=true is not supported with ensemble.size > 1 (each member's best weights are "
-                        "written to members/m{k}/best.pt)")
+                        "written to members/m{k}/checkpoints/best.ckpt)")
     seeds = [int(cfg.seed) + k for k in range(size)]
     members = []
     for s in seeds:
-        c = copy.deepcopy(cfg)
-        with open_dict(c):
-            c.seed = s
-        m = build_model(c, dm)
+        m = build_model(with_seed(cfg, s), dm)
         if not isinstance(m, EIRNN):
             raise UserError(f"ensemble.size > 1 needs an EIRNN model (model=eirnn, lowrank, unconstrained), "
                             f"got {type(m).__name__}")
@@ -743,10 +596,7 @@ def build_ensemble(cfg, dm, size: int):
         model = EnsembleEIRNN(members, seeds)
     except ValueError as err:
         raise UserError(f"ensemble: {err}") from err
-    c = copy.deepcopy(cfg)
-    with open_dict(c):
-        c.module._target_ = f"{EnsembleFitModule.__module__}.{EnsembleFitModule.__name__}"
-    module = build_module(c, model, dm)
+    module = build_module(with_module_target(cfg, EnsembleFitModule), model, dm)
     return model, module
 
 
@@ -780,5 +630,6 @@ def ensemble_report_lines(summary: Mapping[str, Any], output_dir: str | Path) ->
         f"  best {MONITOR} per member: mean {f(summary['best_val/psth_corr_mean'])} +- "
         f"{f(summary['best_val/psth_corr_std'])} (min {f(summary['best_val/psth_corr_min'])}, "
         f"max {f(summary['best_val/psth_corr_max'])})",
-        f"  {Path(output_dir) / 'ensemble_metrics.json'}, members/m{{k}}/best.pt (single-model EIRNN state dicts)",
+        f"  {Path(output_dir) / 'ensemble_metrics.json'}, members/m{{k}}/checkpoints/best.ckpt (member checkpoints: "
+        f"single-model EIRNN weights)",
     ]
