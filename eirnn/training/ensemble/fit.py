@@ -45,8 +45,9 @@ import torch
 from eirnn.models.ensemble import EnsembleEIRNN
 from eirnn.training.balancer import GradientBalancer
 from eirnn.training.base import cfg_get as _cfg_get
-from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, clip_member_grad_norms_,
-                                             member_checkpoint, member_grad_norms, with_module_target, with_seed)
+from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, clip_member_grad_norms_,  # noqa: F401
+                                             finite_stats, member_checkpoint, member_grad_norms,
+                                             with_module_target, with_seed)
 from eirnn.training.ensemble.members import per_member as _per_member
 from eirnn.training.lr_warmup import scaled_lr, warmup_factor
 from eirnn.training.module import MONITOR, FitModule
@@ -510,7 +511,6 @@ class EnsembleFitModule(FitModule):
     # ------------------------------------------------------------ summary
     def ensemble_summary(self) -> dict[str, Any]:
         """Per-member best metric / epoch / stop epoch and their mean and std (``ensemble_metrics.json``)."""
-        best = np.array([b if math.isfinite(b) else np.nan for b in self.member_best], dtype=float)
         members = []
         for k in range(self.size):
             rec = self.member_best_record[k]
@@ -522,14 +522,9 @@ class EnsembleFitModule(FitModule):
                 "best": {key: v for key, v in rec.items() if key != "epoch"},
                 "checkpoint": f"members/m{k}/checkpoints/best.ckpt",
             })
-        finite = best[np.isfinite(best)]
         out = {
             "size": self.size, "seeds": list(self.model.seeds), "monitor": MONITOR, "patience": self.patience,
-            "members": members,
-            "best_val/psth_corr_mean": float(finite.mean()) if finite.size else None,
-            "best_val/psth_corr_std": float(finite.std()) if finite.size else None,
-            "best_val/psth_corr_min": float(finite.min()) if finite.size else None,
-            "best_val/psth_corr_max": float(finite.max()) if finite.size else None,
+            "members": members, **finite_stats(self.member_best, "best_val/psth_corr"),
             "all_stopped": all(self.stopped),
         }
         for key in ("val/true_psth_corr", "val/bits_per_spike"):

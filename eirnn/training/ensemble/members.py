@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 
 from eirnn.errors import UserError
 from eirnn.training.balancer import member_grad_norms, per_member
 
 __all__ = ["member_grad_norms", "per_member", "clip_member_grad_norms_", "MemberPlateau", "member_checkpoint",
-           "load_member_checkpoint", "MemberArtifacts", "ensemble_size", "with_seed"]
+           "load_member_checkpoint", "MemberArtifacts", "finite_stats", "ensemble_size", "with_seed"]
 
 MEMBER_KEY = "eirnn_member"
 
@@ -89,7 +90,8 @@ def load_member_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], d
     except FileNotFoundError:
         raise UserError(f"{path}: member checkpoint not found") from None
     except Exception as err:  # not a torch file, truncated, ...
-        raise UserError(f"{path}: not a member checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        first = (str(err).splitlines() or [""])[0][:120]
+        raise UserError(f"{path}: not a member checkpoint ({type(err).__name__}: {first})") from None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         info = dict(ckpt.get(MEMBER_KEY) or {})
@@ -154,6 +156,14 @@ class MemberArtifacts(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
             self.write_summary(pl_module)
+
+
+def finite_stats(values: Sequence[float | None], prefix: str) -> dict[str, float | None]:
+    """``{prefix}_mean/_std/_min/_max`` over the finite values (``None`` each when there is none)."""
+    col = np.array([np.nan if v is None else v for v in values], dtype=float)
+    fin = col[np.isfinite(col)]
+    return {f"{prefix}_{stat}": float(fn(fin)) if fin.size else None
+            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
 
 
 # ----------------------------------------------------------------------------- config

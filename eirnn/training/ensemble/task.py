@@ -43,8 +43,8 @@ import torch
 
 from eirnn.models.system_a import STRATEGIES, SystemAEnsembleRNN, SystemARNN  # noqa: F401 (re-exported)
 from eirnn.training.base import cfg_get as _get
-from eirnn.training.ensemble.members import (MemberArtifacts, clip_member_grad_norms_, member_checkpoint,
-                                             with_module_target, with_seed)
+from eirnn.training.ensemble.members import (MemberArtifacts, clip_member_grad_norms_, finite_stats,
+                                             member_checkpoint, with_module_target, with_seed)
 from eirnn.training.task_module import SystemAModule
 
 __all__ = ["SystemAEnsembleRNN", "EnsembleTaskDataModule", "SystemAEnsembleModule", "EnsembleArtifacts",
@@ -281,10 +281,7 @@ class SystemAEnsembleModule(SystemAModule):
         out: dict[str, Any] = {"size": self.size, "seeds": list(self.model.seeds), "monitor": mon, "mode": self.mode,
                                "members": members, "all_stopped": False}
         for which in ("best", "final"):
-            col = np.array([np.nan if m[f"{which}_{mon}"] is None else m[f"{which}_{mon}"] for m in members], float)
-            fin = col[np.isfinite(col)]
-            for stat, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max)):
-                out[f"{which}_{mon}_{stat}"] = float(fn(fin)) if fin.size else None
+            out.update(finite_stats([m[f"{which}_{mon}"] for m in members], f"{which}_{mon}"))
         return out
 
 
