@@ -296,13 +296,13 @@ def lightning_epochs(overrides: list[str], epochs: int, seed: int = 42,
     """Per-epoch wall times (training + validation) of ``trainer.fit``; and val/psth_corr.
 
     ``ensemble_size > 1``: ``ensemble.size=K``, the ensemble built as ``eirnn.train`` builds it
-    (:func:`eirnn.training.ensemble.build_ensemble`); ``val/psth_corr`` is then the members' mean.
+    (:func:`eirnn.runs.ensemble.build_ensemble`); ``val/psth_corr`` is then the members' mean.
     """
     import lightning as L
     from hydra.utils import instantiate
 
     from eirnn.train import build_datamodule, build_model, build_module
-    from eirnn.training.ensemble import build_ensemble
+    from eirnn.runs.ensemble import build_ensemble
 
     class EpochTimer(L.Callback):
         def __init__(self):

@@ -90,20 +90,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as err:
         raise UserError(str(err)) from err
 
-    from eirnn.training.ensemble import ensemble_size, machinery
+    from eirnn.runs import ensemble as ens_build
 
     try:
-        n_members = ensemble_size(cfg)
+        n_members = ens_build.ensemble_size(cfg)
     except ValueError as err:
         raise UserError(str(err)) from err
     # K seeds as one batched model: the machinery (fit or task network) named by the module class
-    ens = machinery(cfg) if n_members > 1 else None
+    ens = ens_build.machinery(cfg) if n_members > 1 else None
     dm = build_datamodule(cfg)
-    if ens is not None:  # task networks: member k gets seed + k's own data
-        dm = ens.build_datamodule(cfg, dm, n_members)
+    if ens is not None:  # task networks: member k also gets seed + k's own data
+        dm = ens_build.build_datamodule(cfg, dm, n_members)
     log.info("data: %s", dm.describe() if hasattr(dm, "describe") else dm.summary())
     if n_members > 1:  # K seeds as one batched model (eirnn/training/ensemble/)
-        model, module = ens.build_ensemble(cfg, dm, n_members)
+        model, module = ens_build.build_ensemble(cfg, dm, n_members)
     else:
         model = build_model(cfg, dm)
     log.info("model: %s", model.describe() if hasattr(model, "describe") else type(model).__name__)

@@ -212,7 +212,8 @@ def test_members_are_initialised_as_single_models_of_seed_plus_k(compose, tmp_pa
     from omegaconf import open_dict
 
     from eirnn.train import build_datamodule, build_model
-    from eirnn.training.ensemble import EnsembleFitModule, build_ensemble
+    from eirnn.runs.ensemble import build_ensemble
+    from eirnn.training.ensemble import EnsembleFitModule
 
     cfg = _cfg(compose, ["ensemble.size=3", "seed=7", "model.input_embedding=attention", "model.embed_dim=8",
                          "model.n_heads=2"], tmp_path)
@@ -292,7 +293,7 @@ def test_a_stopped_member_does_not_move(compose, tmp_path):
     import lightning as L
 
     from eirnn.train import build_datamodule
-    from eirnn.training.ensemble import build_ensemble
+    from eirnn.runs.ensemble import build_ensemble
 
     cfg = _cfg(compose, ["ensemble.size=2"], tmp_path)
     dm = build_datamodule(cfg)
@@ -340,7 +341,7 @@ def test_a_diverging_member_does_not_affect_the_others(compose, tmp_path):
     import lightning as L
 
     from eirnn.train import build_datamodule
-    from eirnn.training.ensemble import build_ensemble
+    from eirnn.runs.ensemble import build_ensemble
 
     histories = []
     for poison in (False, True):

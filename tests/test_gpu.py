@@ -192,7 +192,7 @@ def test_training_and_validation_steps_do_not_synchronise_on_cuda(compose, tmp_p
 @pytest.mark.parametrize("graphs", ["true", "false"])
 def test_ensemble_steps_do_not_synchronise_on_cuda(compose, tmp_path, graphs):
     from eirnn.train import build_datamodule
-    from eirnn.training.ensemble import build_ensemble
+    from eirnn.runs.ensemble import build_ensemble
 
     cfg = compose(SMALL + ["data.batch_size=16", "trainer.max_epochs=4", "ensemble.size=3",
                            f"module.cuda_graphs={graphs}"], tmp_path)
@@ -228,7 +228,8 @@ def test_graphed_ensemble_step_function_matches_the_eager_step_on_cpu(compose, t
     """The same for an ensemble (K members as one batched model): the graphed step function run
     eagerly gives the eager ensemble step's run exactly."""
     from eirnn.train import build_datamodule
-    from eirnn.training.ensemble import EnsembleFitModule, build_ensemble
+    from eirnn.runs.ensemble import build_ensemble
+    from eirnn.training.ensemble import EnsembleFitModule
 
     runs = {}
     for name in ("eager", "graphed"):

@@ -11,36 +11,18 @@ One machinery for recorded-data fits and task networks:
 - :mod:`.task`: task networks (System A; member ``k`` also gets the trials of seed ``k``).
 
 Which one trains a config is the ``ensemble_machinery`` of the module class that the config's
-``module._target_`` names (:func:`machinery`); the single-model module and its ensemble share
-:class:`~eirnn.training.base.LifecycleModule`. Each machinery module provides
-``build_datamodule(cfg, dm, K)``, ``build_ensemble(cfg, dm, K) -> (model, module)``,
-``ensemble_callbacks(callbacks, module, out_dir)``, ``ensemble_report_lines(summary, out_dir)``
-and an ``EnsembleArtifacts`` callback (a :class:`~.members.MemberArtifacts`).
+``module._target_`` names; :mod:`eirnn.runs.ensemble` builds the members from the config. The
+single-model module and its ensemble share :class:`~eirnn.training.base.LifecycleModule`. Each
+machinery module provides ``ENSEMBLE_MODULE``, ``OWN_DATA``, ``check_config(cfg)``,
+``member_datamodules(dm, K)``, ``stack_models(members, seeds, cfg)`` (+ ``stack_data`` with
+``OWN_DATA``), ``ensemble_callbacks(callbacks, module, out_dir)``,
+``ensemble_report_lines(summary, out_dir)`` and an ``EnsembleArtifacts`` callback (a
+:class:`~.members.MemberArtifacts`).
 """
 from __future__ import annotations
 
-import importlib
-
-from eirnn.training.ensemble.fit import (EnsembleArtifacts, EnsembleFitModule, build_ensemble,  # noqa: F401
-                                         ensemble_backward, ensemble_callbacks, ensemble_report_lines)
+from eirnn.training.ensemble.fit import (EnsembleArtifacts, EnsembleFitModule, ensemble_backward,  # noqa: F401
+                                         ensemble_callbacks, ensemble_report_lines)
 from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, clip_member_grad_norms_,  # noqa: F401
                                              ensemble_size, load_member_checkpoint, member_checkpoint,
                                              member_grad_norms)
-
-
-def machinery(cfg):
-    """The ensemble machinery module (:mod:`.fit` or :mod:`.task`) of the config's module class
-    (its ``ensemble_machinery``); :class:`~eirnn.errors.UserError` when it has none."""
-    from hydra.utils import get_class
-
-    from eirnn.errors import UserError
-
-    target = str(cfg.module.get("_target_", ""))
-    try:
-        name = getattr(get_class(target), "ensemble_machinery", None)
-    except Exception as err:
-        raise UserError(f"module._target_={target}: {err}") from err
-    if not name:
-        raise UserError(f"ensemble.size > 1 is not supported for module {target}: it trains fits to recorded "
-                        "data (module=fit) and System A task networks (module=task_system_a)")
-    return importlib.import_module(name)

@@ -46,15 +46,14 @@ from eirnn.models.ensemble import EnsembleEIRNN
 from eirnn.training.balancer import GradientBalancer
 from eirnn.training.base import cfg_get as _cfg_get
 from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, clip_member_grad_norms_,  # noqa: F401
-                                             finite_stats, member_checkpoint, member_grad_norms,
-                                             with_module_target, with_seed)
+                                             finite_stats, member_checkpoint, member_grad_norms)
 from eirnn.training.ensemble.members import per_member as _per_member
 from eirnn.training.lr_warmup import scaled_lr, warmup_factor
 from eirnn.training.module import MONITOR, FitModule
 
 __all__ = ["EnsembleFitModule", "EnsembleArtifacts", "ensemble_backward", "member_grad_norms",
-           "clip_member_grad_norms_", "MemberPlateau", "build_datamodule", "build_ensemble", "ensemble_callbacks",
-           "ensemble_report_lines"]
+           "clip_member_grad_norms_", "MemberPlateau", "ENSEMBLE_MODULE", "OWN_DATA", "check_config",
+           "member_datamodules", "stack_models", "ensemble_callbacks", "ensemble_report_lines"]
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -557,42 +556,32 @@ class EnsembleArtifacts(MemberArtifacts):
 # ----------------------------------------------------------------------------- wiring (eirnn.train)
 
 
-def build_datamodule(cfg, dm, size: int):
-    """Every member fits the same data split and batches: the data module of ``cfg``."""
-    return dm
+ENSEMBLE_MODULE = EnsembleFitModule
+OWN_DATA = False  # every member fits the same data split and batches
 
 
-def build_ensemble(cfg, dm, size: int):
-    """``(EnsembleEIRNN, EnsembleFitModule)`` of ``size`` members with seeds ``cfg.seed + k``.
-
-    Each member is built by :func:`eirnn.train.build_model` from the config with ``seed``
-    set to ``seed + k`` (so it is initialised exactly as that single run), and the module
-    by :func:`eirnn.train.build_module` with ``module._target_`` switched to
-    :class:`EnsembleFitModule` (same loss / optim / scheduler settings).
-    """
-    from eirnn.models import EIRNN
+def check_config(cfg) -> None:
+    """The fit ensemble monitors ``val/psth_corr`` (maximised)."""
     from eirnn.errors import UserError
-    from eirnn.runs.build import build_model, build_module
 
     if str(cfg.get("optimized_metric") or MONITOR) != MONITOR or str(cfg.get("optimized_mode") or "max") != "max":
         raise UserError(f"ensemble.size > 1 monitors {MONITOR} (max); optimized_metric={cfg.get('optimized_metric')}")
-    if cfg.get("export"):
-        raise UserError("export=true is not supported with ensemble.size > 1 (each member's best weights are "
-                        "written to members/m{k}/checkpoints/best.ckpt)")
-    seeds = [int(cfg.seed) + k for k in range(size)]
-    members = []
-    for s in seeds:
-        m = build_model(with_seed(cfg, s), dm)
+
+
+def member_datamodules(dm, size: int) -> list:
+    return [dm] * size
+
+
+def stack_models(members: list, seeds: list[int], cfg=None) -> EnsembleEIRNN:
+    """The single-run ``EIRNN`` of every seed, stacked (:class:`~eirnn.models.ensemble.EnsembleEIRNN`)."""
+    from eirnn.errors import UserError
+    from eirnn.models import EIRNN
+
+    for m in members:
         if not isinstance(m, EIRNN):
             raise UserError(f"ensemble.size > 1 needs an EIRNN model (model=eirnn, lowrank, unconstrained), "
                             f"got {type(m).__name__}")
-        members.append(m)
-    try:
-        model = EnsembleEIRNN(members, seeds)
-    except ValueError as err:
-        raise UserError(f"ensemble: {err}") from err
-    module = build_module(with_module_target(cfg, EnsembleFitModule), model, dm)
-    return model, module
+    return EnsembleEIRNN(members, seeds)
 
 
 def ensemble_callbacks(callbacks: list, module: EnsembleFitModule, output_dir: str) -> list:

@@ -43,12 +43,12 @@ import torch
 
 from eirnn.models.system_a import STRATEGIES, SystemAEnsembleRNN, SystemARNN  # noqa: F401 (re-exported)
 from eirnn.training.base import cfg_get as _get
-from eirnn.training.ensemble.members import (MemberArtifacts, clip_member_grad_norms_, finite_stats,
-                                             member_checkpoint, with_module_target, with_seed)
+from eirnn.training.ensemble.members import MemberArtifacts, clip_member_grad_norms_, finite_stats, member_checkpoint
 from eirnn.training.task_module import SystemAModule
 
 __all__ = ["SystemAEnsembleRNN", "EnsembleTaskDataModule", "SystemAEnsembleModule", "EnsembleArtifacts",
-           "member_masked_mse", "build_datamodule", "build_ensemble", "ensemble_callbacks", "ensemble_report_lines"]
+           "member_masked_mse", "ENSEMBLE_MODULE", "OWN_DATA", "check_config", "stack_data", "member_datamodules",
+           "stack_models", "ensemble_callbacks", "ensemble_report_lines"]
 
 # ----------------------------------------------------------------------------- data
 class _StackedLoader:
@@ -318,44 +318,30 @@ class EnsembleArtifacts(MemberArtifacts):
 
 
 # ----------------------------------------------------------------------------- wiring (eirnn.train)
-def build_datamodule(cfg, dm0, size: int) -> EnsembleTaskDataModule:
-    """The ensemble's data: ``dm0`` (built from ``cfg``, seed ``cfg.seed``) and the data modules of
-    the configs with ``seed + k``, k = 1 .. size-1 (:func:`eirnn.train.build_datamodule`)."""
-    from eirnn.errors import UserError
-    from eirnn.runs.build import build_datamodule as build_one
-
-    members = [dm0] + [build_one(with_seed(cfg, int(cfg.seed) + k)) for k in range(1, size)]
-    try:
-        return EnsembleTaskDataModule(members)
-    except ValueError as err:
-        raise UserError(f"ensemble: {err}") from err
+ENSEMBLE_MODULE = SystemAEnsembleModule
+OWN_DATA = True  # member k gets the trials and batch order of seed + k
 
 
-def build_ensemble(cfg, dm: EnsembleTaskDataModule, size: int):
-    """``(SystemAEnsembleRNN, SystemAEnsembleModule)``: member ``k`` is built as the single run with
-    ``seed + k`` (:func:`eirnn.train.build_model` on its own data module)."""
-    from eirnn.errors import UserError
-    from eirnn.runs.build import build_model, build_module
+def check_config(cfg) -> None:
+    """Nothing beyond what :class:`SystemAEnsembleModule` and :func:`ensemble_callbacks` refuse."""
 
+
+def stack_data(members: list) -> EnsembleTaskDataModule:
+    return EnsembleTaskDataModule(members)
+
+
+def member_datamodules(dm: EnsembleTaskDataModule, size: int) -> list:
     if not isinstance(dm, EnsembleTaskDataModule) or len(dm.members) != size:
-        raise UserError("task ensembles need the data of eirnn.training.ensemble.task.build_datamodule")
-    if cfg.get("export"):
-        raise UserError("export=true is not supported with ensemble.size > 1")
+        raise ValueError("task ensembles need the stacked data of eirnn.runs.ensemble.build_datamodule")
+    return list(dm.members)
+
+
+def stack_models(members: list, seeds: list[int], cfg=None) -> SystemAEnsembleRNN:
+    """The single-run networks stacked, batched by ``ensemble.strategy`` (auto | bmm | loop)."""
     from omegaconf import OmegaConf
 
-    members = [build_model(with_seed(cfg, int(cfg.seed) + k), dm.members[k]) for k in range(size)]
-    try:
-        model = SystemAEnsembleRNN(members, str(OmegaConf.select(cfg, "ensemble.strategy", default="auto") or "auto"))
-    except ValueError as err:
-        raise UserError(f"ensemble: {err}") from err
-    try:
-        module = build_module(with_module_target(cfg, SystemAEnsembleModule), model, dm)
-    except Exception as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        if isinstance(cause, ValueError):
-            raise UserError(f"ensemble: {cause}") from err
-        raise
-    return model, module
+    strategy = "auto" if cfg is None else str(OmegaConf.select(cfg, "ensemble.strategy", default="auto") or "auto")
+    return SystemAEnsembleRNN(members, strategy)
 
 
 def ensemble_callbacks(callbacks: list, module: SystemAEnsembleModule, output_dir: str) -> list:
