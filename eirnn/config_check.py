@@ -1,7 +1,7 @@
 """Every configuration value checked before any work starts, in one place.
 
 :func:`check_config` runs in ``python -m eirnn.train`` / ``eirnn.cv`` before the run folder
-is touched (the Hydra callback :class:`eirnn.run_dir.RunFolderGuard`) and again at the top of
+is touched (the Hydra callback :class:`eirnn.runs.lock.RunFolderGuard`) and again at the top of
 :func:`eirnn.train.train` (API users). Each bad value is one clause ``key=value: why``;
 all of them are raised together in one line as :class:`eirnn.errors.ConfigError`
 (``eirnn.train`` prints it and exits 2). Values the data decide (e.g. ``model.rank`` at most

@@ -232,7 +232,7 @@ def test_full_disk_during_training_keeps_the_best_checkpoint(compose, tmp_path, 
 def test_run_folder_holding_another_run_is_refused_resume_allowed(tmp_path):
     from omegaconf import OmegaConf
 
-    from eirnn.run_dir import LOCK_NAME, claim, release
+    from eirnn.runs.lock import LOCK_NAME, claim, release
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -248,7 +248,7 @@ def test_run_folder_holding_another_run_is_refused_resume_allowed(tmp_path):
 
 
 def test_live_lock_refuses_stale_lock_does_not(tmp_path):
-    from eirnn.run_dir import LOCK_NAME, claim, lock_holder, refuse_if_running, release
+    from eirnn.runs.lock import LOCK_NAME, claim, lock_holder, refuse_if_running, release
 
     run = tmp_path / "run"
     run.mkdir()

@@ -1,4 +1,4 @@
-"""A run folder belongs to one run.
+"""A run folder belongs to one run (run.lock, unique names, the Hydra guard that claims the folder).
 
 * Unique default names: ``outputs/<task>/runs/<date>_<time>_<token>`` where ``<token>`` is
   6 random hex digits drawn once per process (resolver ``${eirnn_token:}``), so jobs started
@@ -32,7 +32,7 @@ from typing import Any
 from eirnn.errors import RunFolderError, UserError, exit_user_error
 
 __all__ = ["LOCK_NAME", "RUN_MARKERS", "RunFolderGuard", "claim", "release", "lock_holder", "refuse_if_running",
-           "register_resolvers", "run_relative_path"]
+           "register_resolvers"]
 
 LOCK_NAME = "run.lock"
 # what a run leaves once it has trained (a folder with only .hydra/ and a log is an attempt
@@ -132,28 +132,6 @@ def release(run_dir: Path | str | None = None) -> None:
 
 
 atexit.register(release)
-
-
-# ------------------------------------------------------------ reading a run
-def run_relative_path(run_dir: Path | str, value: Any) -> str | None:
-    """``value`` (e.g. a relative ``data.path`` of the run's config) as the run saw it: joined to
-    the directory the training was started from (``.hydra/hydra.yaml``: ``hydra.runtime.cwd``)
-    when it is relative, missing from here and present there; else ``None``."""
-    if value is None:
-        return None
-    p = Path(str(value)).expanduser()
-    if p.is_absolute() or p.exists():
-        return None
-    try:
-        import yaml
-
-        hydra_cfg = yaml.safe_load((Path(run_dir) / ".hydra" / "hydra.yaml").read_text()) or {}
-        cwd = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("cwd")
-    except (OSError, ValueError, AttributeError, ImportError):
-        return None
-    if not cwd or not (Path(cwd) / p).exists():
-        return None
-    return str(Path(cwd) / p)
 
 
 # ----------------------------------------------------------------- ownership
