@@ -54,15 +54,11 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
-    """``run_dir/checkpoints/{which}.ckpt``, falling back to ``last.ckpt``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AnalysisError(f"{run_dir}: run folder not found")
-    for name in (f"{which}.ckpt", "last.ckpt"):
-        p = run_dir / "checkpoints" / name
-        if p.is_file():
-            return p
-    raise AnalysisError(f"{run_dir}: no checkpoints/{which}.ckpt or checkpoints/last.ckpt (is this a training run folder?)")
+    """``run_dir/checkpoints/{which}.ckpt`` in the order of every command (``best`` -> ``last`` ->
+    ``interrupted``; :func:`eirnn.runs.run_dir.find_checkpoint`)."""
+    from eirnn.runs.run_dir import find_checkpoint as _find
+
+    return _find(run_dir, which, error=AnalysisError)
 
 
 def build_task(task: dict) -> Any:

@@ -16,7 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from eirnn.errors import UserError
 
-__all__ = ["build_datamodule", "build_model", "build_module", "read_checkpoint",
+__all__ = ["build_datamodule", "build_model", "build_module", "rebuild", "read_checkpoint",
            "check_resume_checkpoint", "checkpoint_mismatch"]
 
 log = logging.getLogger("eirnn.train")
@@ -63,12 +63,14 @@ def build_model(cfg: DictConfig, dm):
         if cfg.model.get(key) is None:
             kwargs[key] = value
     try:
-        return instantiate(cfg.model, **kwargs)
+        model = instantiate(cfg.model, **kwargs)
     except Exception as err:  # bad option values: one line, named by the model's own message
         cause = err.__cause__ if err.__cause__ is not None else err
         if isinstance(cause, ValueError):  # Hydra wraps it in InstantiationException
             raise UserError(f"model config: {cause}") from err
         raise
+    model._eirnn_spec = _spec(cfg.model, kwargs)  # what eirnn.training.rebuild stores in checkpoints
+    return model
 
 
 def build_module(cfg: DictConfig, model, dm):
@@ -87,7 +89,32 @@ def build_module(cfg: DictConfig, model, dm):
         kwargs["loss"] = loss
         log.info("L_neuron target smoothing: sigma %.3g bins, chosen on the training trials (inner-CV psth_corr %s)",
                  choice["sigma_bins"], {k: round(v, 4) for k, v in choice["cv_scores"].items()})
-    return instantiate(cfg.module, model=model, **kwargs, _convert_="all")
+    module = instantiate(cfg.module, model=model, **kwargs, _convert_="all")
+    model_spec, module_spec = getattr(model, "_eirnn_spec", None), _spec(cfg.module, kwargs)
+    if model_spec is not None and module_spec is not None:
+        module.rebuild_spec = {"model": model_spec, "module": module_spec}
+    return module
+
+
+def _spec(node: DictConfig, kwargs: dict) -> dict | None:
+    """``node`` resolved to plain containers with ``kwargs`` over it (a constructor call that
+    :func:`rebuild` repeats), or ``None`` when it does not resolve outside the run."""
+    from eirnn.training.rebuild import plain
+
+    try:
+        out = OmegaConf.to_container(node, resolve=True)
+    except Exception:  # an interpolation of the Hydra runtime: no spec, the run folder's config rebuilds
+        return None
+    out.update(plain(kwargs))
+    return out
+
+
+def rebuild(spec: dict):
+    """Model and LightningModule from a checkpoint's ``eirnn_spec`` (see :mod:`eirnn.training.rebuild`)."""
+    from hydra.utils import instantiate
+
+    model = instantiate(OmegaConf.create(spec["model"]))
+    return instantiate(OmegaConf.create(spec["module"]), model=model, _convert_="all")
 
 
 def read_checkpoint(path, module=None, label: str = "", hint: str = "use the overrides that trained it"):

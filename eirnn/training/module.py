@@ -35,6 +35,7 @@ from eirnn.training.balancer import GradientBalancer
 from eirnn.training.base import LifecycleModule, cfg_get, cosine_with_warmup  # noqa: F401 (re-exported)
 from eirnn.training.lr_warmup import scaled_lr, step_unless_nonfinite, warmup_factor
 from eirnn.training.objective import FitObjective
+from eirnn.training.rebuild import save_spec
 
 MONITOR = "val/psth_corr"
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class FitModule(LifecycleModule):
             "history": list(self.history),
             "skipped_steps": self.skipped_steps,
         }
+        save_spec(self, checkpoint)  # constructor spec: the checkpoint rebuilds without Hydra
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("eirnn", {})

@@ -26,6 +26,7 @@ import torch
 from eirnn.data import context_switch as cs
 from eirnn.models.ctx_lowrank import constructor_config
 from eirnn.training.base import LifecycleModule, cfg_get
+from eirnn.training.rebuild import save_spec
 
 
 def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,6 +67,7 @@ class TaskModule(LifecycleModule):
         checkpoint["eirnn_task"] = {"model": constructor_config(self.model), "task": self.task_config,
                                     "history": list(self.history), "best_val": dict(self.best_val),
                                     "step_log": list(self.step_log)}
+        save_spec(self, checkpoint)  # constructor spec: the checkpoint rebuilds without Hydra
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("eirnn_task", {})
