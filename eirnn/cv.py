@@ -10,7 +10,7 @@ Takes the same Hydra overrides as ``python -m eirnn.train`` (``conf/cv.yaml`` co
 2. trains the unconstrained RNN (same config with ``model.dale=false``) into
    ``<run>/fold_i/unconstrained/`` when ``unconstrained_rnn`` is in ``cv.baselines``;
 3. scores both, the other baselines and the noise ceiling on the fold's validation
-   trials with :func:`eirnn.evaluate.evaluate_run` (``fold_i/evaluation.json``).
+   trials with :func:`eirnn.evaluation.run.evaluate_run` (``fold_i/evaluation.json``).
 
 Then writes ``<run>/cv_metrics.json`` (for each scored set, predictor and metric:
 mean, std over folds (ddof 1) and the per-fold values; the same for the noise
@@ -83,7 +83,7 @@ def _train_fold(fcfg: DictConfig, out_dir: Path, resume: bool) -> None:
 def run_fold(cfg: DictConfig, fold: int, out: Path) -> Dict[str, Any]:
     """Train (unless already done) and evaluate fold ``fold``; returns its evaluation dict."""
     from eirnn.baselines import BASELINES
-    from eirnn.evaluate import evaluate_run
+    from eirnn.evaluation.run import evaluate_run
 
     fold_dir = out / f"fold_{fold}"
     ev_path = fold_dir / "evaluation.json"
@@ -114,7 +114,7 @@ def run_fold(cfg: DictConfig, fold: int, out: Path) -> Dict[str, Any]:
 
 
 def _noise_draws(cfg: DictConfig) -> int:
-    from eirnn.evaluate import DEFAULT_NOISE_DRAWS
+    from eirnn.evaluation.predict import DEFAULT_NOISE_DRAWS
 
     n = cfg.cv.get("noise_draws", DEFAULT_NOISE_DRAWS)
     n = DEFAULT_NOISE_DRAWS if n is None else int(n)
@@ -125,8 +125,8 @@ def _noise_draws(cfg: DictConfig) -> int:
 
 def _baselines_only(cfg: DictConfig, fold: int, fold_dir: Path, baselines: List[str]) -> Dict[str, Any]:
     """``cv.train_model=false``: baselines and the ceiling of one fold, no RNN trained."""
-    from eirnn.evaluate import (condition_config_of, data_info, evaluate_modules, trial_term_from_config,
-                                write_outputs)
+    from eirnn.evaluation.score import condition_config_of, data_info, evaluate_modules, trial_term_from_config
+    from eirnn.evaluation.tables import write_outputs
     from eirnn.runs.build import build_datamodule
 
     fcfg = fold_config(cfg, fold, fold_dir)
@@ -251,7 +251,7 @@ def format_markdown(agg: Mapping[str, Any], title: str = "") -> str:
 
 def run_cv(cfg: DictConfig) -> Dict[str, Any]:
     """Run (or resume) every fold, then aggregate into ``cv_metrics.json`` / ``.md``."""
-    from eirnn.evaluate import write_tensorboard
+    from eirnn.evaluation.tables import write_tensorboard
     from eirnn.training.callbacks import write_json_atomic
 
     out = Path(cfg.paths.output_dir)
@@ -300,7 +300,7 @@ def _overrides() -> List[str]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="cv")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the mean validation ``psth_corr`` of the model."""
-    from eirnn.evaluate import EvaluationError
+    from eirnn.evaluation.score import EvaluationError
 
     try:
         agg = run_cv(cfg)

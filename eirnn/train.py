@@ -15,7 +15,6 @@ Each run folder (``outputs/train/runs/<date_time>/``) holds the composed config
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,6 @@ import hydra
 from omegaconf import DictConfig
 
 log = logging.getLogger("eirnn.train")
-
-
-def announce(text: str) -> None:
-    """A block on the console as it is, and once into ``train.log`` (eirnn/training/console.py)."""
-    from eirnn.training.console import announce as _announce
-
-    _announce(text, log)
 
 
 class _DropLightningAds(logging.Filter):
@@ -47,16 +39,19 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).addFilter(_DropLightningAds())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # a resume into its own folder (the only non-empty checkpoints/ eirnn.run_dir lets a run write into)
+    # a resume into its own folder (the only non-empty checkpoints/ eirnn.runs.lock lets a run write into)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-from eirnn.run_dir import register_resolvers  # noqa: E402  (${eirnn_token:} in the run folder's name)
+from eirnn.runs.lock import register_resolvers  # noqa: E402  (${eirnn_token:} in the run folder's name)
 
 register_resolvers()
 
 
 from eirnn.errors import EXIT_DIVERGED, UserError  # noqa: E402  (one user-error type for every command)
+from eirnn.runs.summary import announce, lightning_ctrl_c as _lightning_ctrl_c  # noqa: E402,F401
+from eirnn.runs.summary import log_hparams as _log_hparams, print_summary as _print_summary  # noqa: E402
+from eirnn.runs.summary import record_failure as _record_failure  # noqa: E402
 from eirnn.runs.build import (_instantiate_dict, build_datamodule, build_model, build_module,  # noqa: E402,F401
                               check_resume_checkpoint, checkpoint_mismatch, read_checkpoint)
 
@@ -151,151 +146,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("outcome: %s (%s)", summary["outcome"], summary["reason"])
     if (n_members == 1 and bool(cfg.get("fit_spike_readout", True)) and hasattr(module.model, "spike_readout")
             and summary["outcome"] in ("completed", "early_stopped") and summary.get("epochs_trained")):
-        summary["spike_readout"] = _fit_readouts(cfg, dm, module, out_dir)
+        from eirnn.evaluation.readout import fit_after_training
+
+        summary["spike_readout"] = fit_after_training(cfg, dm, module, out_dir)
     write_json_atomic(writer.path, summary)
     _log_hparams(loggers, cfg, summary, module.model)
     if cfg.get("export"):  # weights/, outputs/, metrics/, population/, figures/, training_report.md
-        from eirnn.export import export_after_training
+        from eirnn.report.export import export_after_training
 
         manifest = export_after_training(cfg, trainer, module, dm, summary)
         summary["report"] = str(out_dir / manifest["report"])
     _print_summary(summary, out_dir, str(cfg.get("optimized_metric") or "val/psth_corr"))
     return summary
-
-
-def _lightning_ctrl_c(err: BaseException) -> bool:
-    """``err`` is Lightning's exit after Ctrl+C mid-epoch (``sys.exit(1)`` raised while it handled
-    the KeyboardInterrupt), not a failure."""
-    return isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt)
-
-
-def _record_failure(writer, trainer, module, out_dir: Path, err: BaseException) -> None:
-    """Best effort: ``metrics.json`` with ``outcome`` ``failed`` (or ``interrupted`` for a second
-    Ctrl+C) and the reason; a previous good file stays if even this write fails."""
-    try:
-        summary = writer.summary(trainer, module)
-    except Exception:
-        summary = {}
-    sigterm = type(err).__name__ == "SIGTERMException"  # Lightning's, raised mid-epoch
-    ctrl_c = _lightning_ctrl_c(err)  # Lightning's graceful shutdown: sys.exit(1) while handling Ctrl+C
-    interrupted = isinstance(err, KeyboardInterrupt) or sigterm or ctrl_c
-    reason = ("SIGTERM: stopped in the middle of an epoch (the last epoch's checkpoints are kept)" if sigterm
-              else "Ctrl+C: stopped in the middle of an epoch (the last epoch's checkpoints are kept)" if ctrl_c
-              else "Ctrl+C: stopped at once" if interrupted
-              else f"{type(err).__name__}: {' '.join(str(err).split())}"[:500])
-    summary.update(outcome="interrupted" if interrupted else "failed", reason=reason,
-                   run_dir=str(out_dir), early_stopped=False)
-    if sigterm or ctrl_c:
-        summary.update(interrupted="SIGTERM" if sigterm else "SIGINT", exit_code=143 if sigterm else 130)
-        last = out_dir / "checkpoints" / "last.ckpt"  # no interrupted.ckpt mid-epoch: resume from the last epoch
-        if last.exists():
-            summary["interrupted_checkpoint"] = str(last)
-    from eirnn.utils import write_json_atomic
-
-    try:
-        write_json_atomic(writer.path, summary)
-    except Exception:
-        pass
-    try:  # the epochs validated so far (on_train_end, which writes it otherwise, does not run)
-        write_json_atomic(writer.log_path, list(getattr(module, "history", None) or []))
-    except Exception:
-        pass
-
-
-def _fit_readouts(cfg: DictConfig, dm, module, out_dir: Path) -> dict:
-    """Fit the spike readout (eirnn/models/readout.py) of best.ckpt and last.ckpt on the
-    training trials, write it into them, and give the in-memory (last-epoch) model the last one."""
-    from eirnn.fit_readout import fit_checkpoint_readouts
-
-    ckpt_dir = out_dir / "checkpoints"
-    res = fit_checkpoint_readouts(cfg, dm, [ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"])
-    if "last" in res:
-        module.model.spike_readout.set_affine(res["last"]["gain"], res["last"]["offset_hz"])
-    for name, info in res.items():  # epoch 1-based here, like the summary; 0-based in metrics.json
-        ep = info["epoch"] + 1 if isinstance(info["epoch"], int) else info["epoch"]
-        log.info("spike readout of %s.ckpt (epoch %s): gain median %.3f, offset median %.2f sp/s",
-                 name, ep, info["gain_median"], info["offset_median_hz"])
-    return res
-
-
-def _log_hparams(loggers: list, cfg: DictConfig, summary: dict, model=None) -> None:
-    """Hyperparameters (:func:`eirnn.training.loggers.run_hparams`) and the best metrics
-    (``hp/best_*``) for TensorBoard's HParams view and the loggers' ``hparams.yaml``."""
-    from eirnn.training.loggers import run_hparams
-
-    params = run_hparams(cfg, model)
-    metrics = {}
-    for key in dict.fromkeys((cfg.get("optimized_metric"), "val/psth_corr", "val/bits_per_spike", "val/true_psth_corr")):
-        if not key:
-            continue
-        v = summary.get("best", {}).get(key)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            metrics[f"hp/best_{key.split('/')[1]}"] = float(v)
-    for lg in loggers:
-        try:
-            lg.log_hyperparams(params, metrics=metrics)
-            lg.finalize("success")
-        except TypeError:
-            lg.log_hyperparams(params)
-
-
-def _print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr") -> None:
-    """The completion block: the monitored metric (best, with its epoch, and final), the
-    PSTH metrics when the run has them (SC fits), time and where the files are."""
-    best, final = summary.get("best", {}), summary.get("final", {})
-
-    def f(v):
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-    def ep(rec):  # 1-based, like the progress bar, the epoch lines and training_report.md
-        return "n/a" if rec.get("epoch") is None else int(rec["epoch"]) + 1
-
-    lines = [
-        "=" * 72,
-        "TRAINING INTERRUPTED" if summary.get("interrupted") else
-        "TRAINING DIVERGED" if summary.get("diverged") else "TRAINING COMPLETE",
-        "=" * 72,
-        f"epochs trained:      {summary.get('epochs_trained')}" + ("  (early stopped)" if summary.get("early_stopped") else ""),
-    ]
-    if monitor == "val/psth_corr" or "val/psth_corr" in best:
-        lines += [
-            f"best val/psth_corr:  {f(best.get('val/psth_corr'))} at epoch {ep(best)}"
-            f"  (E {f(best.get('val/psth_corr_E'))}, I {f(best.get('val/psth_corr_I'))})",
-            f"final val/psth_corr: {f(final.get('val/psth_corr'))}",
-            f"best bits/spike:     {f(best.get('val/bits_per_spike'))}",
-        ]
-    if monitor != "val/psth_corr":
-        lines += [
-            f"best {monitor}:  {f(best.get(monitor))} at epoch {ep(best)}",
-            f"final {monitor}: {f(final.get(monitor))}",
-        ]
-    if "val/true_psth_corr" in best:
-        lines.append(f"best corr with teacher's true rates: {f(best.get('val/true_psth_corr'))}")
-    lines += [
-        f"training time:       {summary.get('train_time_s', 0):.1f} s"
-        + (f" ({summary['train_time_s'] / 60:.1f} min)" if summary.get("train_time_s", 0) >= 60 else ""),
-        f"run folder:          {out_dir}",
-    ]
-    out_path = Path(out_dir)  # what this run wrote (logger=csv / none: no tensorboard/)
-    present = [name for name in ("metrics.json", "checkpoints/", "tensorboard/", "csv/")
-               if (out_path / name.rstrip("/")).exists()]
-    if present:
-        lines.append(f"  {', '.join(present)}"
-                     + (f"  ->  tensorboard --logdir {out_dir}" if (out_path / "tensorboard").is_dir() else ""))
-    if summary.get("report"):
-        lines.append(f"  weights/, outputs/, metrics/, population/, figures/; see {summary['report']}")
-    if summary.get("skipped_steps"):
-        lines.append(f"skipped steps:       {summary['skipped_steps']} (non-finite gradient: those updates were undone)")
-    if summary.get("outcome") and not summary.get("diverged"):
-        lines.append(f"outcome:             {summary['outcome']} ({summary.get('reason', '')})")
-    if summary.get("diverged"):
-        lines.append(f"DIVERGED: {summary['diverged']}")
-        lines.append(f"  no spike readout was fitted; exit status {EXIT_DIVERGED}")
-    if summary.get("interrupted"):
-        lines.append(f"INTERRUPTED by {summary['interrupted']}: state saved to {summary.get('interrupted_checkpoint')}")
-        lines.append(f"  resume: same command + ckpt_path={summary.get('interrupted_checkpoint')} hydra.run.dir={out_dir}")
-    lines.append("=" * 72)
-    announce("\n".join(lines))
 
 
 def _is_multirun() -> bool:
