@@ -1,8 +1,13 @@
-"""Shared fixtures: Hydra config composition, the real session's path, small runs."""
+"""Shared fixtures: Hydra config composition, a tiny config, a train helper, one thread, the real session.
+
+Tests that run a training, a command line in a subprocess or a full evaluation are marked
+``slow`` (``make test-fast`` = ``pytest -m "not slow"`` leaves them out).
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 
@@ -12,9 +17,34 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "conf")
 REAL_SESSION = REPO.parent / "shared" / "data" / "rnn_export_Newton_08_14_2025_SC.mat"
 
+# The tiny config of the end-to-end tests: a 1-epoch run on a small synthetic session (seconds).
+TINY = ["debug=fast", "data.synthetic.n_trials=80", "++data.synthetic.n_time=40", "model.n_hidden=8",
+        "trainer.max_epochs=1", "logger=none", "callbacks.figures.every_n_epochs=0"]
 
-def compose_config(overrides: list[str], output_dir: Path):
-    """Compose ``conf/train.yaml`` like ``python -m eirnn.train`` would, writing into ``output_dir``."""
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def tiny_overrides(*extra: str | Iterable[str], base: Iterable[str] = TINY, drop: Iterable[str] = ()) -> list[str]:
+    """``base`` (default :data:`TINY`) with ``extra`` (overrides, or lists of them) on top, one
+    override per key: an extra replaces the base override of the same key and drops those of its
+    sub-keys (``callbacks.figures=null`` drops ``callbacks.figures.every_n_epochs=0``); ``drop``
+    removes base keys (and their sub-keys) outright."""
+    extra = [o for e in extra for o in ([e] if isinstance(e, str) else e)]
+    gone = {_key(o) for o in extra} | set(drop)
+    kept = [o for o in base if not any(_key(o) == k or _key(o).startswith(k + ".") for k in gone)]
+    return kept + extra
+
+
+# A 2-epoch run of a 160-trial, 9-neuron synthetic session with the default loggers and no
+# figures (evaluation and readout tests: enough validation trials for their scores).
+SMALL = tiny_overrides("data.synthetic.n_trials=160", "+data.synthetic.n_exc=6", "+data.synthetic.n_inh=3",
+                       "model.n_hidden=6", "trainer.max_epochs=2", "callbacks.figures=null", drop=("logger",))
+
+
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train"):
+    """Compose ``conf/<config_name>.yaml`` like ``python -m eirnn.train`` (``eirnn.cv``) would, writing into ``output_dir``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -22,11 +52,25 @@ def compose_config(overrides: list[str], output_dir: Path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def train_run(overrides: list[str], output_dir: Path, save_config: bool = False) -> dict:
+    """Compose ``overrides`` into ``output_dir`` and train in this process; returns the run's summary.
+    ``save_config``: first save the composed config as ``.hydra/config.yaml``, as a CLI run has it."""
+    from omegaconf import OmegaConf
+
+    from eirnn.train import train
+
+    cfg = compose_config(list(overrides), Path(output_dir))
+    if save_config:
+        (Path(output_dir) / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, Path(output_dir) / ".hydra" / "config.yaml")
+    return train(cfg)
 
 
 @pytest.fixture
@@ -35,7 +79,38 @@ def compose():
 
 
 @pytest.fixture
+def tiny_cfg(tmp_path):
+    """``tiny_cfg(*extra, out=tmp_path, base=TINY, drop=())``: the composed tiny config (:func:`tiny_overrides`)."""
+    def make(*extra, out: Path | None = None, **kw):
+        return compose_config(tiny_overrides(*extra, **kw), out or tmp_path)
+
+    return make
+
+
+@pytest.fixture
+def train_tiny(tmp_path):
+    """``train_tiny(*extra, out=tmp_path, base=TINY, drop=())``: train the tiny config; returns the summary."""
+    def run(*extra, out: Path | None = None, **kw) -> dict:
+        return train_run(tiny_overrides(*extra, **kw), out or tmp_path)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine run fastest single-threaded (restored afterwards).
+    Use as ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
 def real_session() -> Path:
+    """The real SC session file; the test is skipped (with the reason) when ../shared/data is absent."""
     if not REAL_SESSION.exists():
         pytest.skip(f"real SC session not found at {REAL_SESSION} (../shared/data is absent on this machine)")
     return REAL_SESSION

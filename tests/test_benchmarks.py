@@ -8,6 +8,7 @@ import pytest
 from benchmarks import run as bench
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_prints_every_row(tmp_path):
     out = tmp_path / "bench.md"
     md = bench.run(["--smoke", "--threads", "1", "--out", str(out)])

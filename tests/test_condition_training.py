@@ -44,7 +44,7 @@ def test_reward_context_channel_off_is_exact_and_on_appends_reward():
 def _batch(seed=0, b=8, t=12, n=3):
     g = torch.Generator().manual_seed(seed)
     rates = torch.rand(b, t, n, generator=g) * 20
-    target = torch.poisson(torch.rand(b, t, n, generator=g) * 2) * 40
+    target = torch.poisson(torch.rand(b, t, n, generator=g) * 2, generator=g) * 40  # not the global RNG: order-independent
     mask = torch.rand(b, t, n, generator=g) > 0.1
     return rates, target, mask
 
@@ -102,20 +102,15 @@ def test_objective_condition_weight_mixes_the_lab_and_condition_terms():
 def test_training_with_every_condition_option(tmp_path):
     """A tiny run with all options on: it trains, logs the condition monitor, and the 15-input model
     is scored by the evaluation (extra channel carried to every predictor)."""
-    from conftest import compose_config
+    from conftest import train_run
     from eirnn.evaluate import evaluate_run
-    from eirnn.train import train
-    from omegaconf import OmegaConf
 
     over = ["debug=fast", "data.synthetic.n_trials=120", "+data.synthetic.n_time=60", "+data.synthetic.n_exc=4",
             "+data.synthetic.n_inh=2", "model.n_hidden=6", "trainer.max_epochs=2", "callbacks.figures=null",
             "data.batch_size=16", "data.batch_mode=condition", "data.inputs.reward_context=true",
             "loss.neuron.condition_weight=0.5", "loss.trial.within_condition=true",
             "optimized_metric=val/psth_cond_score"]
-    cfg = compose_config(over, tmp_path)
-    (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
-    summary = train(cfg)
+    summary = train_run(over, tmp_path, save_config=True)
     assert summary is not None
     import json
 

@@ -12,13 +12,7 @@ from eirnn.data import context_switch as cs
 from eirnn.models.ctx_lowrank import LowRankRNN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread avoids OpenMP contention on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: no OpenMP contention on a shared machine
 
 
 def _model(**kw):
@@ -113,6 +107,7 @@ def test_integrators_agree_on_the_same_trajectory():
     assert e1 / e2 > 8  # fourth order (16 asymptotically)
 
 
+@pytest.mark.slow
 def test_gradients_through_the_adaptive_solve_and_the_adjoint():
     m = _model(n_units=16).double()
     u = torch.from_numpy(np.random.default_rng(1).normal(0, 0.5, (2, 6, 4)))
@@ -236,6 +231,7 @@ def test_overlap_quantities_on_a_hand_built_model():
 SANITY = ["experiment=context_switch_sanity", "data.n_train=128", "data.n_val=64", "logger=tensorboard"]
 
 
+@pytest.mark.slow
 def test_sanity_training_through_hydra_writes_the_run_folder(compose, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CONFIG_DIR
+from conftest import compose_config, train_run
 from eirnn.cv import aggregate, format_markdown, run_cv
 from eirnn.data import SessionDataModule
 from eirnn.data.datamodule import stratified_kfold
@@ -83,18 +83,7 @@ def test_aggregate_mean_std_and_beats():
 
 
 def _compose_cv(overrides, out: Path):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("cv", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
+    return compose_config(overrides, out, "cv")
 
 
 @pytest.mark.slow
@@ -134,6 +123,7 @@ def test_two_fold_cv_end_to_end(tmp_path):
     assert not math.isnan(agg["sets"]["val"]["scores"]["train_mean"]["psth_corr"]["mean"])
 
 
+@pytest.mark.slow
 def test_baselines_only_cv(tmp_path):
     cfg = _compose_cv(["data.synthetic.n_trials=96", "+data.synthetic.n_time=30", "+data.synthetic.n_exc=4",
                        "+data.synthetic.n_inh=2", "cv.folds=2", "cv.train_model=false", "cv.ceiling_splits=2",
@@ -145,6 +135,7 @@ def test_baselines_only_cv(tmp_path):
     assert (tmp_path / "fold_0" / "evaluation.json").exists()
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_last_epoch_not_the_best(tmp_path):
     """cv.checkpoint=last must score the final weights, chosen without the scored fold.
     (Lightning 2.6's save_last writes last.ckpt only when a best checkpoint is saved, which
@@ -152,14 +143,10 @@ def test_last_checkpoint_is_the_last_epoch_not_the_best(tmp_path):
     optimized_mode=min on a rising metric, the best checkpoint stays at epoch 0."""
     import torch
 
-    from conftest import compose_config
-    from eirnn.train import train
-
-    cfg = compose_config(["debug=fast", "data.synthetic.n_trials=80", "+data.synthetic.n_time=30",
-                          "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2", "model.n_hidden=4",
-                          "trainer.max_epochs=4", "callbacks.figures=null", "logger=none", "optimized_mode=min",
-                          "callbacks.early_stopping=null"], tmp_path)
-    train(cfg)
+    train_run(["debug=fast", "data.synthetic.n_trials=80", "+data.synthetic.n_time=30",
+               "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2", "model.n_hidden=4",
+               "trainer.max_epochs=4", "callbacks.figures=null", "logger=none", "optimized_mode=min",
+               "callbacks.early_stopping=null"], tmp_path)
     load = lambda n: torch.load(tmp_path / "checkpoints" / f"{n}.ckpt", map_location="cpu", weights_only=False)  # noqa: E731
     last, best = load("last"), load("best")
     assert last["epoch"] == 3 and len(last["eirnn"]["history"]) == 4

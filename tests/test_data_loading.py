@@ -73,6 +73,7 @@ def test_real_file_contents(real):
     assert "536 trials" in s.describe()
 
 
+@pytest.mark.slow
 def test_real_file_roundtrip_v5_and_v73(real, tmp_path):
     for version in ("5", "7.3"):
         p = save_mat(real, tmp_path / f"real_v{version}.mat", version=version)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_overrides
 from eirnn.models import EIRNN
 from eirnn.models.ensemble import EnsembleEIRNN, FusedEnsembleRecurrence, ensemble_recurrence_reference
 from eirnn.training.balancer import GradientBalancer
@@ -19,8 +20,7 @@ from eirnn.training.ensemble import (
     member_grad_norms,
 )
 
-FAST = ["debug=fast", "data.synthetic.n_trials=60", "model.n_hidden=6", "logger=none",
-        "+data.synthetic.n_time=40", "callbacks.figures.every_n_epochs=0"]
+FAST = tiny_overrides("data.synthetic.n_trials=60", "model.n_hidden=6", drop=("trainer.max_epochs",))  # debug=fast's 3 epochs
 EXC = np.array([1, 1, 0, 1, 1, 0, 1], bool)
 
 
@@ -204,10 +204,6 @@ def test_member_plateau_follows_reduce_lr_on_plateau():
 # ----------------------------------------------------------------------------- through Hydra
 
 
-def _cfg(compose, overrides, out):
-    return compose(FAST + overrides, out)
-
-
 def test_members_are_initialised_as_single_models_of_seed_plus_k(compose, tmp_path):
     from omegaconf import open_dict
 
@@ -215,7 +211,7 @@ def test_members_are_initialised_as_single_models_of_seed_plus_k(compose, tmp_pa
     from eirnn.runs.ensemble import build_ensemble
     from eirnn.training.ensemble import EnsembleFitModule
 
-    cfg = _cfg(compose, ["ensemble.size=3", "seed=7", "model.input_embedding=attention", "model.embed_dim=8",
+    cfg = compose(FAST + ["ensemble.size=3", "seed=7", "model.input_embedding=attention", "model.embed_dim=8",
                          "model.n_heads=2"], tmp_path)
     dm = build_datamodule(cfg)
     model, module = build_ensemble(cfg, dm, 3)
@@ -230,10 +226,11 @@ def test_members_are_initialised_as_single_models_of_seed_plus_k(compose, tmp_pa
             assert torch.equal(member[name], single[name]), (k, name)
 
 
+@pytest.mark.slow
 def test_two_epoch_ensemble_run_writes_per_member_outputs(compose, tmp_path):
     from eirnn.train import train
 
-    summary = train(_cfg(compose, ["ensemble.size=3", "trainer.max_epochs=2", "logger=tensorboard"], tmp_path))
+    summary = train(compose(FAST + ["ensemble.size=3", "trainer.max_epochs=2", "logger=tensorboard"], tmp_path))
     ens = json.loads((tmp_path / "ensemble_metrics.json").read_text())
     assert ens["size"] == 3 and ens["seeds"] == [42, 43, 44] and len(ens["members"]) == 3
     best = [m["best_val/psth_corr"] for m in ens["members"]]
@@ -264,30 +261,33 @@ def test_two_epoch_ensemble_run_writes_per_member_outputs(compose, tmp_path):
     assert {"val/psth_corr", "val/psth_corr/m0", "val/psth_corr/m2"} <= set(acc.Tags()["scalars"])
 
 
+@pytest.mark.slow
 def test_member_follows_the_single_run_of_its_seed(compose, tmp_path):
     """Same split (data.split_seed), same noise stream: member 1 of seed 42 == the run with seed 43."""
     from eirnn.train import train
 
     common = ["trainer.max_epochs=3", "callbacks.early_stopping.patience=100", "data.split_seed=42"]
-    train(_cfg(compose, common + ["ensemble.size=2"], tmp_path / "ens"))
-    train(_cfg(compose, common + ["seed=43"], tmp_path / "single"))
+    train(compose(FAST + common + ["ensemble.size=2"], tmp_path / "ens"))
+    train(compose(FAST + common + ["seed=43"], tmp_path / "single"))
     ens = json.loads((tmp_path / "ens" / "training_log.json").read_text())
     one = json.loads((tmp_path / "single" / "training_log.json").read_text())
     for a, b in zip(ens, one):
         assert a["val/psth_corr/m1"] == pytest.approx(b["val/psth_corr"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_stopped_members_are_frozen_and_training_ends_when_all_stop(compose, tmp_path):
     from eirnn.train import train
 
     # lr 0: no member ever improves after epoch 0, so with patience 1 all stop at epoch 1
-    summary = train(_cfg(compose, ["ensemble.size=2", "trainer.max_epochs=6", "optim.lr=0.0",
+    summary = train(compose(FAST + ["ensemble.size=2", "trainer.max_epochs=6", "optim.lr=0.0",
                                    "callbacks.early_stopping.patience=1"], tmp_path))
     assert summary["epochs_trained"] == 2 and summary["early_stopped"]
     ens = json.loads((tmp_path / "ensemble_metrics.json").read_text())
     assert [m["stopped_epoch"] for m in ens["members"]] == [1, 1] and ens["all_stopped"]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")
 def test_a_stopped_member_does_not_move(compose, tmp_path):
     import lightning as L
@@ -295,7 +295,7 @@ def test_a_stopped_member_does_not_move(compose, tmp_path):
     from eirnn.train import build_datamodule
     from eirnn.runs.ensemble import build_ensemble
 
-    cfg = _cfg(compose, ["ensemble.size=2"], tmp_path)
+    cfg = compose(FAST + ["ensemble.size=2"], tmp_path)
     dm = build_datamodule(cfg)
     model, module = build_ensemble(cfg, dm, 2)
     before = [model.member_state_dict(k) for k in range(2)]
@@ -309,12 +309,13 @@ def test_a_stopped_member_does_not_move(compose, tmp_path):
     assert module.history[-1]["lr/m1"] == 0.0 and module.history[-1]["ensemble/active_members"] == 1
 
 
+@pytest.mark.slow
 def test_size_one_is_the_usual_single_model_run(compose, tmp_path):
     from eirnn.train import train
     from eirnn.training.module import FitModule
 
-    a = train(_cfg(compose, ["trainer.max_epochs=2"], tmp_path / "default"))
-    b = train(_cfg(compose, ["trainer.max_epochs=2", "ensemble.size=1"], tmp_path / "one"))
+    a = train(compose(FAST + ["trainer.max_epochs=2"], tmp_path / "default"))
+    b = train(compose(FAST + ["trainer.max_epochs=2", "ensemble.size=1"], tmp_path / "one"))
     assert a["final"]["val/psth_corr"] == b["final"]["val/psth_corr"]
     assert a["best"]["val/psth_corr"] == b["best"]["val/psth_corr"]
     assert "ensemble" not in b and not (tmp_path / "one" / "ensemble_metrics.json").exists()
@@ -329,11 +330,12 @@ def test_bad_ensemble_settings_are_user_errors(compose, tmp_path):
     from eirnn.train import UserError, train
 
     with pytest.raises(UserError, match="ensemble.size"):
-        train(_cfg(compose, ["ensemble.size=0"], tmp_path / "zero"))
+        train(compose(FAST + ["ensemble.size=0"], tmp_path / "zero"))
     with pytest.raises(UserError, match="export"):
-        train(_cfg(compose, ["ensemble.size=2", "+export=true"], tmp_path / "export"))
+        train(compose(FAST + ["ensemble.size=2", "+export=true"], tmp_path / "export"))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*LeafSpec")
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")
 def test_a_diverging_member_does_not_affect_the_others(compose, tmp_path):
@@ -345,7 +347,7 @@ def test_a_diverging_member_does_not_affect_the_others(compose, tmp_path):
 
     histories = []
     for poison in (False, True):
-        cfg = _cfg(compose, ["ensemble.size=2"], tmp_path / str(poison))
+        cfg = compose(FAST + ["ensemble.size=2"], tmp_path / str(poison))
         dm = build_datamodule(cfg)
         model, module = build_ensemble(cfg, dm, 2)
         if poison:

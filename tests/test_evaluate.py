@@ -8,29 +8,19 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SMALL, train_run
 from eirnn.baselines import TrialSet
 from eirnn.evaluate import evaluate_run, format_markdown, main, score_prediction
-
-TINY = ["debug=fast", "data.synthetic.n_trials=160", "+data.synthetic.n_time=40", "+data.synthetic.n_exc=6",
-        "+data.synthetic.n_inh=3", "model.n_hidden=6", "trainer.max_epochs=2", "callbacks.figures=null"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from conftest import compose_config
-    from eirnn.train import train
-
     out = tmp_path_factory.mktemp("run")
-    cfg = compose_config(TINY, out)
-    (out / ".hydra").mkdir()
-    from omegaconf import OmegaConf
-
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # what Hydra writes for a CLI run
-    train(cfg)
+    train_run(SMALL, out, save_config=True)  # with .hydra/config.yaml, what Hydra writes for a CLI run
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
     res = evaluate_run(run_dir, baselines=("train_mean", "condition_mean", "glm"), ceiling_splits=5,
                        baseline_kwargs={"glm": {"inner_folds": 0, "max_iter": 20, "n_basis": 3}})
@@ -83,6 +73,7 @@ def test_evaluate_reproduces_the_logged_validation_metric(run_dir):
     assert "eval/val/glm/bits_per_spike" in tags
 
 
+@pytest.mark.slow
 def test_last_checkpoint_and_compare(run_dir):
     res = evaluate_run(run_dir, checkpoint="last", baselines=(), extra_runs={"again": (run_dir, "best")},
                        ceiling_splits=2, write=False)
@@ -92,6 +83,7 @@ def test_last_checkpoint_and_compare(run_dir):
     assert res["checkpoints"]["again"]["path"].endswith("best.ckpt")
 
 
+@pytest.mark.slow
 def test_predicted_rate_is_the_mean_over_noise_draws(run_dir):
     """predict_expected_rates: S draws with seeds val_seed + s, averaged; S = 0 is the noise-free
     pass; the sample is the val_seed draw."""
@@ -136,6 +128,7 @@ def test_score_prediction_perfect_and_by_type():
     assert "| m |" in md
 
 
+@pytest.mark.slow
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "eirnn.evaluate", str(tmp_path / "nope")], cwd=REPO,
                        capture_output=True, text=True)
@@ -147,6 +140,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     assert "unknown" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     """data=sc_mat alone selects the real-data training defaults (conf/loss/sc_mat.yaml,
     conf/trainer/sc_mat.yaml); experiment=sc_default is the same configuration; the

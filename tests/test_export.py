@@ -12,23 +12,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, tiny_overrides
 from eirnn import metrics as M
 from eirnn.export import ExportError, find_checkpoint, main
 from eirnn.report import artifacts as A
 from eirnn.report.report import format_duration, render_report
 
-PLAIN = ["data.synthetic.n_trials=40", "model.n_hidden=4", "logger=none", "trainer.max_epochs=2",
-         "callbacks.figures.every_n_epochs=0", "optim.lr=2e-4"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run fastest single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# the tiny config without debug=fast (the default batches and early stopping), 40 trials of the default length
+PLAIN = tiny_overrides("data.synthetic.n_trials=40", "model.n_hidden=4", "trainer.max_epochs=2", "optim.lr=2e-4",
+                       drop=("debug", "data.synthetic.n_time"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_hydra_config(cfg, run: Path) -> None:
@@ -53,6 +46,7 @@ def plain_run(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_export_cli_writes_the_artifacts_of_a_finished_run(plain_run, capsys):
     assert not (plain_run / "weights").exists()
     assert main([str(plain_run), "--no-figures"]) == 0
@@ -82,6 +76,7 @@ def test_export_cli_writes_the_artifacts_of_a_finished_run(plain_run, capsys):
     assert "max_epochs = 2 reached" in report and "| `model.input_embedding` | `linear` |" in report
 
 
+@pytest.mark.slow
 def test_export_of_the_last_checkpoint(plain_run, capsys):
     assert main([str(plain_run), "--checkpoint", "last", "--no-figures", "--n-pcs", "3"]) == 0
     manifest = json.loads((plain_run / "artifacts.json").read_text())
@@ -104,7 +99,8 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, case, needle):
     if case != "missing":
         run.mkdir()
     if case in ("no_data", "no_ckpt", "bad_ckpt"):
-        over = PLAIN if case != "no_data" else ["data=sc_mat", "data.path=/nonexistent/session.mat", *PLAIN[1:]]
+        over = PLAIN if case != "no_data" else ["data=sc_mat", "data.path=/nonexistent/session.mat",
+                                                      *(o for o in PLAIN if not o.startswith("data.synthetic."))]
         write_hydra_config(compose_config(over, run), run)
     if case == "bad_ckpt":
         args += ["--checkpoint", str(tmp_path / "nope.ckpt")]
@@ -234,6 +230,7 @@ def test_training_curves_leave_a_blow_up_epoch_off_scale():
     assert not calm.axes[0].texts and calm.axes[0].get_ylim()[1] < 3.0
 
 
+@pytest.mark.slow
 def test_figures_name_e_and_i():
     from eirnn.report import figures as F
 

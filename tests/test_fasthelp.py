@@ -17,6 +17,7 @@ def _run(args, hydra_help: bool):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["model=lowrank", "seed=3", "--help"], ["--help", "--resolve"]])
 def test_fast_help_equals_hydra_help(args):
     ours, hydra = _run(args, hydra_help=False), _run(args, hydra_help=True)

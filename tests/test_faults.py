@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import REPO, tiny_overrides
 from eirnn.errors import ConfigError, DiskFullError, RunFolderError, UserError
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.synthetic.n_trials=40", "model.n_hidden=4", "threads=1", "logger=none", "trainer.max_epochs=1"]
+# the tiny config without debug=fast: 40 trials of the default length, one thread, default figures
+TINY = tiny_overrides("data.synthetic.n_trials=40", "model.n_hidden=4", "threads=1",
+                      drop=("debug", "data.synthetic.n_time", "callbacks.figures"))
 
 
 def _cli(module: str, args, cwd, timeout=300):
@@ -271,6 +273,7 @@ def test_live_lock_refuses_stale_lock_does_not(tmp_path):
     release(run)
 
 
+@pytest.mark.slow
 def test_default_run_folder_names_differ_between_processes(tmp_path):
     code = ("from hydra import compose, initialize_config_dir; import eirnn.train\n"
             "from hydra.core.hydra_config import HydraConfig\n"
@@ -285,6 +288,7 @@ def test_default_run_folder_names_differ_between_processes(tmp_path):
     assert names[0] != names[1]
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_finished_run_folder_and_touches_nothing(tmp_path):
     run = tmp_path / "done"
     (run / ".hydra").mkdir(parents=True)
@@ -304,6 +308,7 @@ def test_cli_refuses_a_finished_run_folder_and_touches_nothing(tmp_path):
     assert sorted(p.name for p in sweep.iterdir()) == ["0"]
 
 
+@pytest.mark.slow
 def test_cli_bad_config_values_one_line_exit_2_nothing_written(tmp_path):
     run = tmp_path / "run"
     res = _cli("eirnn.train", [*TINY, f"hydra.run.dir={run}", "model=lowrank", "model.rank=0", "data.batch_size=-1",
@@ -401,6 +406,7 @@ def test_outcome_and_reason_for_each_way_a_run_ends():
     assert s["outcome"] == "interrupted" and "SIGTERM" in s["reason"]
 
 
+@pytest.mark.slow
 def test_zero_epochs_reports_sanely(compose, tmp_path):
     from eirnn.train import train
 

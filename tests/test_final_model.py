@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, train_run
 
 # A tiny synthetic version of the final run: same callbacks, export and model kind
 # (attention embedding, learnable h0), small enough for CI. lr 2e-4: at the seed's 1e-3
@@ -43,12 +43,6 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def _train(overrides, out):
-    from eirnn.train import train
-
-    return train(compose_config(overrides, out))
-
-
 def _state(ckpt_path: Path) -> dict:
     return torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -59,13 +53,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine run fastest single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +69,7 @@ def reference_and_console(tmp_path_factory):
     out = tmp_path_factory.mktemp("final_ref")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):  # the progress bar, the lines and the blocks all go to sys.stdout
-        summary = _train(TINY + ["callbacks.progress.print_every=2", "callbacks.progress.bar=true"], out)  # as on a terminal
+        summary = train_run(TINY + ["callbacks.progress.print_every=2", "callbacks.progress.bar=true"], out)  # as on a terminal
     return out, summary, buf.getvalue()
 
 
@@ -115,6 +103,7 @@ def test_final_model_config_follows_the_lab_plan(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------- artifacts
+@pytest.mark.slow
 def test_run_folder_has_every_artifact(reference):
     run, summary = reference
     ck = run / "checkpoints"
@@ -175,6 +164,7 @@ def test_run_folder_has_every_artifact(reference):
     assert summary["report"].endswith("training_report.md")
 
 
+@pytest.mark.slow
 def test_training_log_has_every_epoch_and_detailed_records(reference):
     run, _ = reference
     log = json.loads((run / "training_log.json").read_text())
@@ -196,6 +186,7 @@ def test_training_log_has_every_epoch_and_detailed_records(reference):
     assert "per_neuron_corr" in ck["eirnn"]["history"][3]
 
 
+@pytest.mark.slow
 def test_export_reproduces_the_validation_metric(reference):
     run, _ = reference
     metrics = json.loads((run / "metrics.json").read_text())
@@ -207,6 +198,7 @@ def test_export_reproduces_the_validation_metric(reference):
     assert np.isclose(np.nanmean(corr[labels == 1]), best["val/psth_corr_I"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_report_snippet_loads_the_files(reference, capsys):
     from eirnn.report.report import snippet
 
@@ -216,6 +208,7 @@ def test_report_snippet_loads_the_files(reference, capsys):
     assert "recorded neurons" in out and "val PSTH corr" in out
 
 
+@pytest.mark.slow
 def test_console_shows_bar_epoch_lines_detailed_blocks_and_summary(reference_and_console):
     run, summary, out = reference_and_console
     raw = out.replace("\r", "\n").splitlines()
@@ -246,6 +239,7 @@ def test_console_shows_bar_epoch_lines_detailed_blocks_and_summary(reference_and
 
 
 # ------------------------------------------------------ interruption/resume
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_sigint_stops_after_the_epoch_and_resume_matches_uninterrupted_run(reference, tmp_path):
     ref_dir, ref_summary = reference
@@ -253,7 +247,7 @@ def test_sigint_stops_after_the_epoch_and_resume_matches_uninterrupted_run(refer
     kill = [f"+callbacks.kill._target_={__name__}.SignalAt", "+callbacks.kill.epoch=1",
             f"+callbacks.kill.signum={int(signal.SIGINT)}"]
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when run in the background
-    summary = _train(TINY + kill, run)
+    summary = train_run(TINY + kill, run)
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     assert summary["interrupted"] == "SIGINT" and summary["exit_code"] == 130
     assert summary["epochs_trained"] == 2  # epoch 1 was finished, validated and checkpointed
@@ -266,7 +260,7 @@ def test_sigint_stops_after_the_epoch_and_resume_matches_uninterrupted_run(refer
     ref_log = json.loads((ref_dir / "training_log.json").read_text())
     assert [r["val/psth_corr"] for r in log] == [r["val/psth_corr"] for r in ref_log[:2]]  # same seed, same run
 
-    resumed = _train(TINY + [f"ckpt_path={ck}"], run)  # continue in the same folder
+    resumed = train_run(TINY + [f"ckpt_path={ck}"], run)  # continue in the same folder
     assert "interrupted" not in resumed and resumed["epochs_trained"] == N_EPOCHS
     _assert_same_state(_state(run / "checkpoints" / "last.ckpt"), _state(ref_dir / "checkpoints" / "last.ckpt"))
     _assert_same_state(_state(run / "checkpoints" / "best.ckpt"), _state(ref_dir / "checkpoints" / "best.ckpt"))
@@ -290,6 +284,7 @@ class CrashAt(L.Callback):
             raise RuntimeError(f"simulated crash at the start of epoch {self.epoch}")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_resume_from_a_periodic_checkpoint_after_a_crash_matches_uninterrupted_run(reference, tmp_path):
     """A run that dies without the signal handler's help (here an exception at the start of
@@ -299,10 +294,10 @@ def test_resume_from_a_periodic_checkpoint_after_a_crash_matches_uninterrupted_r
     run = tmp_path / "run"
     crash = [f"+callbacks.crash._target_={__name__}.CrashAt", "+callbacks.crash.epoch=2"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _train(TINY + crash + ["export.figures=false"], run)
+        train_run(TINY + crash + ["export.figures=false"], run)
     ck = run / "checkpoints" / "epoch0002.ckpt"
     assert ck.exists() and not (run / "checkpoints" / "interrupted.ckpt").exists()
-    resumed = _train(TINY + [f"ckpt_path={ck}", "export.figures=false"], run)
+    resumed = train_run(TINY + [f"ckpt_path={ck}", "export.figures=false"], run)
     assert resumed["epochs_trained"] == N_EPOCHS and "interrupted" not in resumed
     _assert_same_state(_state(run / "checkpoints" / "last.ckpt"), _state(ref_dir / "checkpoints" / "last.ckpt"))
     _assert_same_state(_state(run / "checkpoints" / "best.ckpt"), _state(ref_dir / "checkpoints" / "best.ckpt"))
@@ -317,17 +312,18 @@ def test_resume_from_a_periodic_checkpoint_after_a_crash_matches_uninterrupted_r
                                   np.load(ref_dir / "metrics" / "per_neuron_correlation.npy"))
 
 
+@pytest.mark.slow
 def test_rerun_with_the_same_seed_gives_the_same_run(tmp_path):
     small = ["data.synthetic.n_trials=40", "model.n_hidden=4", "logger=none", "trainer.max_epochs=2",
              "callbacks.figures.every_n_epochs=0", "optim.lr=2e-4"]
-    a, b = _train(small, tmp_path / "a"), _train(small, tmp_path / "b")
+    a, b = train_run(small, tmp_path / "a"), train_run(small, tmp_path / "b")
     la = json.loads((tmp_path / "a" / "training_log.json").read_text())
     lb = json.loads((tmp_path / "b" / "training_log.json").read_text())
     keys = ("val/psth_corr", "val/L_neuron", "val/L_trial", "train/loss", "train/L_trial")
     assert [[r[k] for k in keys] for r in la] == [[r[k] for k in keys] for r in lb]
     _assert_same_state(_state(tmp_path / "a" / "checkpoints" / "last.ckpt"),
                        _state(tmp_path / "b" / "checkpoints" / "last.ckpt"))
-    c = _train(small + ["seed=7"], tmp_path / "c")  # and the seed matters
+    c = train_run(small + ["seed=7"], tmp_path / "c")  # and the seed matters
     assert c["final"]["val/psth_corr"] != a["final"]["val/psth_corr"]
 
 
@@ -368,7 +364,7 @@ def test_cli_signal_saves_everything_and_exits_cleanly(tmp_path, signum, code):
 @pytest.mark.realdata
 def test_final_model_on_the_real_session(tmp_path, real_session):
     run = tmp_path / "run"
-    summary = _train(["experiment=final_model", f"data.path={real_session}", "trainer.max_epochs=1", "logger=none"], run)
+    summary = train_run(["experiment=final_model", f"data.path={real_session}", "trainer.max_epochs=1", "logger=none"], run)
     assert summary["epochs_trained"] == 1
     rates = np.load(run / "outputs" / "val_model_rates.npy")
     assert rates.shape[1:] == (219, 41)

@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_overrides
 from eirnn.training.lr_warmup import grads_finite, scaled_lr, step_unless_nonfinite, warmup_factor
 
 # one full-batch optimiser step per epoch (debug=fast), tiny network
-TINY = ["debug=fast", "data.synthetic.n_trials=60", "model.n_hidden=6", "logger=none", "callbacks.figures=null"]
+TINY = tiny_overrides("data.synthetic.n_trials=60", "model.n_hidden=6", "callbacks.figures=null",
+                      drop=("data.synthetic.n_time", "trainer.max_epochs"))
 
 
 def test_warmup_factor_is_a_linear_ramp():
@@ -82,6 +84,7 @@ def _initial_and_trained(compose, tmp_path, overrides):
     return init, trained, summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warmup,expected", [(10, 0.1), (0, 1.0)])
 def test_first_adam_step_is_scaled_by_the_warmup(compose, tmp_path, warmup, expected):
     """Adam's first step moves a parameter by lr * g / (|g| + eps), i.e. by ~lr: with a
@@ -94,6 +97,7 @@ def test_first_adam_step_is_scaled_by_the_warmup(compose, tmp_path, warmup, expe
     assert max(moves) == pytest.approx(lr * expected, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_non_finite_gradients_skip_the_step_and_stop_as_diverged(compose, tmp_path, monkeypatch):
     from eirnn.training.objective import FitObjective
 

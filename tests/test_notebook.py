@@ -20,6 +20,7 @@ def test_notebook_is_stored_without_outputs():
     assert "EIRNN_RUN_DIR" in code[0].source
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_an_exported_run(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is in the test extra: pip install -e .[test]")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is in the test extra: pip install -e .[test]")

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tiny_overrides
+
 pynwb = pytest.importorskip("pynwb")
 
 from eirnn.data import (DataFormatError, Session, load_arrays, load_mat, load_nwb, load_session,  # noqa: E402
@@ -220,6 +222,7 @@ def test_missing_ei_labels_name_the_fix(tmp_path):
     assert s.is_excitatory.all()
 
 
+@pytest.mark.slow
 def test_mat_export_loads_to_identical_arrays_after_conversion(tmp_path, real_session):
     """The lab's session (a subset, to stay fast) -> NWB / npz / h5 / MAT -> identical arrays."""
     full = load_mat(real_session)
@@ -241,8 +244,10 @@ def test_mat_export_loads_to_identical_arrays_after_conversion(tmp_path, real_se
 
 
 # ----------------------------------------------------------------------------- training
-TINY_FIT = ["logger=none", "threads=1", "fit_spike_readout=false", "trainer.max_epochs=2", "model.n_hidden=6",
-            "data.batch_size=0", "data.filters=null", "callbacks.figures=null"]
+# the tiny config for a recorded session: no synthetic-data keys, no debug=fast (its own batch size and epochs)
+TINY_FIT = tiny_overrides("threads=1", "fit_spike_readout=false", "trainer.max_epochs=2", "model.n_hidden=6",
+                          "data.batch_size=0", "data.filters=null", "callbacks.figures=null",
+                          drop=("debug", "data.synthetic"))
 
 
 @pytest.mark.slow

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, SMALL, tiny_overrides, train_run
 from eirnn.models.readout import SpikeReadout
 
-TINY = ["debug=fast", "data.synthetic.n_trials=160", "+data.synthetic.n_time=40", "+data.synthetic.n_exc=6",
-        "+data.synthetic.n_inh=3", "model.n_hidden=6", "trainer.max_epochs=3", "callbacks.figures=null"]
+TINY = tiny_overrides("trainer.max_epochs=3", base=SMALL)
 
 
 def test_readout_is_the_identity_until_fitted_then_affine_with_floor():
@@ -46,19 +45,12 @@ def test_checkpoint_without_readout_loads_as_identity():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from omegaconf import OmegaConf
-
-    from conftest import compose_config
-    from eirnn.train import train
-
     out = tmp_path_factory.mktemp("readout_run")
-    cfg = compose_config(TINY, out)
-    (out / ".hydra").mkdir()
-    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
-    train(cfg)
+    train_run(TINY, out, save_config=True)
     return out
 
 
+@pytest.mark.slow
 def test_training_fits_the_readout_of_both_checkpoints_on_the_training_trials(run_dir):
     """After train(): best.ckpt and last.ckpt carry a fitted readout equal to the Poisson-ML
     affine calibration of the network's expected training-trial rates; the network's own rates
@@ -107,6 +99,7 @@ def test_training_fits_the_readout_of_both_checkpoints_on_the_training_trials(ru
     assert best["psth_corr_sample"] == pytest.approx(logged["val/psth_corr"], abs=1e-5)  # still the network's
 
 
+@pytest.mark.slow
 def test_fit_readout_cli_refits_and_reports(run_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "eirnn.fit_readout", str(run_dir), "--checkpoint", "last"],
                        cwd=REPO, capture_output=True, text=True)
@@ -117,6 +110,7 @@ def test_fit_readout_cli_refits_and_reports(run_dir, tmp_path):
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_fit_spike_readout_false_leaves_identity(compose, tmp_path):
     from eirnn.evaluate import load_module
     from eirnn.train import build_datamodule, train

@@ -17,12 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CONFIG_DIR, REPO
-
-TINY = [
-    "debug=fast", "data.synthetic.n_trials=80", "++data.synthetic.n_time=40", "model.n_hidden=8",
-    "trainer.max_epochs=1", "logger=none", "callbacks.figures.every_n_epochs=0",
-]
+from conftest import CONFIG_DIR, REPO, TINY
 
 # seed 001's table: name -> (balance mode, Sinkhorn epsilon, L_trial scale, fixed lambda, warmup epochs)
 LAB_LTRIAL_21 = {
@@ -65,6 +60,7 @@ def _sweep_list(experiment: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- experiment configs
+@pytest.mark.slow
 def test_lab_ltrial_21_lists_the_21_configurations_of_seed_001(compose, tmp_path):
     names = _sweep_list("lab_ltrial_21")
     assert sorted(names) == sorted(LAB_LTRIAL_21) and len(names) == 21
@@ -81,6 +77,7 @@ def test_lab_ltrial_21_lists_the_21_configurations_of_seed_001(compose, tmp_path
             assert cfg.loss.balance.lambda_trial == lam, name
 
 
+@pytest.mark.slow
 def test_lab_phase2_variants_set_their_defining_options(compose, tmp_path):
     names = _sweep_list("lab_phase2")
     assert names == LAB_PHASE2
@@ -106,6 +103,7 @@ def test_lab_phase2_variants_set_their_defining_options(compose, tmp_path):
             assert cfg.scheduler.name == "plateau", n
 
 
+@pytest.mark.slow
 def test_variants_compose_with_other_choices(compose, tmp_path):
     cfg = compose(["+variant=lambda_0.3_eps_0.5", "loss=poisson_ltrial", "model=lowrank"], tmp_path)
     assert cfg.loss.trial.distance == "poisson" and cfg.loss.balance.lambda_trial == 0.3 and cfg.model.rank == 20
@@ -198,6 +196,7 @@ def _drifted_config_dir(tmp_path: Path) -> str:
     return str(conf)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["lab_ltrial_21", "lab_phase2"])
 def test_lab_sweeps_pin_the_lab_base_configuration(tmp_path, experiment):
     """Every job of both sweeps keeps the lab's settings (except what its variant names) even
@@ -300,6 +299,7 @@ def test_sweep_report_swept_columns_without_variants_and_min_mode(tmp_path):
     assert rows[1]["optim.lr"] == "0.000123456789"  # full precision in the CSV
 
 
+@pytest.mark.slow
 def test_sweep_report_cli_errors(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, "-m", "eirnn.sweep_report", str(tmp_path / "missing")],

@@ -204,6 +204,7 @@ def test_deterministic_and_seed_dependent():
     assert np.array_equal(make_teacher(7)["W_rec"], a.truth["W_rec"])
 
 
+@pytest.mark.slow
 def test_default_session_roundtrip(default, tmp_path):
     for version in ("7.3", "5"):
         back = load_mat(save_mat(default, tmp_path / f"syn{version}.mat", version=version))

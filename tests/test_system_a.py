@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, train_run
 from eirnn.analysis.common import cosine, eig_cov, overlap, participation_ratio, pca
 from eirnn.data import system_a as sa
 from eirnn.models.system_a import SystemARNN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: no OpenMP contention on a shared machine
 
 
 # ------------------------------------------------------------------ model
@@ -245,20 +240,15 @@ def test_precision_of_a_silent_readout_is_the_target_squared():
 SANITY = ["experiment=system_a_sanity", "data.n_train=48", "data.n_val=16", "model.n_units=40"]
 
 
-def _train(compose, out, extra=()):
-    from eirnn.train import train
-
-    return train(compose(SANITY + list(extra), out))
-
-
-def test_sanity_training_through_hydra_and_sweep_analysis(compose, tmp_path):
+@pytest.mark.slow
+def test_sanity_training_through_hydra_and_sweep_analysis(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from eirnn.analysis.system_a import analyze_sweep
 
     sweep = tmp_path / "sweep"
     for job, seed in enumerate((1, 2)):
-        _train(compose, sweep / str(job), [f"seed={seed}", "trainer.max_epochs=3"])
+        train_run(SANITY + [f"seed={seed}", "trainer.max_epochs=3"], sweep / str(job))
     run0 = sweep / "0"
     metrics = json.loads((run0 / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 3
@@ -315,14 +305,15 @@ def test_analysis_cli_reports_a_bad_folder(tmp_path, capsys):
     assert len(err) == 2 and "not found" in err[0] and "no run folders" in err[1]
 
 
-def test_ensemble_member_equals_the_single_run_and_is_analysed(compose, tmp_path):
+@pytest.mark.slow
+def test_ensemble_member_equals_the_single_run_and_is_analysed(tmp_path):
     """ensemble.size=2 with seed=1: member 1 is the single run with seed=2 (own trials, batch order,
     weights), up to float round-off; the analysis reads the members like a --multirun."""
     from eirnn.analysis.system_a import analyze_sweep
 
     extra = ["trainer.max_epochs=2", "logger=none"]
-    _train(compose, tmp_path / "ens", ["seed=1", "ensemble.size=2"] + extra)
-    _train(compose, tmp_path / "single", ["seed=2"] + extra)
+    train_run(SANITY + ["seed=1", "ensemble.size=2"] + extra, tmp_path / "ens")
+    train_run(SANITY + ["seed=2"] + extra, tmp_path / "single")
     a = torch.load(tmp_path / "ens" / "members" / "m1" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "single" / "checkpoints" / "last.ckpt", weights_only=True)
     assert torch.equal(a["state_dict"]["model.G"], b["state_dict"]["model.G"])
@@ -346,14 +337,16 @@ def test_ensemble_member_equals_the_single_run_and_is_analysed(compose, tmp_path
     assert [r["seed"] for r in rows] == [1, 2] and rows[1]["run_dir"].endswith("m1")
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_what_it_cannot_do_per_member(compose, tmp_path):
     from eirnn.train import UserError
 
     with pytest.raises(UserError, match="early stopping"):
-        _train(compose, tmp_path / "a", ["ensemble.size=2", "logger=none", "+callbacks.early_stopping._target_="
-                                         "lightning.pytorch.callbacks.EarlyStopping", "+callbacks.early_stopping.monitor=val/loss"])
+        train_run(SANITY + ["ensemble.size=2", "logger=none", "+callbacks.early_stopping._target_="
+                            "lightning.pytorch.callbacks.EarlyStopping", "+callbacks.early_stopping.monitor=val/loss"],
+                  tmp_path / "a")
     with pytest.raises(UserError, match="plateau"):
-        _train(compose, tmp_path / "b", ["ensemble.size=2", "logger=none", "scheduler=plateau"])
+        train_run(SANITY + ["ensemble.size=2", "logger=none", "scheduler=plateau"], tmp_path / "b")
     with pytest.raises(UserError, match="System A"):
         from eirnn.train import train
 

@@ -9,24 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_overrides, train_run
 
-FAST = ["debug=fast", "data.synthetic.n_trials=80", "model.n_hidden=8", "callbacks.figures.every_n_epochs=1"]
-
-
-def _train(compose, overrides, out):
-    from eirnn.train import train
-
-    cfg = compose(FAST + overrides, out)
-    return train(cfg)
+# the tiny config with debug=fast's 3 epochs, the default loggers and a figure every epoch
+FAST = tiny_overrides("callbacks.figures.every_n_epochs=1", drop=("data.synthetic.n_time", "trainer.max_epochs", "logger"))
 
 
 def _events(path: Path) -> list[Path]:
     return list(path.rglob("events.out.tfevents.*"))
 
 
-def test_few_epoch_training_writes_run_folder(compose, tmp_path):
-    summary = _train(compose, [], tmp_path)
+@pytest.mark.slow
+def test_few_epoch_training_writes_run_folder(tmp_path):
+    summary = train_run(FAST, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 3
     best = metrics["best"]
@@ -41,10 +36,11 @@ def test_few_epoch_training_writes_run_folder(compose, tmp_path):
     assert summary["best"]["val/psth_corr"] == best["val/psth_corr"]
 
 
-def test_tensorboard_has_losses_metrics_histogram_and_figure(compose, tmp_path):
+@pytest.mark.slow
+def test_tensorboard_has_losses_metrics_histogram_and_figure(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _train(compose, [], tmp_path)
+    train_run(FAST, tmp_path)
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
@@ -55,9 +51,10 @@ def test_tensorboard_has_losses_metrics_histogram_and_figure(compose, tmp_path):
     assert "val/psth_model_vs_data" in tags["images"]
 
 
-def test_training_improves_the_fit(compose, tmp_path):
+@pytest.mark.slow
+def test_training_improves_the_fit(tmp_path):
     """A short run on synthetic data must beat its own first epoch (learning actually happens)."""
-    _train(compose, ["trainer.max_epochs=25", "callbacks.early_stopping.patience=100"], tmp_path)
+    train_run(FAST + ["trainer.max_epochs=25", "callbacks.early_stopping.patience=100"], tmp_path)
     history = json.loads((tmp_path / "training_log.json").read_text())
     assert [h["epoch"] for h in history] == list(range(25))
     first, last = history[0], history[-1]
@@ -66,6 +63,7 @@ def test_training_improves_the_fit(compose, tmp_path):
     assert last["train/L_neuron"] < first["train/L_neuron"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["model=lowrank", "model.rank=4"],
     ["rank=lowrank_factors", "model.rank=3"],
@@ -74,17 +72,18 @@ def test_training_improves_the_fit(compose, tmp_path):
     ["loss=no_ltrial"],
     ["model=unconstrained"],
 ])
-def test_variants_train(compose, tmp_path, overrides):
-    _train(compose, overrides + ["trainer.max_epochs=1"], tmp_path)
+def test_variants_train(tmp_path, overrides):
+    train_run(FAST + overrides + ["trainer.max_epochs=1"], tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["final"]["val/psth_corr"] is not None
 
 
-def test_resume_from_checkpoint_continues(compose, tmp_path):
+@pytest.mark.slow
+def test_resume_from_checkpoint_continues(tmp_path):
     first = tmp_path / "first"
-    _train(compose, ["trainer.max_epochs=2"], first)
+    train_run(FAST + ["trainer.max_epochs=2"], first)
     second = tmp_path / "second"
-    _train(compose, ["trainer.max_epochs=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], second)
+    train_run(FAST + ["trainer.max_epochs=4", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"], second)
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 4
     assert metrics["final"]["epoch"] == 3
@@ -136,6 +135,7 @@ def test_bad_input_gives_one_line_error_and_no_outputs(tmp_path, args, needle):
     assert not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_short_real_data_training(compose, tmp_path, real_session):
     from eirnn.train import train
@@ -147,6 +147,7 @@ def test_short_real_data_training(compose, tmp_path, real_session):
     assert summary["final"]["val/bits_per_spike"] is not None
 
 
+@pytest.mark.slow
 def test_auto_target_smoothing_is_chosen_on_training_trials(compose, tmp_path):
     """loss.neuron.target_smooth_sigma_bins=auto resolves to the width the smoothed-mean
     baseline picks on the training trials (never the validation trials)."""

@@ -16,28 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-TINY = [
-    "debug=fast", "data.synthetic.n_trials=80", "++data.synthetic.n_time=40", "model.n_hidden=8",
-    "trainer.max_epochs=1", "logger=none", "callbacks.figures.every_n_epochs=0",
-]
 N_REC = 54  # synthetic session: 41 E + 13 I recorded neurons
 N_UNITS = N_REC + 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is ~5x faster than two on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _train(compose, tmp_path: Path, overrides: list[str]) -> dict:
-    from eirnn.train import train
-
-    cfg = compose(TINY + overrides, tmp_path)
-    return train(cfg)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is ~5x faster on a busy 2-core machine
 
 
 def _state(tmp_path: Path) -> dict[str, torch.Tensor]:
@@ -58,9 +41,10 @@ def _tb(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- time constants
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,n_params", [("scalar", 1), ("population", 2), ("neuron", N_UNITS)])
-def test_learnable_alpha_trains_and_stays_in_unit_interval(compose, tmp_path, mode, n_params):
-    _train(compose, tmp_path, [f"model.learnable_alpha={mode}"])
+def test_learnable_alpha_trains_and_stays_in_unit_interval(tmp_path, mode, n_params, train_tiny):
+    train_tiny([f"model.learnable_alpha={mode}"])
     logit = _state(tmp_path)["model.time_constants.alpha_logit"]
     assert logit.shape == (n_params,)
     assert not torch.allclose(logit, torch.zeros_like(logit), atol=1e-6), "alpha must be trained (init logit(0.5) = 0)"
@@ -68,8 +52,9 @@ def test_learnable_alpha_trains_and_stays_in_unit_interval(compose, tmp_path, mo
     assert ((alpha > 0) & (alpha < 1)).all()
 
 
-def test_learnable_alpha_none_is_a_fixed_buffer(compose, tmp_path):
-    _train(compose, tmp_path, ["model.learnable_alpha=none", "model.tau=40"])
+@pytest.mark.slow
+def test_learnable_alpha_none_is_a_fixed_buffer(tmp_path, train_tiny):
+    train_tiny(["model.learnable_alpha=none", "model.tau=40"])
     state = _state(tmp_path)
     assert not any("alpha_logit" in k or "tau_raw" in k for k in state)
     from eirnn.models import EIRNN
@@ -78,9 +63,10 @@ def test_learnable_alpha_none_is_a_fixed_buffer(compose, tmp_path):
     torch.testing.assert_close(model.alpha(), torch.full((N_UNITS,), 25.0 / 40.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,n_params", [("population", 2), ("neuron", N_UNITS)])
-def test_learnable_tau_smooth_bound_trains(compose, tmp_path, mode, n_params):
-    _train(compose, tmp_path, [f"model.learnable_tau={mode}", "model.tau_inh=35"])
+def test_learnable_tau_smooth_bound_trains(tmp_path, mode, n_params, train_tiny):
+    train_tiny([f"model.learnable_tau={mode}", "model.tau_inh=35"])
     raw = _state(tmp_path)["model.time_constants.tau_raw"]
     assert raw.shape == (n_params,)
     from eirnn.models import TimeConstants
@@ -95,8 +81,9 @@ def test_learnable_tau_smooth_bound_trains(compose, tmp_path, mode, n_params):
     assert tau[~exc].mean().item() == pytest.approx(35.0, abs=0.5)  # one small step from the init
 
 
-def test_frozen_time_constants_do_not_move(compose, tmp_path):
-    _train(compose, tmp_path, ["model.learnable_tau=population", "model.tau_inh=35",
+@pytest.mark.slow
+def test_frozen_time_constants_do_not_move(tmp_path, train_tiny):
+    train_tiny(["model.learnable_tau=population", "model.tau_inh=35",
                                "model.freeze_time_constants=true", "trainer.max_epochs=2"])
     raw = _state(tmp_path)["model.time_constants.tau_raw"]
     from eirnn.models import TimeConstants
@@ -107,12 +94,13 @@ def test_frozen_time_constants_do_not_move(compose, tmp_path):
     assert not tc.tau_raw.requires_grad
 
 
-def test_lab_clamp_variant_trains_with_alpha_above_one(compose, tmp_path):
+@pytest.mark.slow
+def test_lab_clamp_variant_trains_with_alpha_above_one(tmp_path, train_tiny):
     """The lab's parametrisation (tau_I = 20 ms, hard clamp [10, 200] ms) is reproducible for
     diagnosis: it trains, frozen or not, with alpha_I = dt / tau_I = 1.25 > 1."""
     lab = ["model.learnable_tau=population", "model.tau_inh=20", "model.tau_bound=clamp",
            "model.tau_min=10", "model.tau_max=200", "model.freeze_time_constants=true"]
-    _train(compose, tmp_path, lab)
+    train_tiny(lab)
     raw = _state(tmp_path)["model.time_constants.tau_raw"]
     torch.testing.assert_close(raw, torch.tensor([50.0, 20.0]))  # frozen: exactly the init
     alpha_i = 25.0 / raw.clamp(10.0, 200.0)[1].item()
@@ -186,17 +174,18 @@ def test_clamp_kills_gradients_at_the_bounds_smooth_bound_does_not():
         assert (smooth.tau_raw.grad != 0).all(), value
 
 
-def test_smooth_bound_rejects_tau_below_dt(compose, tmp_path):
+def test_smooth_bound_rejects_tau_below_dt(tmp_path, train_tiny):
     """tau_min defaults to dt, so an initial tau_I < dt (alpha > 1) is refused up front."""
     # (train.build_model means to turn this ValueError into a one-line UserError; Hydra
     # wraps it in an InstantiationException first, so any exception naming tau_min passes.)
     with pytest.raises(Exception, match=r"tau_min"):
-        _train(compose, tmp_path, ["model.learnable_tau=population", "model.tau_inh=20"])
+        train_tiny(["model.learnable_tau=population", "model.tau_inh=20"])
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_time_constants_reach_tensorboard(compose, tmp_path):
-    _train(compose, tmp_path, ["model.learnable_alpha=population", "model.tau_inh=33.333333", "logger=tensorboard"])
+@pytest.mark.slow
+def test_time_constants_reach_tensorboard(tmp_path, train_tiny):
+    train_tiny(["model.learnable_alpha=population", "model.tau_inh=33.333333", "logger=tensorboard"])
     acc = _tb(tmp_path)
     scalars = acc.Tags()["scalars"]
     for tag in ("time_constants/alpha_E", "time_constants/alpha_I", "time_constants/tau_E", "time_constants/tau_I"):
@@ -209,6 +198,7 @@ def test_time_constants_reach_tensorboard(compose, tmp_path):
 
 
 # --------------------------------------------------------------------------- connectivity
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,rank,mode", [
     (["rank=full"], None, None),
     (["model=lowrank", "model.rank=20"], 20, "product"),
@@ -216,8 +206,8 @@ def test_time_constants_reach_tensorboard(compose, tmp_path):
     (["rank=lowrank_factors", "model.rank=3"], 3, "factors"),
     (["rank=lowrank_factors", "model.rank=62"], 62, "factors"),  # rank = n: the largest allowed (issue 19 refuses more)
 ])
-def test_rank_group_trains_with_dale_law(compose, tmp_path, overrides, rank, mode):
-    cfg = compose(TINY + overrides, tmp_path)
+def test_rank_group_trains_with_dale_law(tmp_path, overrides, rank, mode, tiny_cfg):
+    cfg = tiny_cfg(overrides)
     assert cfg.model.rank == rank
     from eirnn.train import train
 
@@ -242,27 +232,30 @@ def test_rank_group_trains_with_dale_law(compose, tmp_path, overrides, rank, mod
 
 
 # --------------------------------------------------------------------------- embedding, h0
-def test_attention_embedding_trains(compose, tmp_path):
-    _train(compose, tmp_path, ["model.input_embedding=attention", "model.n_heads=4", "model.embed_dim=56"])
+@pytest.mark.slow
+def test_attention_embedding_trains(tmp_path, train_tiny):
+    train_tiny(["model.input_embedding=attention", "model.n_heads=4", "model.embed_dim=56"])
     state = _state(tmp_path)
     assert state["model.W_in"].shape == (N_UNITS, 56)
     assert state["model.embedding.query"].shape == (4, 14)  # 4 heads of 56 / 4 dims
 
 
-def test_learnable_h0_starts_at_init_and_trains(compose, tmp_path):
+@pytest.mark.slow
+def test_learnable_h0_starts_at_init_and_trains(tmp_path, train_tiny):
     from eirnn.models import EIRNN
 
     model = EIRNN(14, np.array([True, False]), n_hidden=0, learnable_h0=True, h0_init=0.1)
     assert isinstance(model.h0, torch.nn.Parameter)
     torch.testing.assert_close(model.h0.detach(), torch.full((2,), 0.1))
-    _train(compose, tmp_path, ["model.learnable_h0=true", "model.h0_init=0.1"])
+    train_tiny(["model.learnable_h0=true", "model.h0_init=0.1"])
     h0 = _state(tmp_path)["model.h0"]
     assert h0.shape == (N_UNITS,)
     assert (h0 - 0.1).abs().max() > 1e-6 and (h0 - 0.1).abs().max() < 0.05  # a few Adam steps of lr 5e-3
 
 
-def test_fixed_h0_is_zero(compose, tmp_path):
-    _train(compose, tmp_path, ["model.learnable_h0=false"])
+@pytest.mark.slow
+def test_fixed_h0_is_zero(tmp_path, train_tiny):
+    train_tiny(["model.learnable_h0=false"])
     assert torch.equal(_state(tmp_path)["model.h0"], torch.zeros(N_UNITS))
 
 
@@ -291,11 +284,12 @@ def test_neuron_loss_kinds_dispatch():
         FitObjective(neuron={"kind": "mse"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["poisson_neuron", "hybrid_neuron"])
-def test_neuron_loss_choices_train(compose, tmp_path, loss):
-    _train(compose, tmp_path, [f"loss={loss}"])
+def test_neuron_loss_choices_train(tmp_path, loss, train_tiny, tiny_cfg):
+    train_tiny([f"loss={loss}"])
     cfg_kind = {"poisson_neuron": "poisson", "hybrid_neuron": "hybrid"}[loss]
-    assert compose(TINY + [f"loss={loss}"], tmp_path).loss.neuron.kind == cfg_kind
+    assert tiny_cfg([f"loss={loss}"]).loss.neuron.kind == cfg_kind
     assert math.isfinite(_history(tmp_path)[-1]["train/L_neuron"])
 
 
@@ -317,8 +311,9 @@ def test_trial_distance_and_sinkhorn_settings_reach_the_loss():
     assert not torch.allclose(euc, loose)
 
 
-def test_poisson_ltrial_and_sinkhorn_overrides_train(compose, tmp_path):
-    cfg = compose(TINY + ["loss=poisson_ltrial", "loss.trial.epsilon=0.05", "loss.trial.n_iters=5"], tmp_path)
+@pytest.mark.slow
+def test_poisson_ltrial_and_sinkhorn_overrides_train(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(["loss=poisson_ltrial", "loss.trial.epsilon=0.05", "loss.trial.n_iters=5"])
     assert cfg.loss.trial.distance == "poisson" and cfg.loss.balance.mode == "param"
     from eirnn.train import train
 
@@ -327,9 +322,10 @@ def test_poisson_ltrial_and_sinkhorn_overrides_train(compose, tmp_path):
     assert math.isfinite(rec["train/L_trial"]) and rec["train/balance_weight"] > 0
 
 
-def test_activity_regularisation_is_added_only_when_enabled(compose, tmp_path):
-    _train(compose, tmp_path / "on", ["loss=activity_reg"])
-    _train(compose, tmp_path / "off", [])
+@pytest.mark.slow
+def test_activity_regularisation_is_added_only_when_enabled(tmp_path, train_tiny):
+    train_tiny(["loss=activity_reg"], out=tmp_path / "on")
+    train_tiny([], out=tmp_path / "off")
     on, off = _history(tmp_path / "on")[-1], _history(tmp_path / "off")[-1]
     assert on["train/L_activity"] > 0 and "train/L_activity" not in off
     # loss = L_neuron + w L_trial + L_reg + L_activity
@@ -337,8 +333,9 @@ def test_activity_regularisation_is_added_only_when_enabled(compose, tmp_path):
     assert on["train/loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_ltrial_warmup_switches_trial_loss_on_after_n_epochs(compose, tmp_path):
-    _train(compose, tmp_path, ["loss.trial.warmup_epochs=2", "trainer.max_epochs=3",
+@pytest.mark.slow
+def test_ltrial_warmup_switches_trial_loss_on_after_n_epochs(tmp_path, train_tiny):
+    train_tiny(["loss.trial.warmup_epochs=2", "trainer.max_epochs=3",
                                "callbacks.early_stopping.patience=100"])
     hist = _history(tmp_path)
     assert [h["epoch"] for h in hist] == [0, 1, 2]
@@ -348,20 +345,22 @@ def test_ltrial_warmup_switches_trial_loss_on_after_n_epochs(compose, tmp_path):
 
 
 # --------------------------------------------------------------------------- balancing
-def test_gradient_balancing_scale_sets_the_ratio_of_gradient_norms(compose, tmp_path):
-    _train(compose, tmp_path, ["loss.balance.mode=param", "loss.balance.ltrial_scale=0.25", "trainer.max_epochs=2",
+@pytest.mark.slow
+def test_gradient_balancing_scale_sets_the_ratio_of_gradient_norms(tmp_path, train_tiny):
+    train_tiny(["loss.balance.mode=param", "loss.balance.ltrial_scale=0.25", "trainer.max_epochs=2",
                                "callbacks.early_stopping.patience=100"])
     for h in _history(tmp_path):  # one full batch per epoch: the epoch means are the step values
         w, g_n, g_t = h["train/balance_weight"], h["balance/grad_norm_neuron"], h["balance/grad_norm_trial"]
         assert w * g_t == pytest.approx(0.25 * g_n, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,weight", [
     (["loss=fixed_lambda", "loss.balance.lambda_trial=0.3"], 0.3),
     (["loss.balance.mode=off"], 0.0),
 ])
-def test_fixed_lambda_and_balancing_off(compose, tmp_path, overrides, weight):
-    _train(compose, tmp_path, overrides)
+def test_fixed_lambda_and_balancing_off(tmp_path, overrides, weight, train_tiny):
+    train_tiny(overrides)
     h = _history(tmp_path)[-1]
     assert h["train/balance_weight"] == pytest.approx(weight)
     assert "balance/grad_norm_neuron" not in h  # no gradient norms outside the balanced modes
@@ -376,8 +375,9 @@ def _module(optim=None, scheduler=None, max_epochs=10):
     return FitModule(model, optim=optim, scheduler=scheduler, max_epochs=max_epochs)
 
 
-def test_adamw_choice(compose, tmp_path):
-    cfg = compose(TINY + ["optim=adamw"], tmp_path)
+@pytest.mark.slow
+def test_adamw_choice(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(["optim=adamw"])
     opt = _module(optim=dict(cfg.optim), scheduler={"name": "none"}).configure_optimizers()
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == pytest.approx(1e-2)
     from eirnn.train import train
@@ -393,6 +393,7 @@ def test_plateau_scheduler_monitors_max_with_configured_settings():
     assert sch.mode == "max" and sch.factor == 0.25 and sch.patience == 7 and sch.min_lrs == [1e-6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler,expected", [
     # lr_e / lr_0: linear warmup (e+1)/W for W = 2 epochs, then 0.5 (1 + cos(pi (e - W) / (E - W))), E = 5
     (["scheduler=cosine", "scheduler.warmup_epochs=2"], [0.5, 1.0, 1.0, 0.75, 0.25]),
@@ -408,19 +409,20 @@ def test_plateau_scheduler_monitors_max_with_configured_settings():
      [0.5, 0.5 * (1 + math.cos(math.pi / 5)), 0.5 * (1 + math.cos(2 * math.pi / 5)),
       0.5 * (1 + math.cos(3 * math.pi / 5)), 0.5 * (1 + math.cos(4 * math.pi / 5))]),
 ])
-def test_learning_rate_curve(compose, tmp_path, scheduler, expected):
+def test_learning_rate_curve(tmp_path, scheduler, expected, train_tiny):
     if not any(o.startswith("optim.warmup_steps") for o in scheduler):
         scheduler = scheduler + ["optim.warmup_steps=0"]  # the schedule alone
-    _train(compose, tmp_path, scheduler + ["trainer.max_epochs=5", "optim.lr=2e-3", "callbacks.early_stopping.patience=100"])
+    train_tiny(scheduler + ["trainer.max_epochs=5", "optim.lr=2e-3", "callbacks.early_stopping.patience=100"])
     lrs = [h["lr"] for h in _history(tmp_path)]
     np.testing.assert_allclose(lrs, [2e-3 * f for f in expected], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- HParams
-def test_hparams_and_final_metrics_reach_tensorboard(compose, tmp_path):
+@pytest.mark.slow
+def test_hparams_and_final_metrics_reach_tensorboard(tmp_path, train_tiny):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    summary = _train(compose, tmp_path, ["logger=tensorboard", "model.learnable_alpha=scalar"])
+    summary = train_tiny(["logger=tensorboard", "model.learnable_alpha=scalar"])
     acc = _tb(tmp_path)
     content = acc.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in content and "_hparams_/session_start_info" in content
