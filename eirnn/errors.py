@@ -20,10 +20,11 @@ Exit statuses of ``python -m eirnn.train`` / ``eirnn.cv``:
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 __all__ = ["UserError", "ConfigError", "DiskFullError", "RunFolderError", "EXIT_USER_ERROR", "EXIT_DIVERGED",
-           "one_line", "exit_user_error"]
+           "one_line", "exit_user_error", "cli_main"]
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -61,3 +62,27 @@ def exit_user_error(err: BaseException, prog: str | None = None) -> int:
     prefix = f"{prog}: " if prog else ""
     print(f"{prefix}error: {one_line(err)}", file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
+
+
+def cli_main(fn=None, *, also: tuple = (), hint=None, prog: str | None = None, sys_exit: bool = False, log=None):
+    """Decorate a command line's ``main``: a :class:`UserError` (or one of the types in ``also``)
+    raised inside it prints ``error: <message>`` in one line (``hint(message)`` when given, and
+    ``log.error`` too when given) and gives :data:`EXIT_USER_ERROR`: ``main`` returns 2, or with
+    ``sys_exit=True`` (Hydra mains, whose return value is the sweep objective) ``sys.exit(2)``.
+    Use bare (``@cli_main``) or with options (``@cli_main(also=(ValueError,))``)."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except (UserError, *also) as err:
+                msg = hint(str(err)) if hint is not None else err
+                if log is not None:
+                    log.error("%s", msg)
+                code = exit_user_error(msg, prog)
+                if sys_exit:
+                    sys.exit(code)
+                return code
+        return run
+
+    return wrap(fn) if fn is not None else wrap

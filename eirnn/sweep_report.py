@@ -35,7 +35,8 @@ from typing import Any, Optional
 
 import yaml
 
-from eirnn.errors import UserError
+from eirnn.errors import UserError, cli_main
+from eirnn.utils import fmt_num
 
 MD_NAME = "sweep_report.md"
 CSV_NAME = "sweep_report.csv"
@@ -192,12 +193,6 @@ def rank_jobs(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
     return sorted(done, key=key), failed
 
 
-def _fmt(value: Optional[float], digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    return "NaN" if math.isnan(value) else f"{value:.{digits}f}"
-
-
 def _fmt_time(seconds: Optional[float]) -> str:
     if seconds is None:
         return "n/a"
@@ -274,8 +269,8 @@ def render_markdown(sweep_dir: Path, jobs: list[Job]) -> str:
     for row in rows:
         if row["status"] != "completed":
             continue
-        cells = [str(row["rank"]), f"`{row['run']}`", _fmt(row[metric])]
-        cells += [_fmt(row[key]) for key, _ in METRIC_COLUMNS if key != metric]
+        cells = [str(row["rank"]), f"`{row['run']}`", fmt_num(row[metric], nan="NaN")]
+        cells += [fmt_num(row[key], nan="NaN") for key, _ in METRIC_COLUMNS if key != metric]
         cells.append("" if row["best_epoch"] is None else str(row["best_epoch"]))
         cells += [_compact(str(row[k])) for k in swept]
         note = f" ({row['note']})" if row["note"] else ""
@@ -329,16 +324,12 @@ def report(sweep_dir: str | Path) -> tuple[str, Path, Path]:
     return text, md_path, csv_path
 
 
+@cli_main  # SweepReportError, DiskFullError, ...: one line, status 2
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.sweep_report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. outputs/lab_ltrial_21/multiruns/<date_time>")
     args = parser.parse_args(argv)
-    try:
-        text, md_path, csv_path = report(args.sweep_dir)
-    except UserError as err:  # SweepReportError, DiskFullError
-        from eirnn.errors import exit_user_error
-
-        return exit_user_error(err)
+    text, md_path, csv_path = report(args.sweep_dir)
     print(text, end="")
     print(f"written: {md_path}, {csv_path}")
     return 0

@@ -22,6 +22,26 @@ def flatten_config(cfg: Any, prefix: str = "", skip: Iterable[str] = ()) -> dict
     return out
 
 
+# ----------------------------------------------------------------- number format
+def fmt_num(v: Any, spec: str = ".4f", na: str = "n/a", nan: str | None = "n/a", inf: str | None = None) -> str:
+    """``format(v, spec)`` for a table or console line: ``None`` -> ``na``, NaN -> ``nan``,
+    +-inf -> ``inf``; ``nan=None`` / ``inf=None`` format those values like any other number
+    (``'nan'``, ``'inf'``). The one NaN-aware number formatter of the package."""
+    import math
+
+    if v is None:
+        return na
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return format(v, spec)
+    if nan is not None and math.isnan(x):
+        return nan
+    if inf is not None and math.isinf(x):
+        return inf
+    return format(v, spec)
+
+
 # ----------------------------------------------------------------- atomic writes
 _NO_SPACE = {28, 122}  # errno ENOSPC, EDQUOT
 
