@@ -9,37 +9,25 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 
-from conftest import compose_config
+from conftest import compose_config, tiny_overrides, train_run
 
-SMALL = ["model.n_hidden=4", "logger=none", "trainer.max_epochs=2",
-         "callbacks.figures.every_n_epochs=0", "threads=1"]
+# the tiny config without debug=fast and synthetic-data keys (any data file), 2 epochs, one thread
+SMALL = tiny_overrides("model.n_hidden=4", "trainer.max_epochs=2", "threads=1", drop=("debug", "data.synthetic"))
 TINY = ["data.synthetic.n_trials=40", *SMALL]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def moved_run(tmp_path_factory):
     """A run trained on an arrays file that was then moved: ``(run, new path of the file)``."""
     from eirnn.data import make_synthetic_session, save_arrays
-    from eirnn.train import train
 
     root = tmp_path_factory.mktemp("moved")
     (root / "a").mkdir()
     first = save_arrays(make_synthetic_session(seed=3, n_trials=40, n_exc=6, n_inh=3, n_time=40), root / "a" / "s.npz")
     run = root / "run"
-    cfg = compose_config(["data=arrays", f"data.path={first}", *SMALL], run)
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    train(cfg)
+    train_run(["data=arrays", f"data.path={first}", *SMALL], run, save_config=True)
     (root / "b").mkdir()
     moved = root / "b" / "s.npz"
     shutil.move(str(first), moved)
