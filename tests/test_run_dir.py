@@ -131,3 +131,22 @@ def test_a_checkpoint_rebuilds_its_module_without_the_run_folder(tmp_path):
         load_checkpoint_module(old)
     from_cfg, _ = load_module(cfg, dm, old)
     np.testing.assert_array_equal(predict_rates(from_cfg, val), predict_rates(alone, val))
+
+
+def test_member_states_of_both_member_formats(tmp_path):
+    from eirnn.errors import RunFolderError
+    from eirnn.runs.run_dir import member_dirs, member_states
+    from eirnn.training.ensemble.members import member_checkpoint
+
+    w = {"w": torch.ones(2, 2)}
+    (tmp_path / "members" / "m10" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "members" / "m2").mkdir(parents=True)
+    (tmp_path / "members" / "notes").mkdir(parents=True)
+    torch.save(member_checkpoint(w, 10, 11, {"epoch": 3}, 3, 9), tmp_path / "members" / "m10" / "checkpoints" / "last.ckpt")
+    torch.save(w, tmp_path / "members" / "m2" / "best.pt")  # the older fit member file
+    assert [d.name for d in member_dirs(tmp_path)] == ["m2", "m10"]
+    (old, _), (new, info) = member_states(tmp_path)  # best -> last for the new format
+    assert torch.equal(old["w"], w["w"]) and torch.equal(new["w"], w["w"]) and info["member"] == 10
+    with pytest.raises(RunFolderError, match="interrupted.ckpt: not found"):
+        member_states(tmp_path, "interrupted")
+    assert member_states(tmp_path / "members" / "m2") == []

@@ -3,7 +3,7 @@
 ``RUN/.hydra/config.yaml`` -> config (:func:`load_run_config`, with a usable ``data.path``)
 -> checkpoint (:func:`find_checkpoint`: ``best`` -> ``last`` -> ``interrupted``) -> data module
 (:func:`eirnn.runs.build.build_datamodule`) -> LightningModule with the checkpoint's weights
-(:func:`load_module`). :func:`open_run` does all four; :func:`load_checkpoint_module` rebuilds a
+(:func:`load_module`); an ensemble's members (:func:`member_states`). :func:`open_run` does the first four; :func:`load_checkpoint_module` rebuilds a
 module from a checkpoint file alone (its ``eirnn_spec``, :mod:`eirnn.training.rebuild`).
 Every problem is a one-line :class:`~eirnn.errors.UserError` naming the file.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from eirnn.errors import RunFolderError, UserError
 
 __all__ = ["CHECKPOINT_NAMES", "Run", "open_run", "load_run_config", "run_relative_path", "find_checkpoint",
-           "load_module", "load_checkpoint_module", "member_dirs"]
+           "load_module", "load_checkpoint_module", "member_dirs", "member_states"]
 
 log = logging.getLogger("eirnn.runs")
 
@@ -202,6 +202,24 @@ def member_dirs(run_dir: Path | str) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name[:1] == "m" and p.name[1:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[1:]))
+
+
+def member_states(run_dir: Path | str, which: str = "best", error: type[UserError] = RunFolderError) -> list[tuple]:
+    """``[(state dict, info)]`` of each ensemble member's ``which`` checkpoint (``members/m{k}/checkpoints/``,
+    order of :func:`find_checkpoint`; the older ``members/m{k}/best.pt``), read with
+    :func:`eirnn.training.ensemble.members.load_member_checkpoint`. Empty for one model."""
+    from eirnn.training.ensemble.members import load_member_checkpoint
+
+    out = []
+    for d in member_dirs(run_dir):
+        old = d / "best.pt"
+        path = old if which == "best" and old.is_file() and not (d / "checkpoints").is_dir() else \
+            find_checkpoint(d, which, error=error)
+        try:
+            out.append(load_member_checkpoint(path))
+        except UserError as err:
+            raise (err if isinstance(err, error) else error(str(err))) from None
+    return out
 
 
 @dataclass
