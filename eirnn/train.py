@@ -49,9 +49,9 @@ register_resolvers()
 
 
 from eirnn.errors import EXIT_DIVERGED, UserError  # noqa: E402  (one user-error type for every command)
-from eirnn.runs.summary import announce, lightning_ctrl_c as _lightning_ctrl_c  # noqa: E402,F401
+from eirnn.runs.summary import announce, lightning_ctrl_c as _lightning_ctrl_c  # noqa: E402,F401  (old names)
 from eirnn.runs.summary import log_hparams as _log_hparams, print_summary as _print_summary  # noqa: E402
-from eirnn.runs.summary import record_failure as _record_failure  # noqa: E402
+from eirnn.runs.summary import collect_summary, record_failure as _record_failure  # noqa: E402
 from eirnn.runs.build import (_instantiate_dict, build_datamodule, build_model, build_module,  # noqa: E402,F401
                               check_resume_checkpoint, checkpoint_mismatch, read_checkpoint)
 
@@ -66,7 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from eirnn.config_check import check_config
-    from eirnn.training.callbacks import MetricsWriter, settle_outcome, write_json_atomic
+    from eirnn.training.callbacks import MetricsWriter, write_json_atomic
     from eirnn.training.console import config_tree, setup_run_logging
     from eirnn.utils import atomic_checkpoint_io
 
@@ -129,21 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _record_failure(writer, trainer, module, out_dir, err)
         raise
 
-    summary = writer.summary(trainer, module)
-    summary["run_dir"] = str(out_dir)
-    ckpt = getattr(trainer, "checkpoint_callback", None)
-    if ckpt is not None and getattr(ckpt, "best_model_path", ""):
-        summary["best_checkpoint"] = ckpt.best_model_path
-    for cb in callbacks:  # e.g. GracefulInterrupt: which signal stopped training, its checkpoint
-        if hasattr(cb, "extend_summary"):
-            cb.extend_summary(summary)
-    if n_members > 1:
-        artifacts = next(c for c in callbacks if isinstance(c, ens.EnsembleArtifacts))
-        summary["ensemble"] = artifacts.write_summary(module)
-        summary["early_stopped"] = bool(summary["ensemble"]["all_stopped"])
-        announce("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)))
-    settle_outcome(summary, trainer=trainer, pl_module=module if n_members == 1 else None, monitor=monitor)
-    log.info("outcome: %s (%s)", summary["outcome"], summary["reason"])
+    summary = collect_summary(writer, trainer, module, callbacks, out_dir, monitor, ens)
     if (n_members == 1 and bool(cfg.get("fit_spike_readout", True)) and hasattr(module.model, "spike_readout")
             and summary["outcome"] in ("completed", "early_stopped") and summary.get("epochs_trained")):
         from eirnn.evaluation.readout import fit_after_training

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from eirnn.errors import EXIT_DIVERGED
 
-__all__ = ["announce", "print_summary", "log_hparams", "record_failure", "lightning_ctrl_c"]
+__all__ = ["announce", "collect_summary", "print_summary", "log_hparams", "record_failure", "lightning_ctrl_c"]
 
 log = logging.getLogger("eirnn.train")  # the training's log: its lines go to train.log
 
@@ -146,3 +146,27 @@ def print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr") 
         lines.append(f"  resume: same command + ckpt_path={summary.get('interrupted_checkpoint')} hydra.run.dir={out_dir}")
     lines.append("=" * 72)
     announce("\n".join(lines))
+
+
+def collect_summary(writer, trainer, module, callbacks: list, out_dir: Path, monitor: str, ens=None) -> dict:
+    """The ``metrics.json`` dict of a finished fit: the writer's summary, the run folder, the best
+    checkpoint, what callbacks add (e.g. the stopping signal), the ensemble's members (``ens``: the
+    machinery, ``None`` for one model), and the outcome (:func:`eirnn.training.callbacks.settle_outcome`)."""
+    from eirnn.training.callbacks import settle_outcome
+
+    summary = writer.summary(trainer, module)
+    summary["run_dir"] = str(out_dir)
+    ckpt = getattr(trainer, "checkpoint_callback", None)
+    if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        summary["best_checkpoint"] = ckpt.best_model_path
+    for cb in callbacks:  # e.g. GracefulInterrupt: which signal stopped training, its checkpoint
+        if hasattr(cb, "extend_summary"):
+            cb.extend_summary(summary)
+    if ens is not None:
+        artifacts = next(c for c in callbacks if isinstance(c, ens.EnsembleArtifacts))
+        summary["ensemble"] = artifacts.write_summary(module)
+        summary["early_stopped"] = bool(summary["ensemble"]["all_stopped"])
+        announce("\n".join(ens.ensemble_report_lines(summary["ensemble"], out_dir)))
+    settle_outcome(summary, trainer=trainer, pl_module=module if ens is None else None, monitor=monitor)
+    log.info("outcome: %s (%s)", summary["outcome"], summary["reason"])
+    return summary
