@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
 from eirnn.errors import UserError
@@ -35,12 +34,13 @@ from eirnn.errors import UserError
 from eirnn.report.export import (CHECKPOINT_NAMES, FIGURES, ExportError, export_after_training,  # noqa: F401
                                  export_run, find_checkpoint, load_module, load_run_config, resolved_config,
                                  write_config, write_figures)
+from eirnn.utils import fmt_num
 
 
 # --------------------------------------------------------------------- CLI
 def _f4(v) -> str:
     """A metric for the one-line summary: ``n/a`` when there is none (no I neurons, a diverged run), as in the report."""
-    return "n/a" if v is None or not math.isfinite(float(v)) else f"{float(v):.4f}"
+    return fmt_num(v, ".4f", inf="n/a")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 
 from eirnn.evaluation.predict import DEFAULT_NOISE_DRAWS
 from eirnn.evaluation.score import FANO_WINDOW_MS
+from eirnn.utils import fmt_num
 
 
 def _epoch1(epoch) -> str:
@@ -38,9 +39,7 @@ def _clean(obj: Any) -> Any:
 
 
 def _f(v: Any, spec: str = ".3f") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return format(v, spec)
+    return fmt_num(v, spec, inf="n/a")
 
 
 def _cell(s: Mapping[str, Any], name: str, spec: str = ".3f") -> str:

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from eirnn.utils import fmt_num
+
 #: What each saved array holds (file stem -> description); shapes use K trials, T bins,
 #: N recorded neurons, n units, C inputs, d embedding width, H heads, k PCs, L locations.
 DESCRIPTIONS: dict[str, str] = {
@@ -112,9 +114,7 @@ def session_descriptions(session_info: Mapping[str, Any] | None) -> tuple[dict[s
 
 
 def _f(v: Any, spec: str = ".4f") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    return format(v, spec)
+    return fmt_num(v, spec, inf="n/a")
 
 
 def format_duration(seconds: float | None) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from eirnn.errors import EXIT_DIVERGED
+from eirnn.utils import fmt_num
 
 __all__ = ["announce", "collect_summary", "print_summary", "log_hparams", "record_failure", "lightning_ctrl_c"]
 
@@ -95,7 +96,7 @@ def print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr") 
     best, final = summary.get("best", {}), summary.get("final", {})
 
     def f(v):
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+        return fmt_num(v)
 
     def ep(rec):  # 1-based, like the progress bar, the epoch lines and training_report.md
         return "n/a" if rec.get("epoch") is None else int(rec["epoch"]) + 1

@@ -16,11 +16,11 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import ProgressBar
 
+from eirnn.utils import fmt_num
+
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return format(v, spec)
+    return fmt_num(v, spec)
 
 
 def _fmt_term(v: float | None) -> str:

@@ -30,7 +30,6 @@ exit status 1), a second SIGTERM terminates the process (default action).
 """
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
@@ -41,13 +40,13 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from eirnn.utils import fmt_num
+
 __all__ = ["PeriodicCheckpoint", "DetailedReport", "GracefulInterrupt", "detailed_record"]
 
 
 def _f(v: Any, spec: str = ".3f") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return format(v, spec)
+    return fmt_num(v, spec)
 
 
 def _due(epoch_done: int, every: int) -> bool:

@@ -50,6 +50,7 @@ from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, cli
 from eirnn.training.ensemble.members import per_member as _per_member
 from eirnn.training.lr_warmup import scaled_lr, warmup_factor
 from eirnn.training.module import MONITOR, FitModule
+from eirnn.utils import fmt_num
 
 __all__ = ["EnsembleFitModule", "EnsembleArtifacts", "ensemble_backward", "member_grad_norms",
            "clip_member_grad_norms_", "MemberPlateau", "ENSEMBLE_MODULE", "OWN_DATA", "check_config",
@@ -605,7 +606,7 @@ def ensemble_report_lines(summary: Mapping[str, Any], output_dir: str | Path) ->
     """A few console lines: members, best metric mean +- std, range, where the files are."""
 
     def f(v):
-        return "n/a" if v is None else f"{v:.4f}"
+        return fmt_num(v, nan=None)
 
     stopped = sum(m["stopped_epoch"] is not None for m in summary["members"])
     return [

@@ -45,6 +45,7 @@ from eirnn.models.system_a import STRATEGIES, SystemAEnsembleRNN, SystemARNN  # 
 from eirnn.training.base import cfg_get as _get
 from eirnn.training.ensemble.members import MemberArtifacts, clip_member_grad_norms_, finite_stats, member_checkpoint
 from eirnn.training.task_module import SystemAModule
+from eirnn.utils import fmt_num
 
 __all__ = ["SystemAEnsembleRNN", "EnsembleTaskDataModule", "SystemAEnsembleModule", "EnsembleArtifacts",
            "member_masked_mse", "ENSEMBLE_MODULE", "OWN_DATA", "check_config", "stack_data", "member_datamodules",
@@ -363,7 +364,7 @@ def ensemble_report_lines(summary: Mapping[str, Any], output_dir: str | Path) ->
     mon = summary["monitor"]
 
     def f(v):
-        return "n/a" if v is None else f"{v:.4g}"
+        return fmt_num(v, ".4g", nan=None)
 
     return [
         f"ensemble: {summary['size']} members (seeds {summary['seeds'][0]}..{summary['seeds'][-1]})",
