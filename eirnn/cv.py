@@ -252,7 +252,7 @@ def format_markdown(agg: Mapping[str, Any], title: str = "") -> str:
 def run_cv(cfg: DictConfig) -> Dict[str, Any]:
     """Run (or resume) every fold, then aggregate into ``cv_metrics.json`` / ``.md``."""
     from eirnn.evaluation.tables import write_tensorboard
-    from eirnn.training.callbacks import write_json_atomic
+    from eirnn.utils import write_json_atomic
 
     out = Path(cfg.paths.output_dir)
     k = int(cfg.cv.folds)

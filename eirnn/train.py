@@ -66,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from eirnn.config_check import check_config
-    from eirnn.training.callbacks import MetricsWriter, write_json_atomic
+    from eirnn.training.callbacks import MetricsWriter
+    from eirnn.utils import write_json_atomic
     from eirnn.training.console import config_tree, setup_run_logging
     from eirnn.utils import atomic_checkpoint_io
 

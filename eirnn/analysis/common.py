@@ -248,7 +248,7 @@ def plot_member_losses(histories: Sequence[Sequence[dict]], seeds: Sequence[int]
 
 # ------------------------------------------------------------------- files
 def write_json(path: Path, obj: Any) -> Path:
-    from eirnn.training.callbacks import write_json_atomic
+    from eirnn.utils import write_json_atomic
 
     write_json_atomic(Path(path), obj)
     return Path(path)

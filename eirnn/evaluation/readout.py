@@ -36,12 +36,6 @@ def fit_spike_readout(module, dm, noise_draws: int = 10) -> Dict[str, Any]:
             "gain": [float(x) for x in g], "offset_hz": [float(x) for x in cal.offset]}
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    from eirnn.utils import torch_save_atomic
-
-    torch_save_atomic(obj, path)
-
-
 def fit_checkpoint_readouts(cfg, dm, paths: Iterable[Path], noise_draws: int = 10) -> Dict[str, Any]:
     """Fit the readout of each checkpoint file in ``paths`` and write it back into the file."""
     import torch
@@ -49,6 +43,7 @@ def fit_checkpoint_readouts(cfg, dm, paths: Iterable[Path], noise_draws: int = 1
     from eirnn.errors import UserError
     from eirnn.runs.run_dir import load_module
     from eirnn.training.callbacks import params_finite
+    from eirnn.utils import torch_save_atomic
 
     out: Dict[str, Any] = {}
     for path in paths:
@@ -64,7 +59,7 @@ def fit_checkpoint_readouts(cfg, dm, paths: Iterable[Path], noise_draws: int = 1
         info = fit_spike_readout(module, dm, noise_draws)
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
         ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        _save_atomic(ckpt, path)
+        torch_save_atomic(ckpt, path)
         out[path.stem] = {"epoch": epoch, **info}
     return out
 

@@ -129,7 +129,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
 def write_outputs(run_dir: Path, result: Mapping[str, Any], step: int = 0, prefix: str = "eval",
                   stem: str = "evaluation") -> None:
     """``<stem>.json`` + ``<stem>.md`` in ``run_dir`` and scalars under ``run_dir/tensorboard``."""
-    from eirnn.training.callbacks import write_json_atomic
+    from eirnn.utils import write_json_atomic
 
     write_json_atomic(run_dir / f"{stem}.json", _clean(result))
     md = format_markdown(result) if stem == "evaluation" else result.get("markdown", "")

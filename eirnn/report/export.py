@@ -33,12 +33,6 @@ class ExportError(UserError):
 
 
 # ------------------------------------------------------------------ config
-def _jsonable(obj):
-    from eirnn.training.callbacks import _jsonable as j
-
-    return j(obj)
-
-
 def resolved_config(cfg, run_dir: Path) -> dict[str, Any]:
     """``cfg`` as plain containers with every interpolation resolved, without ``hydra``;
     ``paths.output_dir`` is ``run_dir`` and an existing ``data.path`` is made absolute."""
@@ -67,7 +61,7 @@ def write_config(out_dir: Path, cfg, run_dir: Path | None = None) -> dict[str, A
     default ``out_dir``) in ``out_dir``; returns it."""
     from omegaconf import OmegaConf
 
-    from eirnn.training.callbacks import write_json_atomic
+    from eirnn.utils import write_json_atomic
 
     run_dir = out_dir if run_dir is None else run_dir
     resolved = resolved_config(cfg, run_dir)
@@ -154,7 +148,7 @@ def export_run(
     from eirnn.report.report import write_report
     from eirnn.runs.lock import refuse_if_running
     from eirnn.runs.run_dir import open_run
-    from eirnn.training.callbacks import write_json_atomic
+    from eirnn.utils import write_json_atomic
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir).resolve()

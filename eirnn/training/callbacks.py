@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import ProgressBar
 
-from eirnn.utils import fmt_num
+from eirnn.utils import fmt_num, write_json_atomic
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
@@ -382,7 +382,3 @@ def settle_outcome(summary: dict, trainer=None, pl_module=None, monitor: str = "
     summary["reason"] = f"reached trainer.max_epochs={max_epochs}" if max_epochs is not None else "training ended"
     return summary
 
-
-# The package's one atomic writer lives in eirnn/utils.py; these names stay importable from here.
-from eirnn.utils import jsonable as _jsonable  # noqa: E402
-from eirnn.utils import write_json_atomic  # noqa: E402,F401

@@ -179,7 +179,8 @@ class DetailedReport(L.Callback):
         extra = detailed_record(pl_module, trainer.datamodule)
         history[-1].update(extra)
         self._print(trainer, int(history[-1]["epoch"]) + 1, extra)
-        from eirnn.training.callbacks import MetricsWriter, write_json_atomic
+        from eirnn.training.callbacks import MetricsWriter
+        from eirnn.utils import write_json_atomic
 
         for cb in trainer.callbacks:
             if isinstance(cb, MetricsWriter) and trainer.is_global_zero and cb.log_path.exists():
