@@ -33,7 +33,6 @@ import copy
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
@@ -41,6 +40,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from eirnn.errors import cli_main
 from eirnn.train import CONFIG_DIR, UserError
 
 log = logging.getLogger("eirnn.cv")
@@ -298,16 +298,10 @@ def _overrides() -> List[str]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="cv")
+@cli_main(sys_exit=True, log=log)  # EvaluationError, DataFormatError, ...: logged, one line on stderr, status 2
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the mean validation ``psth_corr`` of the model."""
-    from eirnn.evaluation.score import EvaluationError
-
-    try:
-        agg = run_cv(cfg)
-    except (UserError, EvaluationError) as err:  # EvaluationError is a UserError; kept for readers
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    agg = run_cv(cfg)
     return agg["sets"].get("val", {}).get("scores", {}).get("model", {}).get("psth_corr", {}).get("mean")
 
 

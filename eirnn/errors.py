@@ -2,8 +2,10 @@
 
 :class:`UserError` is a problem with what the user gave (a setting, a file, a run folder),
 not a bug: every command line (``eirnn.train``, ``eirnn.cv``, ``eirnn.evaluate``,
-``eirnn.export``, ``eirnn.fit_readout``, ``eirnn.sweep_report``, ``eirnn.analysis.*``)
-prints ``error: <message>`` in one line and exits with status :data:`EXIT_USER_ERROR` (2).
+``eirnn.export``, ``eirnn.fit_readout``, ``eirnn.sweep_report``, ``eirnn.data.report``,
+``eirnn.data.convert``, ``eirnn.analysis.*``) prints ``error: <message>`` in one line and exits
+with status :data:`EXIT_USER_ERROR` (2); :func:`cli_main` is that wrapper (``eirnn.train`` and
+the run-folder guard also record the failure in ``metrics.json``).
 The older names (``DataFormatError``, ``EvaluationError``, ``ExportError``,
 ``AnalysisError``, ``SweepReportError``, ``eirnn.train.UserError``) are subclasses of it
 or this class itself, so ``except UserError`` catches them all.

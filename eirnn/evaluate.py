@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
-from eirnn.errors import UserError
+from eirnn.errors import cli_main
 # the names this module had before eirnn/evaluation/ (tests, notebooks and scripts import them from here)
 from eirnn.evaluation.predict import (DEFAULT_NOISE_DRAWS, model_predictions, predict_expected_rates,  # noqa: F401
                                       predict_rates)
@@ -50,6 +50,7 @@ def load_module(cfg, dm, checkpoint_path: Path):
     return module, ckpt.get("epoch")
 
 
+@cli_main
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a run folder of python -m eirnn.train (holds .hydra/config.yaml)")
@@ -69,30 +70,25 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = [b for b in args.baselines.split(",") if b.strip()]
-    try:
-        from eirnn.baselines import BASELINES
+    from eirnn.baselines import BASELINES
 
-        unknown = [b for b in names if b not in BASELINES]
-        if unknown:
-            raise EvaluationError(f"--baselines: unknown {unknown}; known: {sorted(BASELINES)}")
-        extra = {}
-        for item in args.compare:
-            if "=" not in item:
-                raise EvaluationError(f"--compare: expected NAME=RUN_DIR, got {item!r}")
-            k, v = item.split("=", 1)
-            extra[k] = v
-        run_dir = Path(args.run_dir)
-        if not run_dir.is_dir():
-            raise EvaluationError(f"{run_dir}: no such run folder")
-        if args.noise_draws < 0:
-            raise EvaluationError(f"--noise-draws must be >= 0, got {args.noise_draws}")
-        result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed,
-                              noise_draws=args.noise_draws, calibrate=not args.no_calibration,
-                              data_path=args.data_path)
-    except UserError as err:  # EvaluationError, DataFormatError, RunFolderError, DiskFullError, ...
-        from eirnn.errors import exit_user_error
-
-        return exit_user_error(err)
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise EvaluationError(f"--baselines: unknown {unknown}; known: {sorted(BASELINES)}")
+    extra = {}
+    for item in args.compare:
+        if "=" not in item:
+            raise EvaluationError(f"--compare: expected NAME=RUN_DIR, got {item!r}")
+        k, v = item.split("=", 1)
+        extra[k] = v
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise EvaluationError(f"{run_dir}: no such run folder")
+    if args.noise_draws < 0:
+        raise EvaluationError(f"--noise-draws must be >= 0, got {args.noise_draws}")
+    result = evaluate_run(run_dir, args.checkpoint, names, extra, args.ceiling_splits, args.seed,
+                          noise_draws=args.noise_draws, calibrate=not args.no_calibration,
+                          data_path=args.data_path)
     print_summary(result)
     print(f"wrote {run_dir / 'evaluation.json'}, {run_dir / 'evaluation.md'} and TensorBoard scalars "
           f"under {run_dir / 'tensorboard'}", flush=True)

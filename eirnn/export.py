@@ -29,7 +29,7 @@ import argparse
 import logging
 import sys
 
-from eirnn.errors import UserError
+from eirnn.errors import cli_main
 # the names this module had before eirnn/report/export.py (tests and scripts import them from here)
 from eirnn.report.export import (CHECKPOINT_NAMES, FIGURES, ExportError, export_after_training,  # noqa: F401
                                  export_run, find_checkpoint, load_module, load_run_config, resolved_config,
@@ -43,6 +43,7 @@ def _f4(v) -> str:
     return fmt_num(v, ".4f", inf="n/a")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run folder of python -m eirnn.train")
@@ -54,13 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-pcs", type=int, default=10, help="principal components kept (default 10)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from eirnn.errors import exit_user_error
-
-    try:
-        manifest = export_run(args.run_dir, checkpoint=args.checkpoint, figures=not args.no_figures,
-                              n_pcs=args.n_pcs, data_path=args.data_path, out_dir=args.out)
-    except UserError as err:  # ExportError, DataFormatError, RunFolderError, DiskFullError, ...
-        return exit_user_error(err)
+    manifest = export_run(args.run_dir, checkpoint=args.checkpoint, figures=not args.no_figures,
+                          n_pcs=args.n_pcs, data_path=args.data_path, out_dir=args.out)
     fm = manifest["final_metrics"]
     n_files = sum(len(v) for v in manifest["files"].values())
 

@@ -18,11 +18,13 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from eirnn.errors import cli_main
 from eirnn.evaluation.readout import fit_checkpoint_readouts, fit_spike_readout, refuse_diverged  # noqa: F401
 
 __all__ = ["fit_spike_readout", "fit_checkpoint_readouts", "main"]
 
 
+@cli_main(also=(ValueError, FileNotFoundError))  # a readout that cannot be fitted, a missing file
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from eirnn.evaluation.score import EvaluationError
     from eirnn.runs.build import build_datamodule
@@ -35,20 +37,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--noise-draws", type=int, default=10)
     parser.add_argument("--data-path", default=None, help="the session file, when it is not where the run found it")
     args = parser.parse_args(argv)
-    from eirnn.errors import UserError, exit_user_error
     from eirnn.runs.lock import refuse_if_running
 
-    try:
-        refuse_if_running(args.run_dir, "refit the readout of")
-        refuse_diverged(args.run_dir)
-        cfg = load_run_config(args.run_dir, args.data_path, error=EvaluationError)
-        paths = list(dict.fromkeys(find_checkpoint(args.run_dir, c, error=EvaluationError) for c in args.checkpoint))
-        dm = build_datamodule(cfg)
-        res = fit_checkpoint_readouts(cfg, dm, paths, args.noise_draws)
-    except UserError as err:
-        return exit_user_error(err)
-    except (EvaluationError, ValueError, FileNotFoundError) as err:
-        return exit_user_error(err)
+    refuse_if_running(args.run_dir, "refit the readout of")
+    refuse_diverged(args.run_dir)
+    cfg = load_run_config(args.run_dir, args.data_path, error=EvaluationError)
+    paths = list(dict.fromkeys(find_checkpoint(args.run_dir, c, error=EvaluationError) for c in args.checkpoint))
+    dm = build_datamodule(cfg)
+    res = fit_checkpoint_readouts(cfg, dm, paths, args.noise_draws)
     for name, info in res.items():
         ep = "n/a" if info["epoch"] is None else int(info["epoch"]) + 1  # counted from 1, as everywhere people read it
         print(f"{args.run_dir}/{name}: epoch {ep}, readout gain median {info['gain_median']:.3f} "

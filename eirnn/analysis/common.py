@@ -255,13 +255,15 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 def cli_main(run: Any, argv: Optional[Iterable[str]] = None) -> int:
-    """Run ``run(argv)``; an :class:`AnalysisError` prints one line and returns 2."""
+    """Run ``run(argv)`` (default ``sys.argv[1:]``): 0, or 2 after one line for a :class:`UserError`
+    (:func:`eirnn.errors.cli_main`: AnalysisError, DiskFullError, ...)."""
     import sys
 
-    try:
-        run(list(sys.argv[1:] if argv is None else argv))
-    except UserError as err:  # AnalysisError, DiskFullError, ...
-        from eirnn.errors import exit_user_error
+    from eirnn import errors
 
-        return exit_user_error(err)
-    return 0
+    @errors.cli_main
+    def main(args: list) -> int:
+        run(args)
+        return 0
+
+    return main(list(sys.argv[1:] if argv is None else argv))

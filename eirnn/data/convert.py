@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import DataFormatError
+from eirnn.errors import UserError, cli_main
+
 from .mat_io import save_mat
 from .sources import detect_format, load_session
 
@@ -64,6 +65,7 @@ def options_hint(message: str) -> str:
     return f"{message} (with this command: --options '{text}')"
 
 
+@cli_main(also=(ValueError, FileNotFoundError), hint=options_hint)  # DataFormatError, a bad path: one line, status 2
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eirnn.data.convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="input file (.mat, .nwb, .npz, .h5) or 'synthetic'")
@@ -75,13 +77,8 @@ def main(argv=None) -> int:
     try:
         options = json.loads(args.options) if args.options else None
     except ValueError as e:
-        print(f"error: --options: not JSON: {e}", file=sys.stderr)
-        return 2
-    try:
-        s = convert(args.src, args.dst, options, trials=args.trials, seed=args.seed)
-    except (DataFormatError, ValueError, FileNotFoundError) as e:
-        print(f"error: {options_hint(str(e))}", file=sys.stderr)
-        return 2
+        raise UserError(f"--options: not JSON: {e}") from None
+    s = convert(args.src, args.dst, options, trials=args.trials, seed=args.seed)
     print(f"{args.src} -> {args.dst}: {s.n_trials} trials x {s.n_time} bins of {s.bin_size_ms:g} ms x "
           f"{s.n_neurons} neurons, {s.n_inputs} inputs ({', '.join(s.input_names)}), "
           f"factors: {', '.join(s.factors) or 'none'}")

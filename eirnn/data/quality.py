@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .errors import DataFormatError
+from eirnn.errors import UserError, cli_main
+
 from .session import INPUT_CHANNELS, Session
 
 __all__ = ["session_report", "format_report", "main"]
@@ -270,6 +271,13 @@ def format_report(rep: Dict[str, Any]) -> str:
     return "\n".join(x for x in lines if x is not None) + "\n"
 
 
+def _options_hint(message: str) -> str:
+    from .convert import options_hint
+
+    return options_hint(message)
+
+
+@cli_main(hint=_options_hint)  # DataFormatError, DiskFullError, ...: one line, status 2
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eirnn.data.quality",
                                      description="Data-quality report of a session file.")
@@ -287,15 +295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         options = json.loads(args.options) if args.options else None
     except ValueError as err:
-        print(f"error: --options: not JSON: {err}", file=sys.stderr, flush=True)
-        return 2
-    try:
-        session = load_session(args.file, None, options)
-    except DataFormatError as err:
-        from .convert import options_hint
-
-        print(f"error: {options_hint(str(err))}", file=sys.stderr, flush=True)
-        return 2
+        raise UserError(f"--options: not JSON: {err}") from None
+    session = load_session(args.file, None, options)
     rep = session_report(session, args.min_duration_ms, args.cv_folds)
     text = format_report(rep)
     print(text, end="", flush=True)
