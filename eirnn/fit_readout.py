@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from eirnn.errors import cli_main
+from eirnn.utils import fmt_epoch
 from eirnn.evaluation.readout import fit_checkpoint_readouts, fit_spike_readout, refuse_diverged  # noqa: F401
 
 __all__ = ["fit_spike_readout", "fit_checkpoint_readouts", "main"]
@@ -46,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dm = build_datamodule(cfg)
     res = fit_checkpoint_readouts(cfg, dm, paths, args.noise_draws)
     for name, info in res.items():
-        ep = "n/a" if info["epoch"] is None else int(info["epoch"]) + 1  # counted from 1, as everywhere people read it
+        ep = fmt_epoch(info["epoch"])  # counted from 1, as everywhere people read it
         print(f"{args.run_dir}/{name}: epoch {ep}, readout gain median {info['gain_median']:.3f} "
               f"(range {info['gain_range'][0]:.3f}-{info['gain_range'][1]:.3f}), offset median "
               f"{info['offset_median_hz']:.2f} sp/s, fitted on {info['n_train_trials']} training trials")

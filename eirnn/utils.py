@@ -42,6 +42,12 @@ def fmt_num(v: Any, spec: str = ".4f", na: str = "n/a", nan: str | None = "n/a",
     return format(v, spec)
 
 
+def fmt_epoch(epoch: Any) -> str:
+    """A 0-based ``epoch`` index as people read it, counted from 1 (console, train.log,
+    TensorBoard's step, training_report.md, the export); ``'n/a'`` for ``None``."""
+    return "n/a" if epoch is None else str(int(epoch) + 1)
+
+
 # ----------------------------------------------------------------- atomic writes
 _NO_SPACE = {28, 122}  # errno ENOSPC, EDQUOT
 

@@ -10,13 +10,10 @@ import numpy as np
 
 from eirnn.evaluation.predict import DEFAULT_NOISE_DRAWS
 from eirnn.evaluation.score import FANO_WINDOW_MS
-from eirnn.utils import fmt_num
+from eirnn.utils import fmt_epoch, fmt_num
 
 
-def _epoch1(epoch) -> str:
-    """A checkpoint's 0-based ``epoch`` index as people read it (counted from 1, like the
-    console, train.log, TensorBoard's step, training_report.md and the export)."""
-    return "n/a" if epoch is None else str(int(epoch) + 1)
+_epoch1 = fmt_epoch  # the old name (eirnn.evaluate re-exports it)
 
 
 
@@ -96,7 +93,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         f"({d.get('n_E')} E / {d.get('n_I')} I)",
         f"- split: {d.get('n_train')} training / {d.get('n_val')} validation trials"
         + (f" (fold {d.get('cv_fold')} of {d.get('cv_folds')})" if d.get("cv_folds") else ""),
-        f"- checkpoint: `{ck.get('path')}` (epoch {_epoch1(ck.get('epoch'))}, rule `{result.get('checkpoint_rule')}`)",
+        f"- checkpoint: `{ck.get('path')}` (epoch {fmt_epoch(ck.get('epoch'))}, rule `{result.get('checkpoint_rule')}`)",
     ]
     if result.get("checkpoint_rule") == "best":
         lines.append("- note: the `best` checkpoint was selected on these validation trials, which biases "

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eirnn.utils import fmt_num
+from eirnn.utils import fmt_epoch, fmt_num
 
 #: What each saved array holds (file stem -> description); shapes use K trials, T bins,
 #: N recorded neurons, n units, C inputs, d embedding width, H heads, k PCs, L locations.
@@ -127,11 +127,6 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m {sec:02d}s" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
 
 
-def _epoch1(rec: Mapping[str, Any]) -> str:
-    e = rec.get("epoch")
-    return "n/a" if e is None else str(int(e) + 1)
-
-
 def _nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, float)
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
@@ -205,8 +200,8 @@ def render_report(
         f"| model | {final_metrics.get('model', '')} |",
         f"| epochs trained | {summary.get('epochs_trained')} (max_epochs {(config.get('trainer') or {}).get('max_epochs')}) |",
         f"| stopped by | {_stopped_line(summary, config)} |",
-        f"| best {monitor} | {_f(best.get(monitor))} at epoch {_epoch1(best)} |",
-        f"| final {monitor} | {_f(final.get(monitor))} at epoch {_epoch1(final)} |",
+        f"| best {monitor} | {_f(best.get(monitor))} at epoch {fmt_epoch(best.get('epoch'))} |",
+        f"| final {monitor} | {_f(final.get(monitor))} at epoch {fmt_epoch(final.get('epoch'))} |",
         f"| training time | {format_duration(summary.get('train_time_s'))} (this training call); "
         f"sum of epoch times over all {len(history)} logged epochs {format_duration(sum_epochs)} |",
         f"| seed | {config.get('seed')} |",

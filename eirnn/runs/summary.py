@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from eirnn.errors import EXIT_DIVERGED
-from eirnn.utils import fmt_num
+from eirnn.utils import fmt_epoch, fmt_num
 
 __all__ = ["announce", "collect_summary", "print_summary", "log_hparams", "record_failure", "lightning_ctrl_c"]
 
@@ -99,7 +99,7 @@ def print_summary(summary: dict, out_dir: Path, monitor: str = "val/psth_corr") 
         return fmt_num(v)
 
     def ep(rec):  # 1-based, like the progress bar, the epoch lines and training_report.md
-        return "n/a" if rec.get("epoch") is None else int(rec["epoch"]) + 1
+        return fmt_epoch(rec.get("epoch"))
 
     lines = [
         "=" * 72,
