@@ -13,7 +13,6 @@ from eirnn.data import (INPUT_CHANNELS, DataFormatError, Session, load_mat, load
                         make_synthetic_session, save_mat)
 from eirnn.data import mat_io
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rnn_export_Newton_08_14_2025_SC.mat"
 ARRAY_FIELDS = ("rates", "inputs", "is_excitatory", "trial_location", "trial_identity",
                 "trial_reward", "trial_salience", "trial_probability", "time_axis_ms",
                 "trial_duration_ms", "neuron_ids", "brain_area", "eye_raw")
@@ -40,10 +39,8 @@ def small() -> Session:
 
 
 @pytest.fixture(scope="module")
-def real() -> Session:
-    if not REAL.exists():
-        pytest.skip(f"real session file not available at {REAL} (shared data not mounted)")
-    return load_mat(REAL)
+def real(real_session) -> Session:
+    return load_mat(real_session)
 
 
 # ----------------------------------------------------------------- real file

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import torch
 from eirnn.data import INPUT_CHANNELS, SessionDataModule, make_synthetic_session, save_mat
 from eirnn.data.datamodule import TrialBatchLoader, stratified_split
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rnn_export_Newton_08_14_2025_SC.mat"
 SYN = dict(seed=1, n_trials=320, n_time=60, n_exc=8, n_inh=4, n_hidden_exc=9, n_hidden_inh=4)
 
 
@@ -169,10 +167,8 @@ def test_filter_line_leaves_out_empty_filters_and_counts_nan_once():
         "min_duration_ms -6 (3 of them NaN durations), require_fixation -2"
 
 
-def test_real_session_filters():
-    if not REAL.exists():
-        pytest.skip(f"real session file not available at {REAL} (shared data not mounted)")
-    d = SessionDataModule(path=str(REAL), filters={"require_fixation": True})
+def test_real_session_filters(real_session):
+    d = SessionDataModule(path=str(real_session), filters={"require_fixation": True})
     d.setup()
     assert d.filter_report["require_fixation"] == 127  # README: 127 trials never fixate
     assert d.n_neurons == 41 and d.session.n_trials == 409
