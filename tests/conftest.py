@@ -28,12 +28,15 @@ def _key(override: str) -> str:
 
 def tiny_overrides(*extra: str | Iterable[str], base: Iterable[str] = TINY, drop: Iterable[str] = ()) -> list[str]:
     """``base`` (default :data:`TINY`) with ``extra`` (overrides, or lists of them) on top, one
-    override per key: an extra replaces the base override of the same key and drops those of its
-    sub-keys (``callbacks.figures=null`` drops ``callbacks.figures.every_n_epochs=0``); ``drop``
-    removes base keys (and their sub-keys) outright."""
+    override per key, as Hydra would apply them (the later value wins): an extra replaces the
+    base override of the same key, and ``KEY=null`` also drops those of its sub-keys
+    (``callbacks.figures=null`` drops ``callbacks.figures.every_n_epochs=0``; a group choice such as
+    ``model=lowrank`` keeps ``model.n_hidden=8``); ``drop`` removes base keys and their sub-keys."""
     extra = [o for e in extra for o in ([e] if isinstance(e, str) else e)]
-    gone = {_key(o) for o in extra} | set(drop)
-    kept = [o for o in base if not any(_key(o) == k or _key(o).startswith(k + ".") for k in gone)]
+    same = {_key(o) for o in extra}
+    tree = {_key(o) for o in extra if o.split("=", 1)[-1] == "null"} | set(drop)
+    kept = [o for o in base
+            if _key(o) not in same and not any(_key(o) == k or _key(o).startswith(k + ".") for k in tree)]
     return kept + extra
 
 
