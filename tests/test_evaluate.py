@@ -143,13 +143,15 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     """data=sc_mat alone selects the real-data training defaults (conf/loss/sc_mat.yaml,
-    conf/trainer/sc_mat.yaml); experiment=sc_default is the same configuration; the
-    command line still wins; the synthetic default keeps the package defaults."""
+    conf/budget/real_data.yaml, on top of any trainer: trainer=gpu keeps 700 epochs);
+    experiment=sc_default is the same configuration; the command line still wins; the
+    synthetic default keeps the package defaults."""
     import yaml
     from omegaconf import OmegaConf
 
     want = yaml.safe_load((REPO / "conf" / "loss" / "sc_mat.yaml").read_text())["neuron"]
-    epochs = yaml.safe_load((REPO / "conf" / "trainer" / "sc_mat.yaml").read_text())["max_epochs"]
+    epochs = yaml.safe_load((REPO / "conf" / "budget" / "real_data.yaml").read_text())["max_epochs"]
+    assert epochs == yaml.safe_load((REPO / "conf" / "trainer" / "sc_mat.yaml").read_text())["max_epochs"]
     real = compose(["data=sc_mat", "data.path=/x.mat"], tmp_path)
     for key, value in want.items():
         assert real.loss.neuron[key] == value, key
@@ -161,6 +163,10 @@ def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     assert plain(alias) == plain(real)
     cli = compose(["data=sc_mat", "data.path=/x.mat", "loss.neuron.kind=correlation", "trainer.max_epochs=7"], tmp_path)
     assert cli.loss.neuron.kind == "correlation" and cli.trainer.max_epochs == 7
+    gpu = compose(["data=sc_mat", "data.path=/x.mat", "trainer=gpu"], tmp_path)
+    assert gpu.trainer.accelerator == "gpu" and gpu.trainer.max_epochs == epochs  # not trainer/default's
+    gpu_final = compose(["experiment=final_model", "trainer=gpu"], tmp_path)
+    assert gpu_final.trainer.accelerator == "gpu" and gpu_final.trainer.max_epochs == 2000
     other = compose(["data=sc_mat", "data.path=/x.mat", "loss=poisson_neuron"], tmp_path)
     assert other.loss.neuron.kind == "poisson"
     syn = compose([], tmp_path)

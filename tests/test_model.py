@@ -213,3 +213,15 @@ def test_unconstrained_init_signs():
         EIRNN(dale=False, init_signs="random", rank=4, **kw)
     with pytest.raises(ValueError, match="init_signs"):
         EIRNN(dale=False, init_signs="gaussian", **kw)
+
+
+def test_n_hidden_per_neuron_scales_the_hidden_population():
+    rec14 = np.array([True] * 9 + [False] * 5)
+    rec41 = np.array([True] * 30 + [False] * 11)
+    # round(0.95 * 14) = 13 hidden units, round(0.95 * 41) = 39 (the fixed default's count)
+    assert EIRNN(15, rec14, n_hidden=39, n_hidden_per_neuron=0.95).n_units == 14 + 13
+    assert EIRNN(15, rec41, n_hidden=5, n_hidden_per_neuron=0.95).n_units == 41 + 39
+    assert EIRNN(15, rec14, n_hidden=39, n_hidden_per_neuron=0.0).n_units == 14
+    assert EIRNN(15, rec14, n_hidden=7).n_units == 14 + 7  # unset: n_hidden as given
+    with pytest.raises(ValueError, match="n_hidden_per_neuron"):
+        EIRNN(15, rec14, n_hidden_per_neuron=-1.0)

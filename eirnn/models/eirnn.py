@@ -61,6 +61,8 @@ class EIRNN(nn.Module):
         n_inputs: number of input channels ``C``.
         recorded_is_excitatory: bool ``[n_recorded]``, E/I type of each recorded neuron.
         n_hidden: hidden (unrecorded) units added to the recorded ones.
+        n_hidden_per_neuron: if set, ``n_hidden = round(n_hidden_per_neuron * n_recorded)``
+            instead, so the network grows and shrinks with the session (issue 15).
         hidden_ei_ratio: E:I ratio of the hidden units.
         dt, tau: step and membrane time constant (ms); ``tau_inh`` for I units (default ``tau``).
         noise_scale: ``sigma`` of the state noise (scaled by ``sqrt(alpha)``).
@@ -89,6 +91,7 @@ class EIRNN(nn.Module):
         n_inputs: int,
         recorded_is_excitatory,
         n_hidden: int = 39,
+        n_hidden_per_neuron: float | None = None,
         hidden_ei_ratio: float = 4.0,
         dt: float = 25.0,
         tau: float = 50.0,
@@ -125,6 +128,10 @@ class EIRNN(nn.Module):
         self._repeated_inputs = RepeatedRows()  # fused path: the input drive once per distinct input row
         g = torch.Generator().manual_seed(int(seed))
         rec_exc = torch.as_tensor(np.asarray(recorded_is_excitatory, dtype=bool))
+        if n_hidden_per_neuron is not None:
+            if not float(n_hidden_per_neuron) >= 0:
+                raise ValueError(f"model.n_hidden_per_neuron must be >= 0 or null, got {n_hidden_per_neuron}")
+            n_hidden = int(round(float(n_hidden_per_neuron) * int(rec_exc.numel())))
         n_he, n_hi = hidden_split(n_hidden, hidden_ei_ratio)
         is_exc = torch.cat([rec_exc, torch.ones(n_he, dtype=torch.bool), torch.zeros(n_hi, dtype=torch.bool)])
         self.n_inputs = int(n_inputs)
