@@ -41,6 +41,29 @@ def test_reward_context_channel_off_is_exact_and_on_appends_reward():
     assert torch.equal(on["inputs"][..., 14], want)
 
 
+def test_reward_context_auto_follows_the_session_reward_factor():
+    import dataclasses
+
+    from eirnn.data import make_synthetic_session, session_to_tensors
+    from eirnn.data.datamodule import resolve_inputs
+
+    s = make_synthetic_session(n_trials=12, n_time=20, n_exc=3, n_inh=2, seed=1)
+    assert resolve_inputs({"reward_context": "auto"}, s) == {"reward_context": True}
+    auto = add_input_channels(session_to_tensors(s), s, {"reward_context": "auto"})
+    on = add_input_channels(session_to_tensors(s), s, {"reward_context": True})
+    assert torch.equal(auto["inputs"], on["inputs"])
+    for rew in (None, np.full(12, 2.0)):  # no reward factor, or codes other than 0/1: off
+        t = dataclasses.replace(s, trial_reward=rew)
+        assert resolve_inputs({"reward_context": "auto"}, t) == {"reward_context": False}
+        assert add_input_channels(session_to_tensors(t), t, {"reward_context": "auto"})["inputs"].shape[-1] == 14
+    with pytest.raises(ValueError, match="needs a session with a reward factor"):
+        add_input_channels(session_to_tensors(s), dataclasses.replace(s, trial_reward=None), {"reward_context": True})
+    from eirnn.data import SessionDataModule
+
+    with pytest.raises(ValueError, match="true, false or auto"):
+        SessionDataModule(inputs={"reward_context": "maybe"})
+
+
 def _batch(seed=0, b=8, t=12, n=3):
     g = torch.Generator().manual_seed(seed)
     rates = torch.rand(b, t, n, generator=g) * 20

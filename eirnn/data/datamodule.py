@@ -34,7 +34,7 @@ from .splits import stratified_kfold, stratified_split
 from .synthetic import make_synthetic_session
 
 __all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratified_kfold", "apply_filters",
-           "condition_grouped_order", "add_input_channels", "BATCH_MODES"]
+           "condition_grouped_order", "add_input_channels", "resolve_inputs", "BATCH_MODES"]
 
 _FILTER_KEYS = ("min_duration_ms", "require_fixation")
 _INPUT_KEYS = ("reward_context",)
@@ -110,15 +110,29 @@ def add_input_channels(tensors: Dict[str, torch.Tensor], session: Session, input
     ``reward_context``: channel 14 = ``trial_reward`` (1 high, 0 low) in every bin: the
     reward level is blocked, so the animal knows it from the trial's start (the 14 channels
     only carry a reward-onset pulse of the same size for both levels). Off: the tensors are
-    returned unchanged (the 14 channels exactly).
+    returned unchanged (the 14 channels exactly). ``"auto"``: on when the session has a
+    0/1 ``trial_reward`` (:func:`resolve_inputs`).
     """
-    if inputs and inputs.get("reward_context"):
+    inputs = resolve_inputs(inputs, session)
+    if inputs.get("reward_context"):
         if getattr(session, "trial_reward", None) is None:
             raise ValueError("data.inputs.reward_context=true needs a session with a reward factor (trial_reward)")
         x = tensors["inputs"]
         rew = torch.as_tensor(np.asarray(session.trial_reward, dtype=np.float64), dtype=x.dtype)
         tensors["inputs"] = torch.cat([x, rew[:, None, None].expand(x.shape[0], x.shape[1], 1)], dim=2)
     return tensors
+
+
+def resolve_inputs(inputs: Optional[Dict[str, Any]], session: Session) -> Dict[str, Any]:
+    """``data.inputs`` with ``"auto"`` replaced by a bool for this session:
+    ``reward_context: auto`` is on when ``trial_reward`` exists with every value 0 or 1
+    (the SC schema's low / high), off otherwise (e.g. an NWB file without that factor)."""
+    out = dict(inputs or {})
+    if str(out.get("reward_context")).lower() == "auto":
+        rew = getattr(session, "trial_reward", None)
+        out["reward_context"] = bool(rew is not None and np.size(rew) > 0
+                                     and np.isin(np.asarray(rew, dtype=np.float64), (0.0, 1.0)).all())
+    return out
 
 
 class TrialBatchLoader:
@@ -240,6 +254,9 @@ class SessionDataModule(L.LightningDataModule):
         if unknown:
             raise ValueError(f"data.inputs: unknown key(s) {unknown}; known: {list(_INPUT_KEYS)}")
         self.inputs = dict(inputs or {})
+        rc = self.inputs.get("reward_context")
+        if not (rc is None or isinstance(rc, bool) or str(rc).lower() == "auto"):
+            raise ValueError(f"data.inputs.reward_context must be true, false or auto, got {rc!r}")
         self.cv_partition: Optional[np.ndarray] = None
         self.session: Optional[Session] = None
         self.kept_trials: Optional[np.ndarray] = None
@@ -283,6 +300,7 @@ class SessionDataModule(L.LightningDataModule):
                                       f"{np.unique(session.condition_ids()).size} conditions after the filters "
                                       + (f"(fold {self.cv_fold} of {self.cv_folds} is empty)" if self.cv_folds
                                          else f"with data.val_fraction={self.val_fraction:g}"))
+        self.inputs = resolve_inputs(self.inputs, session)  # "auto" -> this session's bool
         full = self.make_tensors(session)
         tr, va = torch.from_numpy(self.train_idx), torch.from_numpy(self.val_idx)
         self._train = {k: v.index_select(0, tr) for k, v in full.items()}
