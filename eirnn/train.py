@@ -92,6 +92,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         n_members = ens_build.ensemble_size(cfg)
     except ValueError as err:
         raise UserError(str(err)) from err
+    if n_members == 1 and (ens_build.ensemble_vary(cfg, 1) or ens_build.ensemble_same_seed(cfg)):
+        raise UserError("ensemble.vary / ensemble.same_seed need ensemble.size > 1 (for one run, set the key itself)")
     # K seeds as one batched model: the machinery (fit or task network) named by the module class
     ens = ens_build.machinery(cfg) if n_members > 1 else None
     dm = build_datamodule(cfg)

@@ -414,3 +414,113 @@ def test_balancer_member_axis_with_one_member_is_the_single_model(mode):
     torch.testing.assert_close(w1.grad[0], w.grad)
     for key in s1:
         torch.testing.assert_close(sk[key].reshape(()), s1[key].reshape(()))
+
+
+# ----------------------------------------------------------------------------- ensemble.vary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vary, same_seed, single", [
+    # member 1 steps at 2e-3 while the optimiser runs at max lr 1e-2 (f_1 = 0.2): the single run at 2e-3
+    ("{optim.lr:[1e-2,2e-3]}", False, ["seed=43", "optim.lr=2e-3"]),
+    # the same members from one seed, with a warmup ramp and the plateau schedule (one per member, from lr_k)
+    ("{optim.lr:[1e-2,2e-3]}", True, ["seed=42", "optim.lr=2e-3", "optim.warmup_steps=5", "scheduler=plateau",
+                                      "scheduler.patience=0"]),
+    # loss weights, every member from seed 42: member 1 == the single run of seed 42 with its weights
+    ("{loss.reg.lambda_l2:[1e-4,2.0],loss.neuron.lambda_var:[0.05,2.0]}", True,
+     ["seed=42", "loss.reg.lambda_l2=2.0", "loss.neuron.lambda_var=2.0"]),
+])
+def test_member_follows_the_single_run_of_its_values(compose, tmp_path, vary, same_seed, single):
+    """ensemble.vary: member k trains as the single run with value k of each list (and seed + k, or
+    seed with ensemble.same_seed), up to float round-off; its values are recorded."""
+    from eirnn.train import train
+
+    common = ["trainer.max_epochs=3", "callbacks.early_stopping.patience=100", "data.split_seed=42",
+              "optim.warmup_steps=0"] + [o for o in single if o.split("=")[0] in ("optim.warmup_steps", "scheduler",
+                                                                                   "scheduler.patience")]
+    single = [o for o in single if o not in common]
+    train(compose(FAST + common + ["ensemble.size=2", f"ensemble.vary={vary}",
+                                   f"ensemble.same_seed={str(same_seed).lower()}"], tmp_path / "ens"))
+    train(compose(FAST + common + single, tmp_path / "single"))
+    ens = json.loads((tmp_path / "ens" / "training_log.json").read_text())
+    one = json.loads((tmp_path / "single" / "training_log.json").read_text())
+    assert len(ens) == len(one) == 3
+    for a, b in zip(ens, one):
+        assert a["val/psth_corr/m1"] == pytest.approx(b["val/psth_corr"], abs=1e-5)
+        if "optim.warmup_steps=5" not in common:  # (the single run's "lr" includes the warmup ramp; lr/m{k} not)
+            assert a["lr/m1"] == pytest.approx(b["lr"])
+    assert abs(ens[-1]["val/psth_corr/m1"] - ens[-1]["val/psth_corr/m0"]) > 1e-4  # the values do matter
+    # the varied values are in ensemble_metrics.json and each member's best.json
+    want = [dict(o.split("=") for o in single if not o.startswith("seed"))]
+    summary = json.loads((tmp_path / "ens" / "ensemble_metrics.json").read_text())
+    assert summary["seeds"] == ([42, 42] if same_seed else [42, 43])
+    m1 = summary["members"][1]["values"]
+    assert m1 == {k: pytest.approx(float(v)) for k, v in want[0].items()}
+    assert set(summary["vary"]) == set(m1) and all(len(v) == 2 for v in summary["vary"].values())
+    best = json.loads((tmp_path / "ens" / "members" / "m1" / "best.json").read_text())
+    assert best["values"] == m1 and best["seed"] == summary["seeds"][1]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("ensemble.vary={optim.lr:[1e-3,5e-3,1e-2]}", "optim.lr"),          # 3 values for 2 members
+    ("ensemble.vary={model.n_hidden:[4,8]}", "model.n_hidden"),          # changes the architecture
+    ("ensemble.vary={loss.trial.epsilon:[0.1,0.2]}", "loss.trial.epsilon"),  # not a per-member weight
+    ("ensemble.vary={optim.lr:[1e-3,abc]}", "optim.lr"),                 # not a number
+    ("ensemble.vary={optim.lr:1e-3}", "optim.lr"),                       # not a list
+])
+def test_bad_ensemble_vary_is_a_user_error_naming_the_key(compose, tmp_path, override, key):
+    from eirnn.runs.ensemble import ensemble_vary
+    from eirnn.train import UserError
+
+    cfg = compose(FAST + ["ensemble.size=2", override], tmp_path)
+    with pytest.raises(UserError, match=key.replace(".", r"\.")) as err:
+        ensemble_vary(cfg, 2)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_ensemble_vary_cli_errors_exit_2(tmp_path):
+    """Through the command line: a one-line error and exit status 2, before any training."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    for args, key in ((["ensemble.size=2", "ensemble.vary={model.n_hidden:[4,8]}"], "model.n_hidden"),
+                      (["ensemble.size=2", "ensemble.vary={optim.lr:[1e-3]}"], "optim.lr"),
+                      (["ensemble.vary={optim.lr:[1e-3]}"], "ensemble.size")):
+        res = subprocess.run([sys.executable, "-m", "eirnn.train", *FAST, *args, f"hydra.run.dir={tmp_path}"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert key in res.stderr
+
+
+def test_empty_vary_keeps_the_seed_plus_k_members(compose, tmp_path):
+    from eirnn.runs.ensemble import build_ensemble, ensemble_vary
+    from eirnn.train import build_datamodule
+
+    cfg = compose(FAST + ["ensemble.size=2"], tmp_path)
+    assert ensemble_vary(cfg, 2) == {}
+    model, module = build_ensemble(cfg, build_datamodule(cfg), 2)
+    assert model.seeds == [42, 43] and module.vary == {} and module.lr_ratios == [1.0, 1.0]
+    assert module.member_objectives is None and module.member_train_seeds == [module.train_seed + k for k in range(2)]
+
+
+def test_varied_lr_starts_each_members_plateau_and_loss_weights_build_member_objectives(compose, tmp_path):
+    from eirnn.runs.ensemble import build_ensemble
+    from eirnn.train import build_datamodule
+
+    cfg = compose(FAST + ["ensemble.size=3", "scheduler=plateau", "ensemble.same_seed=true",
+                          "ensemble.vary={optim.lr:[1e-3,4e-3,2e-3],loss.reg.lambda_l2:[0.0,0.1,0.2]}"], tmp_path)
+    model, module = build_ensemble(cfg, build_datamodule(cfg), 3)
+    assert model.seeds == [42, 42, 42] and len(set(module.member_train_seeds)) == 1
+    assert len(set(module.member_val_seeds)) == 1
+    opt = module.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    assert opt.param_groups[0]["lr"] == pytest.approx(4e-3)  # the optimiser's lr is the largest
+    assert [p.lr for p in module._plateaus] == pytest.approx([1e-3, 4e-3, 2e-3])
+    assert module.member_lrs() == pytest.approx([1e-3, 4e-3, 2e-3])
+    assert [o.reg["lambda_l2"] for o in module.member_objectives] == [0.0, 0.1, 0.2]
+    assert module.member_values(2) == {"optim.lr": 2e-3, "loss.reg.lambda_l2": 0.2}

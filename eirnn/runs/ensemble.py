@@ -7,6 +7,11 @@ on the config with that seed); the machinery says whether it also gets that run'
 (``OWN_DATA``), how the members are stacked (``stack_data``, ``stack_models``), what it refuses
 (``check_config``) and which module trains them (``ENSEMBLE_MODULE``, same settings as the
 config's module).
+
+``ensemble.vary={key: [v_0, ..., v_{K-1}]}`` (fits only; keys in
+:data:`~eirnn.training.ensemble.members.VARY_KEYS`): member ``k`` is the single run with
+``key=v_k`` as well; ``ensemble.same_seed=true``: every member is built with ``seed`` (the same
+initialisation and noise), not ``seed + k``.
 """
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ import importlib
 from eirnn.errors import UserError
 from eirnn.runs.build import build_datamodule as _build_one_datamodule
 from eirnn.runs.build import build_model, build_module
-from eirnn.training.ensemble.members import ensemble_size, with_module_target, with_seed
+from eirnn.training.ensemble.members import (ensemble_same_seed, ensemble_size, ensemble_vary, with_module_target,
+                                             with_seed, with_values)
 
-__all__ = ["ensemble_size", "machinery", "build_datamodule", "build_ensemble"]
+__all__ = ["ensemble_size", "ensemble_vary", "ensemble_same_seed", "machinery", "build_datamodule", "build_ensemble"]
 
 
 def machinery(cfg):
@@ -58,7 +64,12 @@ def build_ensemble(cfg, dm, size: int):
     if cfg.get("export"):
         raise UserError("export=true is not supported with ensemble.size > 1 (each member's weights are "
                         "written to members/m{k}/checkpoints/)")
-    seeds = [int(cfg.seed) + k for k in range(size)]
+    vary = ensemble_vary(cfg, size)
+    same = ensemble_same_seed(cfg)
+    if (vary or same) and not hasattr(mach.ENSEMBLE_MODULE, "set_member_settings"):
+        raise UserError(f"ensemble.vary / ensemble.same_seed are supported for fits to recorded data (module=fit), "
+                        f"not for module {cfg.module.get('_target_')}")
+    seeds = [int(cfg.seed) + (0 if same else k) for k in range(size)]
     try:
         member_dms = mach.member_datamodules(dm, size)
     except ValueError as err:
@@ -69,7 +80,12 @@ def build_ensemble(cfg, dm, size: int):
     except ValueError as err:
         raise UserError(f"ensemble: {err}") from err
     try:
-        module = build_module(with_module_target(cfg, mach.ENSEMBLE_MODULE), model, dm)
+        mcfg = with_module_target(cfg, mach.ENSEMBLE_MODULE)
+        if "optim.lr" in vary:  # the optimiser runs at the largest lr; member k's step is scaled to lr_k
+            mcfg = with_values(mcfg, {"optim.lr": max(vary["optim.lr"])})
+        module = build_module(mcfg, model, dm)
+        if vary or same:
+            module.set_member_settings(vary, [s - int(cfg.seed) for s in seeds])
     except Exception as err:  # the module's own refusals (e.g. a plateau schedule for task members)
         cause = err.__cause__ if err.__cause__ is not None else err
         if isinstance(cause, ValueError):

@@ -32,6 +32,18 @@ its own ReduceLROnPlateau state. Training ends when every member
 has stopped (or at ``max_epochs``). :class:`EnsembleArtifacts` writes
 ``members/m{k}/checkpoints/best.ckpt`` (the member checkpoint format of
 :mod:`eirnn.training.ensemble.members`; + ``members/m{k}/best.json``) and ``ensemble_metrics.json``.
+
+Members that differ in scalars (``ensemble.vary={key: [v_0, ..., v_{K-1}]}``,
+:meth:`EnsembleFitModule.set_member_settings`; keys: ``members.VARY_KEYS``): member ``k`` is the
+single run with ``key=v_k``::
+
+    optim.lr:  member k steps at lr_k (f_k = lr_k / lr, lr = max_k lr_k the optimiser's; warmup,
+               cosine and plateau act on lr_k as in the single run)
+    loss.*:    loss = sum_k L_k, L_k = member k's terms with its weights w_k (L_reg: lambda_l2,k;
+               activity: lambda_mean,k, lambda_max,k; L_neuron: lambda_scale,k, lambda_var,k, poisson_weight,k)
+
+``ensemble.same_seed=true``: every member is initialised with ``seed`` and draws the noise of
+``seed`` (member offsets 0), so members differ only in the varied values.
 """
 from __future__ import annotations
 
@@ -50,6 +62,7 @@ from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, cli
 from eirnn.training.ensemble.members import per_member as _per_member
 from eirnn.training.lr_warmup import scaled_lr, warmup_factor
 from eirnn.training.module import MONITOR, FitModule
+from eirnn.training.objective import FitObjective
 from eirnn.utils import fmt_num
 
 __all__ = ["EnsembleFitModule", "EnsembleArtifacts", "ensemble_backward", "member_grad_norms",
@@ -117,6 +130,7 @@ class EnsembleFitModule(FitModule):
         self.patience = None if patience is None else int(patience)
         self.member_train_seeds = [self.train_seed + k for k in range(K)]
         # the single run with seed + k validates with val_seed when set, else seed + k + 1000003
+        self._explicit_val_seed = val_seed is not None
         self.member_val_seeds = [self.val_seed if val_seed is not None else self.val_seed + k for k in range(K)]
         self._train_gens: list[torch.Generator] | None = None
         self._train_gen_states: list[torch.Tensor] | None = None
@@ -131,6 +145,42 @@ class EnsembleFitModule(FitModule):
         self.improved_members: list[int] = []
         self._plateaus: list[MemberPlateau] | None = None
         self._vmap_neuron = True
+        self.vary: dict[str, list[float]] = {}       # ensemble.vary: {key: [value of member k]}
+        self.lr_ratios = [1.0] * K                   # lr_k / the optimiser's lr
+        self.member_objectives: list[FitObjective] | None = None  # per member when loss weights vary
+
+    def set_member_settings(self, vary: Mapping[str, Sequence[float]], seed_offsets: Sequence[int]) -> None:
+        """Members that differ in scalars (``ensemble.vary``, see the module docstring) and their
+        noise seeds: member ``k`` draws the training noise of ``train_seed + seed_offsets[k]`` and
+        the validation noise of the single run of that seed (``seed_offsets = 0, ..., K-1`` by
+        default; all 0 with ``ensemble.same_seed``). Call before training."""
+        K = self.size
+        self.vary = {str(key): [float(v) for v in vals] for key, vals in vary.items()}
+        offsets = [int(o) for o in seed_offsets]
+        self.member_train_seeds = [self.train_seed + o for o in offsets]
+        self.member_val_seeds = [self.val_seed if self._explicit_val_seed else self.val_seed + o for o in offsets]
+        self._train_gens = None
+        lrs = self.vary.get("optim.lr")
+        base = float(_cfg_get(self.optim_cfg, "lr", 1e-3))
+        self.lr_ratios = [1.0] * K if lrs is None or base <= 0 else [lr / base for lr in lrs]
+        loss_keys = [key for key in self.vary if key.startswith("loss.")]
+        if loss_keys:
+            self.member_objectives = []
+            for k in range(K):
+                parts = {name: dict(self.loss_cfg.get(name) or {}) for name in ("neuron", "trial", "reg", "activity")}
+                for key in loss_keys:
+                    _, group, name = key.split(".")
+                    parts[group][name] = self.vary[key][k]
+                self.member_objectives.append(FitObjective(**parts, bin_size_ms=self.objective.bin_size_ms))
+            if any(key.startswith("loss.neuron.") for key in loss_keys):
+                self._vmap_neuron = False  # one objective per member: a loop over members
+
+    def member_values(self, k: int) -> dict[str, float]:
+        """Member ``k``'s varied values (``ensemble.vary``; ``{}`` without)."""
+        return {key: vals[k] for key, vals in self.vary.items()}
+
+    def _objective(self, k: int) -> FitObjective:
+        return self.objective if self.member_objectives is None else self.member_objectives[k]
 
     # ------------------------------------------------------------- state
     @property
@@ -151,7 +201,7 @@ class EnsembleFitModule(FitModule):
             elif self._plateaus is not None:
                 out.append(self._plateaus[k].lr)
             else:
-                out.append(base)
+                out.append(base * self.lr_ratios[k])
         return out
 
     def _train_generators(self) -> list[torch.Generator]:
@@ -221,7 +271,7 @@ class EnsembleFitModule(FitModule):
                 return torch.func.vmap(self.objective.neuron_term, in_dims=(0, None, None))(rec, target, mask)
             except Exception:  # an op without a batching rule: same values by a loop
                 self._vmap_neuron = False
-        return torch.stack([self.objective.neuron_term(r, target, mask) for r in rec.unbind(0)])
+        return torch.stack([self._objective(k).neuron_term(r, target, mask) for k, r in enumerate(rec.unbind(0))])
 
     def _losses(self, rates: torch.Tensor, target, mask, members: list[int]):
         """Per-member loss terms ``[K]`` (0 for members not in ``members``: no gradient)."""
@@ -244,7 +294,7 @@ class EnsembleFitModule(FitModule):
         weights = self.model.member_regularized_weights()
         extras: dict[str, list] = {}
         for k in members:
-            for name, v in self.objective.extra_term(_MemberWeights(weights[k]), alls[k], mask).items():
+            for name, v in self._objective(k).extra_term(_MemberWeights(weights[k]), alls[k], mask).items():
                 extras.setdefault(name, [zero] * K)[k] = v
         return l_neuron, l_trial, {name: torch.stack(v) for name, v in extras.items()}, rec
 
@@ -497,9 +547,9 @@ class EnsembleFitModule(FitModule):
             sch = conf["lr_scheduler"]["scheduler"]  # replaced by one plateau state per member
             lr = float(conf["optimizer"].param_groups[0]["lr"])
             self._plateaus = [
-                MemberPlateau(lr, factor=sch.factor, patience=sch.patience, min_lr=float(sch.min_lrs[0]),
+                MemberPlateau(lr * self.lr_ratios[k], factor=sch.factor, patience=sch.patience, min_lr=float(sch.min_lrs[0]),
                               threshold=sch.threshold, eps=sch.eps)
-                for _ in range(self.size)
+                for k in range(self.size)
             ]
             saved = getattr(self, "_plateau_states", None)
             if saved:
@@ -515,7 +565,7 @@ class EnsembleFitModule(FitModule):
         for k in range(self.size):
             rec = self.member_best_record[k]
             members.append({
-                "member": k, "seed": self.model.seeds[k],
+                "member": k, "seed": self.model.seeds[k], "values": self.member_values(k),
                 "best_val/psth_corr": None if not math.isfinite(self.member_best[k]) else self.member_best[k],
                 "best_epoch": self.member_best_epoch[k],
                 "stopped_epoch": self.member_stopped_epoch[k],
@@ -523,7 +573,7 @@ class EnsembleFitModule(FitModule):
                 "checkpoint": f"members/m{k}/checkpoints/best.ckpt",
             })
         out = {
-            "size": self.size, "seeds": list(self.model.seeds), "monitor": MONITOR, "patience": self.patience,
+            "size": self.size, "seeds": list(self.model.seeds), "vary": dict(self.vary), "monitor": MONITOR, "patience": self.patience,
             "members": members, **finite_stats(self.member_best, "best_val/psth_corr"),
             "all_stopped": all(self.stopped),
         }
@@ -551,6 +601,7 @@ class EnsembleArtifacts(MemberArtifacts):
 
         rec = pl_module.member_best_record[k]
         write_json_atomic(self.member_dir(k) / "best.json", {"member": k, "seed": pl_module.model.seeds[k],
+                                                             "values": pl_module.member_values(k),
                                                              "epoch": rec.get("epoch"), "metrics": rec})
 
 
@@ -609,9 +660,15 @@ def ensemble_report_lines(summary: Mapping[str, Any], output_dir: str | Path) ->
         return fmt_num(v, nan=None)
 
     stopped = sum(m["stopped_epoch"] is not None for m in summary["members"])
+    varied = [f"  m{m['member']}: " + ", ".join(f"{key}={v:g}" for key, v in m["values"].items())
+              + f" -> best {MONITOR} {f(m['best_val/psth_corr'])}"
+              for m in summary["members"] if m.get("values")]
+    seeds = summary["seeds"]
+    seed_text = (f"seed {seeds[0]} for every member" if len(set(seeds)) == 1 and len(seeds) > 1
+                 else f"seeds {seeds[0]}..{seeds[-1]}")
     return [
-        f"ensemble: {summary['size']} members (seeds {summary['seeds'][0]}..{summary['seeds'][-1]}), "
-        f"{stopped} stopped early",
+        f"ensemble: {summary['size']} members ({seed_text}), {stopped} stopped early",
+        *varied,
         f"  best {MONITOR} per member: mean {f(summary['best_val/psth_corr_mean'])} +- "
         f"{f(summary['best_val/psth_corr_std'])} (min {f(summary['best_val/psth_corr_min'])}, "
         f"max {f(summary['best_val/psth_corr_max'])})",

@@ -25,7 +25,8 @@ from eirnn.errors import UserError
 from eirnn.training.balancer import member_grad_norms, per_member
 
 __all__ = ["member_grad_norms", "per_member", "clip_member_grad_norms_", "MemberPlateau", "member_checkpoint",
-           "load_member_checkpoint", "MemberArtifacts", "finite_stats", "ensemble_size", "with_seed"]
+           "load_member_checkpoint", "MemberArtifacts", "finite_stats", "ensemble_size", "with_seed",
+           "VARY_KEYS", "ensemble_vary", "ensemble_same_seed", "member_values", "with_values"]
 
 MEMBER_KEY = "eirnn_member"
 
@@ -195,4 +196,74 @@ def with_module_target(cfg, cls: type):
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.module._target_ = f"{cls.__module__}.{cls.__name__}"
+    return c
+
+
+# ----------------------------------------------------------------------------- ensemble.vary
+#: The scalars ``ensemble.vary`` may give each member (fits to recorded data, module=fit): the
+#: initial learning rate and the loss weights that multiply a term of the member's own loss.
+#: Member ``k`` trains with value ``k`` of each list, i.e. as the single run with those overrides:
+#: ``optim.lr``: lr_k (warmup and the plateau schedule then act on lr_k, per member);
+#: ``loss.reg.lambda_l2``: L_reg,k = lambda_k * sum_W mean(W_k^2);
+#: ``loss.activity.lambda_mean`` / ``lambda_max``: the activity regulariser's weights (loss.activity.enabled);
+#: ``loss.neuron.lambda_scale`` / ``lambda_var`` / ``poisson_weight``: the weights inside L_neuron,k.
+#: The ensemble's loss is sum_k L_k (each L_k with member k's weights), so member k's gradient is its own.
+VARY_KEYS = ("optim.lr", "loss.reg.lambda_l2", "loss.activity.lambda_mean", "loss.activity.lambda_max",
+             "loss.neuron.lambda_scale", "loss.neuron.lambda_var", "loss.neuron.poisson_weight")
+
+
+def ensemble_vary(cfg, size: int) -> dict[str, list[float]]:
+    """``cfg.ensemble.vary`` checked: ``{key: [value of member 0, ..., member K-1]}`` (``{}`` when
+    unset). Raises :class:`UserError` (one line, naming the key) for a key outside :data:`VARY_KEYS`,
+    a list whose length is not ``ensemble.size``, or a value that is not a finite number."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    vary = OmegaConf.select(cfg, "ensemble.vary", default=None)
+    if vary is None:
+        return {}
+    if not isinstance(vary, (DictConfig, dict)):
+        raise UserError(f"ensemble.vary must be a mapping {{key: [one value per member]}}, got {vary!r}")
+    out: dict[str, list[float]] = {}
+    for key, values in (vary.items() if isinstance(vary, dict) else OmegaConf.to_container(vary).items()):
+        key = str(key)
+        if key not in VARY_KEYS:
+            raise UserError(f"ensemble.vary: {key} cannot be varied per member (supported: {', '.join(VARY_KEYS)})")
+        if isinstance(values, ListConfig):
+            values = OmegaConf.to_container(values)
+        if not isinstance(values, (list, tuple)) or len(values) != size:
+            n = len(values) if isinstance(values, (list, tuple)) else "not a list"
+            raise UserError(f"ensemble.vary: {key} needs a list of ensemble.size={size} values, got {n}: {values!r}")
+        try:
+            vals = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise UserError(f"ensemble.vary: {key} values must be numbers, got {values!r}") from None
+        if not all(math.isfinite(v) and v >= 0 for v in vals):
+            raise UserError(f"ensemble.vary: {key} values must be finite and >= 0, got {values!r}")
+        if key == "loss.neuron.poisson_weight" and not all(v <= 1 for v in vals):
+            raise UserError(f"ensemble.vary: {key} values must be in [0, 1], got {values!r}")
+        out[key] = vals
+    return out
+
+
+def ensemble_same_seed(cfg) -> bool:
+    """``cfg.ensemble.same_seed``: every member starts from ``seed`` (the same initialisation, noise)
+    instead of ``seed + k`` (false, the default)."""
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.select(cfg, "ensemble.same_seed", default=False) or False)
+
+
+def member_values(vary: Mapping[str, Sequence[float]], k: int) -> dict[str, float]:
+    """Member ``k``'s varied values ``{key: value}``."""
+    return {key: float(v[k]) for key, v in vary.items()}
+
+
+def with_values(cfg, values: Mapping[str, Any]):
+    """A copy of ``cfg`` with ``values`` (``{"optim.lr": 1e-3, ...}``) set."""
+    from omegaconf import OmegaConf, open_dict
+
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        for key, v in values.items():
+            OmegaConf.update(c, key, v, force_add=True)
     return c
