@@ -270,3 +270,23 @@ def test_session_to_tensors(small):
     assert torch.equal(t["mask"], torch.from_numpy(small.missing_mask()))
     assert torch.equal(t["trial"], torch.arange(48))
     assert "true_rates" in t
+
+
+def test_subsample_script_keeps_neuron_and_trial_fields_in_step(small, tmp_path):
+    """experiments/subsample_session.py (the sub-sampled sessions of experiments/evaluation.md)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "subsample_session", Path(__file__).resolve().parents[1] / "experiments" / "subsample_session.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n_neurons, n_trials = small.rates.shape[2] - 2, small.rates.shape[0] - 3
+    sub, neu = mod.subsample(small, 7, n_neurons, n_trials)
+    assert sub.rates.shape == (n_trials, small.rates.shape[1], n_neurons) and len(set(neu.tolist())) == n_neurons
+    assert np.array_equal(sub.is_excitatory, small.is_excitatory[neu])
+    assert sub.inputs.shape[2] == small.inputs.shape[2]  # inputs keep every channel
+    again, _ = mod.subsample(small, 7, n_neurons, n_trials)  # seeded
+    assert np.array_equal(np.nan_to_num(again.rates), np.nan_to_num(sub.rates))
+    path = save_mat(sub, tmp_path / "sub.mat")
+    back = load_mat(path)
+    assert back.rates.shape == sub.rates.shape and np.array_equal(back.is_excitatory, sub.is_excitatory)
