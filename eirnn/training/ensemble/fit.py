@@ -59,6 +59,7 @@ from eirnn.training.balancer import GradientBalancer
 from eirnn.training.base import cfg_get as _cfg_get
 from eirnn.training.ensemble.members import (MemberArtifacts, MemberPlateau, clip_member_grad_norms_,  # noqa: F401
                                              finite_stats, member_checkpoint, member_grad_norms)
+from eirnn.training.ensemble.members import member_values as _member_values
 from eirnn.training.ensemble.members import per_member as _per_member
 from eirnn.training.lr_warmup import scaled_lr, warmup_factor
 from eirnn.training.module import MONITOR, FitModule
@@ -177,7 +178,7 @@ class EnsembleFitModule(FitModule):
 
     def member_values(self, k: int) -> dict[str, float]:
         """Member ``k``'s varied values (``ensemble.vary``; ``{}`` without)."""
-        return {key: vals[k] for key, vals in self.vary.items()}
+        return _member_values(self.vary, k)
 
     def _objective(self, k: int) -> FitObjective:
         return self.objective if self.member_objectives is None else self.member_objectives[k]
