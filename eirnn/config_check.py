@@ -111,6 +111,8 @@ _CHECKS: list[tuple[str, Callable[[Any], str | None]]] = [
     ("optim.max_skipped_steps", _int_or_null_at_least(0)),
     ("data.batch_size", _batch_size),
     ("data.cv_folds", _int_or_null_at_least(2)),
+    ("data.es_fraction", lambda v: None if _is_num(v) and 0.0 <= float(v) < 1.0
+     else "must be a number in [0, 1): the share of training trials that drives early stopping (0 = off)"),
     ("data.n_train", _int_at_least(1)),
     ("data.n_val", _int_at_least(1)),
     ("model.rank", _rank),

@@ -25,7 +25,9 @@ ceiling (quick: what any model has to beat on these folds).
 checkpoint (selected on that fold) is scored as well, as ``model_best_ckpt``, to show the
 size of that selection bias. Caveat: the training config's early stopping and
 ReduceLROnPlateau still watch the fold's validation metric (when to stop, when to halve
-the learning rate), a milder use of the scored trials than choosing the checkpoint.
+the learning rate), a milder use of the scored trials than choosing the checkpoint, unless
+``data.es_fraction`` > 0: then those (and the best checkpoint) watch an early-stopping share
+of the training folds' trials, and no training decision sees the scored fold.
 """
 from __future__ import annotations
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import compose_config, train_run
 from eirnn.cv import aggregate, format_markdown, run_cv
 from eirnn.data import SessionDataModule
 from eirnn.data.datamodule import stratified_kfold
+from eirnn.data.splits import proportional_split
 
 SYN = dict(seed=1, n_trials=128, n_time=40, n_exc=5, n_inh=3, n_hidden_exc=4, n_hidden_inh=2)
 
@@ -121,6 +123,61 @@ def test_two_fold_cv_end_to_end(tmp_path):
     again = run_cv(cfg)
     assert again["sets"]["val"]["scores"]["model"]["psth_corr"]["per_fold"] == pc["per_fold"]
     assert not math.isnan(agg["sets"]["val"]["scores"]["train_mean"]["psth_corr"]["mean"])
+
+
+def test_proportional_split_counts_and_strata():
+    rng = np.random.default_rng(1)
+    cids = rng.integers(0, 9, 157)
+    for f in (0.0, 0.15, 0.5):
+        kept, taken = proportional_split(cids, f, seed=2)
+        assert np.array_equal(np.sort(np.concatenate([kept, taken])), np.arange(157))
+        assert taken.size in (math.floor(157 * f), math.ceil(157 * f))
+        for c in np.unique(cids):  # each condition gives floor or ceil of its share
+            n = int((cids == c).sum())
+            assert int(np.isin(taken, np.flatnonzero(cids == c)).sum()) in (math.floor(n * f), math.ceil(n * f))
+    assert np.array_equal(proportional_split(cids, 0.15, 2)[1], proportional_split(cids, 0.15, 2)[1])
+    assert not np.array_equal(proportional_split(cids, 0.15, 2)[1], proportional_split(cids, 0.15, 3)[1])
+    with pytest.raises(ValueError):
+        proportional_split(cids, 1.0, 0)
+
+
+def test_early_stopping_split_keeps_the_scored_fold_apart():
+    """data.es_fraction: the trainer fits fit_idx and validates on es_idx (both inside the
+    training folds); train_idx / val_idx (what eirnn.evaluate scores) are as without it."""
+    plain = SessionDataModule(synthetic=SYN, cv_folds=4, cv_fold=1, split_seed=5, batch_size=16)
+    es = SessionDataModule(synthetic=SYN, cv_folds=4, cv_fold=1, split_seed=5, batch_size=16, es_fraction=0.25)
+    plain.setup()
+    es.setup()
+    assert np.array_equal(plain.train_idx, es.train_idx) and np.array_equal(plain.val_idx, es.val_idx)
+    assert np.array_equal(np.sort(np.concatenate([es.fit_idx, es.es_idx])), es.train_idx)
+    assert es.es_idx.size == round(0.25 * es.train_idx.size) and not np.isin(es.es_idx, es.val_idx).any()
+    served = lambda loader: sum(int(b["inputs"].shape[0]) for b in loader)  # noqa: E731
+    assert served(es.train_dataloader()) == es.fit_idx.size and served(es.val_dataloader()) == es.es_idx.size
+    assert served(es.test_dataloader()) == es.val_idx.size
+    pos = np.flatnonzero(np.isin(es.train_idx, es.es_idx))  # the es trials among the training tensors
+    assert torch.equal(next(iter(es.val_dataloader()))["trial"], es.tensors("train")["trial"][pos[:16]])
+    assert torch.equal(es.tensors("val")["trial"], plain.tensors("val")["trial"])
+    assert plain.tensors("fit") is plain.tensors("train") and plain.tensors("es") is plain.tensors("val")
+    assert "early stopping: 24 of the 96 training trials" in es.describe()
+    with pytest.raises(ValueError, match="es_fraction"):
+        SessionDataModule(synthetic=SYN, es_fraction=1.0)
+
+
+@pytest.mark.slow
+def test_cv_with_early_stopping_split_scores_the_fold(tmp_path):
+    """With data.es_fraction the training's validation metrics come from the early-stopping
+    trials, and the CV still scores every trial of the held-out fold."""
+    cfg = _compose_cv(["debug=fast", "data.synthetic.n_trials=96", "+data.synthetic.n_time=30",
+                       "+data.synthetic.n_exc=4", "+data.synthetic.n_inh=2", "model.n_hidden=4",
+                       "trainer.max_epochs=2", "callbacks.figures=null", "logger=none", "cv.folds=2",
+                       "cv.ceiling_splits=2", "cv.baselines=[train_mean]", "data.es_fraction=0.25"], tmp_path)
+    agg = run_cv(cfg)
+    assert agg["sets"]["val"]["n_trials"] == [48, 48]
+    for f in (0, 1):
+        ev = json.loads((tmp_path / f"fold_{f}" / "evaluation.json").read_text())
+        assert ev["data"]["n_val"] == 48 and ev["data"]["n_train"] == 48
+        assert "es_fraction: 0.25" in (tmp_path / f"fold_{f}" / ".hydra" / "config.yaml").read_text()
+    assert set(agg["sets"]["val"]["scores"]) == {"model", "model_best_ckpt", "train_mean"}
 
 
 @pytest.mark.slow

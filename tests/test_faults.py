@@ -324,6 +324,7 @@ def test_cli_bad_config_values_one_line_exit_2_nothing_written(tmp_path):
     (["model.rank=2.5"], "model.rank=2.5"),
     (["data.batch_size=-1"], "data.batch_size=-1"),
     (["data.val_fraction=1.0"], "data.val_fraction=1.0"),
+    (["data.es_fraction=1.5"], "data.es_fraction=1.5: must be a number in [0, 1)"),
     (["optim.lr=-0.5"], "optim.lr=-0.5: must be >= 0"),  # as the README says (0 is allowed)
     (["optim.lr=inf"], "optim.lr=inf"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1"),

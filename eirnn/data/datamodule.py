@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
 from .errors import DataFormatError
 from .sources import load_session
 from .session import INPUT_CHANNELS, Session, session_to_tensors
-from .splits import stratified_kfold, stratified_split
+from .splits import proportional_split, stratified_kfold, stratified_split
 from .synthetic import make_synthetic_session
 
 __all__ = ["SessionDataModule", "TrialBatchLoader", "stratified_split", "stratified_kfold", "apply_filters",
@@ -216,6 +216,15 @@ class SessionDataModule(L.LightningDataModule):
     whatever the filters; validation = the kept trials of fold i, training = the kept
     trials of the other folds (``val_fraction`` is then unused). ``cv_partition`` ([K
     loaded trials] fold index) is kept after ``setup()``.
+
+    Early-stopping split (``es_fraction`` = f in (0, 1); default 0 = off): a further
+    split (:func:`proportional_split`, seed ``split_seed``) of the training trials sends
+    about f of them, and of each condition's, to an
+    early-stopping set, and the trainer sees only the rest: ``train_dataloader`` serves
+    ``fit_idx``, ``val_dataloader`` (early stopping, LR plateau, best checkpoint, logged
+    ``val/`` metrics) serves ``es_idx``. ``train_idx`` / ``val_idx`` and ``tensors("train")``
+    / ``tensors("val")`` keep their meaning (all training trials / the held-out set), so
+    :mod:`eirnn.evaluate` and :mod:`eirnn.cv` score trials that no training decision saw.
     """
 
     def __init__(self, path: Optional[str] = None, synthetic: Optional[Dict[str, Any]] = None,
@@ -223,11 +232,15 @@ class SessionDataModule(L.LightningDataModule):
                  val_fraction: float = 0.2, batch_size: Optional[int] = 0, split_seed: int = 42,
                  shuffle_seed: Optional[int] = None, filters: Optional[Dict[str, Any]] = None,
                  device_transfer: bool = True, cv_folds: Optional[int] = None, cv_fold: Optional[int] = 0,
-                 cv_seed: Optional[int] = None, batch_mode: str = "random", inputs: Optional[Dict[str, Any]] = None):
+                 cv_seed: Optional[int] = None, batch_mode: str = "random", inputs: Optional[Dict[str, Any]] = None,
+                 es_fraction: float = 0.0):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0.0 <= float(es_fraction) < 1.0:
+            raise ValueError(f"data.es_fraction must be in [0, 1), got {es_fraction}")
+        self.es_fraction = float(es_fraction)
         unknown = sorted(set(filters or {}) - set(_FILTER_KEYS))
         if unknown:
             raise ValueError(f"unknown filter(s) {unknown}; known: {list(_FILTER_KEYS)}")
@@ -262,9 +275,13 @@ class SessionDataModule(L.LightningDataModule):
         self.kept_trials: Optional[np.ndarray] = None
         self.train_idx: Optional[np.ndarray] = None
         self.val_idx: Optional[np.ndarray] = None
+        self.fit_idx: Optional[np.ndarray] = None  # = train_idx unless es_fraction > 0
+        self.es_idx: Optional[np.ndarray] = None   # = val_idx unless es_fraction > 0
         self.filter_report: Dict[str, int] = {}
         self._train: Dict[str, torch.Tensor] = {}
         self._val: Dict[str, torch.Tensor] = {}
+        self._fit: Dict[str, torch.Tensor] = {}
+        self._es: Dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ setup
     def prepare_data(self) -> None:  # nothing to download
@@ -300,11 +317,25 @@ class SessionDataModule(L.LightningDataModule):
                                       f"{np.unique(session.condition_ids()).size} conditions after the filters "
                                       + (f"(fold {self.cv_fold} of {self.cv_folds} is empty)" if self.cv_folds
                                          else f"with data.val_fraction={self.val_fraction:g}"))
+        self.fit_idx, self.es_idx = self.train_idx, self.val_idx
+        if self.es_fraction > 0:
+            fit, es = proportional_split(session.condition_ids()[self.train_idx], self.es_fraction, self.split_seed)
+            if es.size == 0 or fit.size == 0:
+                raise DataFormatError(session.source or self.path, None,
+                                      f"data.es_fraction={self.es_fraction:g} leaves no "
+                                      f"{'early-stopping' if es.size == 0 else 'fitting'} trials among the "
+                                      f"{self.train_idx.size} training trials")
+            self.fit_idx, self.es_idx = self.train_idx[fit], self.train_idx[es]
         self.inputs = resolve_inputs(self.inputs, session)  # "auto" -> this session's bool
         full = self.make_tensors(session)
-        tr, va = torch.from_numpy(self.train_idx), torch.from_numpy(self.val_idx)
-        self._train = {k: v.index_select(0, tr) for k, v in full.items()}
-        self._val = {k: v.index_select(0, va) for k, v in full.items()}
+
+        def take(idx: np.ndarray) -> Dict[str, torch.Tensor]:
+            t = torch.from_numpy(idx)
+            return {k: v.index_select(0, t) for k, v in full.items()}
+
+        self._train, self._val = take(self.train_idx), take(self.val_idx)
+        self._fit, self._es = ((take(self.fit_idx), take(self.es_idx)) if self.es_fraction > 0
+                               else (self._train, self._val))
         self.kept_trials = kept
         self.session = session
 
@@ -354,9 +385,11 @@ class SessionDataModule(L.LightningDataModule):
         return {"bin_size_ms": self.bin_size_ms}
 
     def tensors(self, split: str = "train") -> Dict[str, torch.Tensor]:
-        """The stored tensors of ``split`` ("train" or "val"), trials in index order."""
+        """The stored tensors of ``split``, trials in index order: ``train`` (every training
+        trial), ``val`` (held out), ``fit`` / ``es`` (what the trainer fits / validates on;
+        ``train`` / ``val`` unless ``es_fraction > 0``)."""
         self._need()
-        return {"train": self._train, "val": self._val}[split]
+        return {"train": self._train, "val": self._val, "fit": self._fit, "es": self._es}[split]
 
     def summary(self) -> Dict[str, Any]:
         """Session summary + split sizes + filter report + missing bins per split."""
@@ -364,6 +397,7 @@ class SessionDataModule(L.LightningDataModule):
         out.update({"n_train": int(self.train_idx.size), "n_val": int(self.val_idx.size),
                     "cv_folds": self.cv_folds, "cv_fold": self.cv_fold if self.cv_folds else None,
                     "val_fraction": self.val_fraction, "batch_size": self.batch_size,
+                    "es_fraction": self.es_fraction, "n_fit": int(self.fit_idx.size), "n_es": int(self.es_idx.size),
                     "n_train_batches": len(self.train_dataloader()),
                     "filter_report": dict(self.filter_report)})
         for name, t in (("train", self._train), ("val", self._val)):
@@ -386,6 +420,9 @@ class SessionDataModule(L.LightningDataModule):
             + (f"fold {self.cv_fold} of {self.cv_folds}, seed {self.cv_seed}" if self.cv_folds else f"seed {self.split_seed}")
             + f"); batch size {self.batch_size or 'full'} "
             f"-> {s['n_train_batches']} train batch(es)",
+        ] + ([f"  early stopping: {s['n_es']} of the {s['n_train']} training trials (data.es_fraction="
+              f"{self.es_fraction:g}) validate the training; it fits the other {s['n_fit']}"]
+             if self.es_fraction > 0 else []) + [
             f"  filters: {rep.get('n_before')} -> {rep.get('n_after')} trials"
             + (f" ({removed})" if removed else ""),
         ] + ([f"  accepted with caveats: {caveats}"] if caveats else []))
@@ -397,18 +434,21 @@ class SessionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TrialBatchLoader:
         self._need()
-        return TrialBatchLoader(self._train, self.batch_size, shuffle=True, seed=self.shuffle_seed,
+        return TrialBatchLoader(self._fit, self.batch_size, shuffle=True, seed=self.shuffle_seed,
                                 epoch_source=self._epoch, mode=self.batch_mode)
 
     def val_dataloader(self) -> TrialBatchLoader:
+        """The trainer's validation batches: the early-stopping trials when ``es_fraction > 0``."""
+        self._need()
+        return TrialBatchLoader(self._es, self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TrialBatchLoader:
+        """The held-out validation trials (``val_idx``), whatever ``es_fraction``."""
         self._need()
         return TrialBatchLoader(self._val, self.batch_size, shuffle=False)
 
-    def test_dataloader(self) -> TrialBatchLoader:
-        return self.val_dataloader()
-
     def predict_dataloader(self) -> TrialBatchLoader:
-        return self.val_dataloader()
+        return self.test_dataloader()
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if not self.device_transfer:

@@ -7,7 +7,7 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["stratified_split", "stratified_kfold"]
+__all__ = ["stratified_split", "stratified_kfold", "proportional_split"]
 
 
 def stratified_split(condition_ids: np.ndarray, val_fraction: float, seed: int
@@ -59,3 +59,26 @@ def stratified_kfold(condition_ids: np.ndarray, n_folds: int, seed: int) -> np.n
         fold[idx] = (start + np.arange(idx.size)) % k
         start = (start + idx.size) % k
     return fold
+
+
+def proportional_split(condition_ids: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded split -> (kept_idx, taken_idx), both sorted int64, with ``taken`` about
+    ``fraction`` of the trials in total and of every condition.
+
+    Systematic sampling: the trials, shuffled within each condition and listed condition by
+    condition, go to ``taken`` at positions i where floor((i + 1) f + u) > floor(i f + u)
+    (u uniform in [0, 1)). So ``taken`` holds floor(n f) or ceil(n f) of all n trials and
+    floor or ceil of each condition's share (unlike :func:`stratified_split`, no condition
+    is forced to give a trial; a 2-trial condition may give none).
+    """
+    f = float(fraction)
+    if not 0.0 <= f < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    cids = np.asarray(condition_ids).reshape(-1)
+    rng = np.random.default_rng(int(seed))
+    order = [rng.permutation(np.flatnonzero(cids == c)) for c in np.unique(cids)]
+    order = np.concatenate(order).astype(np.int64) if order else np.zeros(0, np.int64)
+    u = rng.random()
+    pos = np.arange(order.size)
+    taken = np.sort(order[np.floor((pos + 1) * f + u) > np.floor(pos * f + u)])
+    return np.setdiff1d(np.arange(cids.size, dtype=np.int64), taken), taken
