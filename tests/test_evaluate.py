@@ -143,7 +143,8 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     """data=sc_mat alone selects the real-data training defaults (conf/loss/sc_mat.yaml,
-    conf/budget/real_data.yaml, on top of any trainer: trainer=gpu keeps 700 epochs);
+    conf/budget/real_data.yaml, on top of any trainer: trainer=gpu keeps 700 epochs; Adam lr
+    conf/budget/real_data_lr.yaml, on top of any optimiser);
     experiment=sc_default is the same configuration; the command line still wins; the
     synthetic default keeps the package defaults."""
     import yaml
@@ -156,6 +157,11 @@ def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     for key, value in want.items():
         assert real.loss.neuron[key] == value, key
     assert real.trainer.max_epochs == epochs and real.loss.trial.enabled
+    lr = yaml.safe_load((REPO / "conf" / "budget" / "real_data_lr.yaml").read_text())["lr"]
+    package_lr = yaml.safe_load((REPO / "conf" / "optim" / "adam.yaml").read_text())["lr"]
+    assert real.optim.lr == lr != package_lr  # the real-data step size, on top of any optimiser:
+    assert compose(["data=sc_mat", "data.path=/x.mat", "optim=adamw"], tmp_path).optim.lr == lr
+    assert compose(["data=sc_mat", "data.path=/x.mat", "optim.lr=3e-3"], tmp_path).optim.lr == 3e-3
     assert real.loss.neuron.var_noise_correction is False  # measured, not adopted (conf/loss/sc_mat.yaml)
     alias = compose(["experiment=sc_default", "data.path=/x.mat"], tmp_path)
     drop = ("task_name", "hydra", "paths")
@@ -173,8 +179,9 @@ def test_real_data_defaults_come_with_data_sc_mat(compose, tmp_path):
     default_loss = yaml.safe_load((REPO / "conf" / "loss" / "default.yaml").read_text())["neuron"]
     assert syn.loss.neuron.kind == default_loss["kind"] and syn.data.path is None
     assert syn.loss.neuron.var_noise_correction is False  # the lab's loss, as issue 2 measured it
+    assert syn.optim.lr == package_lr
     lab = compose(["experiment=lab_best", "data=sc_mat", "data.path=/x.mat"], tmp_path)
-    assert lab.loss.neuron.var_noise_correction is False
+    assert lab.loss.neuron.var_noise_correction is False and lab.optim.lr == package_lr  # its own lr wins
     for name in ("lab_ltrial_21", "lab_phase2", "final_model"):  # the lab's loss, also with data=sc_mat
         exp = yaml.safe_load((REPO / "conf" / "experiment" / f"{name}.yaml").read_text())
         assert exp["loss"]["neuron"]["var_noise_correction"] is False, name
